@@ -1,0 +1,1 @@
+"""User-facing tools: the framechain command, the launcher, the benchmarks runner."""

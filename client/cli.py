@@ -1,0 +1,70 @@
+"""The ``framechain`` command: one entry point, one subcommand per tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from . import ctl
+
+__all__ = ["main"]
+
+
+def _daemon(module: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        if module == "receiver":
+            from framereceiver.daemon import main as daemon_main
+        else:
+            from frameprocessor.daemon import main as daemon_main
+        return daemon_main(args.rest)
+    return run
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .launcher import main as launcher_main
+    return launcher_main(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framechain", description="Detector frame receiver/processor toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("receiver", "run the frame receiver daemon"),
+                           ("processor", "run the frame processor daemon")):
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_daemon(name))
+    ctl.add_parser(sub)
+    r = sub.add_parser("run", help="run a whole acquisition from one JSON config")
+    r.add_argument("config", help="launcher JSON file (see examples/)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--log-dir", help="directory for daemon logs (default: a temporary directory)")
+    r.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
+    r.set_defaults(func=_run)
+    b = sub.add_parser("bench", help="measure throughput against same-run baselines")
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b.add_argument("--quick", action="store_true", help="fewer frames (a smoke test, not a measurement)")
+    b.add_argument("--only", help="comma-separated benchmark suites to run")
+    b.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("receiver", "processor"):
+        # the daemons own their argument parsing (their --help lists every flag)
+        return _daemon(argv[0])(argparse.Namespace(rest=argv[1:]))
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

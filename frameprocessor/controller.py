@@ -1,0 +1,270 @@
+"""ProcessorController: turns control IpcMessages into actions on the chain and the data path.
+
+Plain logic, no sockets: ``handle(msg)`` returns the reply. The daemon owns
+the sockets and calls it from its single control thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import h5py
+import numpy as np
+import zmq
+
+from ipc.errors import ConfigError, FramechainError, PluginError
+from ipc.message import IpcMessage
+
+from .chain import PluginChain
+from .plugin import FrameProcessorPlugin
+from .pool import DataBlockPool
+from .shm_controller import SharedMemoryController
+
+__all__ = ["ProcessorController", "VERSION"]
+
+log = logging.getLogger("frameprocessor.controller")
+VERSION = "0.1.0"
+_FR_SETUP_KEYS = {"fr_ready_cnxn", "fr_release_cnxn", "fr_shared_mem"}
+_SHM_KEYS = {"copy": bool, "max_pool_memory": int}
+
+
+def _as_list(value: Any, what: str) -> list[dict[str, Any]]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, dict):
+            raise ConfigError(f"plugin {what} expects an object (or a list of objects), not {item!r}", what)
+    return items
+
+
+class ProcessorController:
+    """The processor's control logic."""
+
+    def __init__(self, context: zmq.Context | None = None, max_pool_memory: int = 2 << 30) -> None:
+        self.context = context or zmq.Context.instance()
+        self.chain = PluginChain()
+        self.pool = DataBlockPool(max_pool_memory)
+        self.shm: SharedMemoryController | None = None
+        self.copy = True
+        self.fr_setup: dict[str, str] = {}
+        self.started = time.time()
+        self.shutdown_requested = False
+        self.on_shm_change: Callable[[], None] = lambda: None
+
+    # -- dispatch ------------------------------------------------------------
+    def handle(self, msg: IpcMessage) -> IpcMessage:
+        """Reply to one control message; never raises for a bad request."""
+        if msg.msg_type != "cmd":
+            return msg.nack(f"the processor's control channel takes 'cmd' messages, not '{msg.msg_type}'")
+        handler = getattr(self, f"_on_{msg.msg_val}", None)
+        if handler is None:
+            return msg.nack(f"the processor does not handle '{msg.msg_val}' on its control channel; "
+                            "it handles: " + ", ".join(sorted(self.handled())))
+        try:
+            return msg.ack(handler(msg.params))
+        except FramechainError as err:
+            return msg.nack(str(err))
+        except Exception as err:  # a bug must still produce a reply
+            log.exception("'%s' failed", msg.msg_val)
+            return msg.nack(f"internal error while handling '{msg.msg_val}': {type(err).__name__}: {err}")
+
+    def handled(self) -> list[str]:
+        return [n[4:] for n in dir(self) if n.startswith("_on_")]
+
+    # -- simple requests ---------------------------------------------------------
+    def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        st: dict[str, Any] = {"process": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 3)}}
+        if self.shm is not None:
+            st.update(self.shm.status())
+        else:
+            st["shared_memory"] = {"configured": False}
+            st["frames"] = {"received": 0, "released": 0, "bad": 0, "unrouted": 0}
+        st["pool"] = self.pool.stats()
+        st.update(self.chain.status())
+        return st
+
+    def _on_request_version(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        plugins = {i: {"name": type(w.plugin).__name__, "version": w.plugin.version}
+                   for i, w in self.chain.workers.items()}
+        return {"version": {"framechain": VERSION, "python": platform.python_version(),
+                            "numpy": np.__version__, "h5py": h5py.__version__, "pyzmq": zmq.__version__,
+                            "libzmq": zmq.zmq_version(), "hdf5": h5py.version.hdf5_version},
+                "plugins": plugins}
+
+    def _on_request_configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"fr_setup": dict(self.fr_setup),
+                               "shared_memory": {"copy": self.copy, "max_pool_memory": self.pool.max_memory},
+                               "plugin": self.chain.configuration()}
+        for index, worker in self.chain.workers.items():
+            cfg[index] = worker.plugin.request_configuration()
+        return cfg
+
+    def _on_request_commands(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"commands": {i: list(w.plugin.commands) for i, w in self.chain.workers.items()}}
+
+    def _on_reset_statistics(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.chain.reset_statistics()
+        if self.shm is not None:
+            self.shm.reset_statistics()
+        return {}
+
+    def _on_shutdown(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.shutdown_requested = True
+        return {}
+
+    def _on_execute(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not params:
+            raise ConfigError("execute needs {<index>: {\"command\": ...}}")
+        plan = []
+        for index, spec in params.items():
+            worker = self.chain.get(index)
+            if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
+                raise ConfigError(f"execute for {index!r} needs {{\"command\": <name>}}; got {spec!r}", index)
+            plan.append((worker.plugin, spec["command"], {k: v for k, v in spec.items() if k != "command"}))
+        for plugin, command, args in plan:
+            plugin.execute(command, args)
+        return {}
+
+    # -- configure --------------------------------------------------------------
+    def _on_configure(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        known = {"fr_setup", "shared_memory", "plugin"}
+        loading = self._loading_indices(params.get("plugin"))
+        for key in params:
+            if key not in known and key not in self.chain.workers and key not in loading:
+                raise ConfigError(f"unknown configure key or plugin index {key!r}; loaded plugins: "
+                                  f"{sorted(self.chain.workers)}; other keys: {sorted(known)}", key)
+        setup = self._check_fr_setup(params["fr_setup"]) if "fr_setup" in params else None
+        shm_cfg = self._check_shared_memory(params["shared_memory"]) if "shared_memory" in params else None
+        for index, value in params.items():
+            if index in self.chain.workers:
+                self.chain.get(index).plugin.validate(value)
+        # apply: plugin graph first (rolled back as a whole on error), then settings
+        if "plugin" in params:
+            self._configure_plugins(params["plugin"], {k: v for k, v in params.items() if k in loading})
+        if shm_cfg is not None:
+            self._apply_shared_memory(shm_cfg)
+        if setup is not None:
+            self._apply_fr_setup(setup)
+        for index, value in params.items():
+            if index in self.chain.workers and index not in loading:
+                self.chain.get(index).plugin.configure(value)
+        return {}
+
+    @staticmethod
+    def _loading_indices(plugin_cfg: Any) -> set[str]:
+        if not isinstance(plugin_cfg, dict) or "load" not in plugin_cfg:
+            return set()
+        loads = plugin_cfg["load"] if isinstance(plugin_cfg["load"], list) else [plugin_cfg["load"]]
+        return {d.get("index") for d in loads if isinstance(d, dict) and isinstance(d.get("index"), str)}
+
+    def _check_fr_setup(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ConfigError("fr_setup must be an object with fr_ready_cnxn and fr_release_cnxn", "fr_setup")
+        unknown = set(value) - _FR_SETUP_KEYS
+        if unknown:
+            raise ConfigError(f"unknown fr_setup key(s) {sorted(unknown)}; known: {sorted(_FR_SETUP_KEYS)}", "fr_setup")
+        for key in ("fr_ready_cnxn", "fr_release_cnxn"):
+            ep = value.get(key)
+            if not isinstance(ep, str) or "://" not in ep:
+                raise ConfigError(f"fr_setup needs {key} as a ZeroMQ endpoint like tcp://127.0.0.1:5001, "
+                                  f"got {ep!r}", key)
+        if "fr_shared_mem" in value and not isinstance(value["fr_shared_mem"], str):
+            raise ConfigError("fr_setup fr_shared_mem must be a string (the shared buffer name)", "fr_shared_mem")
+        return dict(value)
+
+    def _check_shared_memory(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError("shared_memory must be an object like {\"copy\": true}", "shared_memory")
+        for key, v in value.items():
+            if key not in _SHM_KEYS:
+                raise ConfigError(f"unknown shared_memory key {key!r}; known: {sorted(_SHM_KEYS)}", key)
+            t = _SHM_KEYS[key]
+            if not isinstance(v, t) or (t is int and (isinstance(v, bool) or v <= 0)):
+                raise ConfigError(f"shared_memory {key} must be {'true/false' if t is bool else 'a positive integer'}, "
+                                  f"not {v!r}", key)
+        if "copy" in value and value["copy"] != self.copy and self.shm is not None and self.shm.busy:
+            raise ConfigError("cannot change shared_memory copy mode while a frame is waiting; retry when idle", "copy")
+        return value
+
+    def _apply_shared_memory(self, value: dict[str, Any]) -> None:
+        if "max_pool_memory" in value:
+            self.pool.max_memory = value["max_pool_memory"]
+        if "copy" in value:
+            self.copy = value["copy"]
+            if self.shm is not None:
+                self.shm.copy = self.copy
+
+    def _apply_fr_setup(self, setup: dict[str, str]) -> None:
+        if self.shm is not None:
+            if self.shm.busy:
+                raise ConfigError("cannot change fr_setup while a frame is waiting for a plugin; retry when idle")
+            self.shm.close()
+        self.fr_setup = setup
+        self.shm = SharedMemoryController(setup["fr_ready_cnxn"], setup["fr_release_cnxn"], self.chain, self.pool,
+                                          setup.get("fr_shared_mem"), self.copy, self.context)
+        log.info("connected to receiver: ready %s, release %s", setup["fr_ready_cnxn"], setup["fr_release_cnxn"])
+        self.on_shm_change()
+
+    def _configure_plugins(self, value: Any, initial: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            raise ConfigError("plugin must be an object with load, connect and/or disconnect", "plugin")
+        unknown = set(value) - {"load", "connect", "disconnect"}
+        if unknown:
+            raise ConfigError(f"unknown plugin action(s) {sorted(unknown)}; use load, connect, disconnect", "plugin")
+        created: list[FrameProcessorPlugin] = []
+        connected: list[tuple[str, str]] = []
+        try:
+            for spec in _as_list(value.get("load", []), "load"):
+                bad = set(spec) - {"index", "name", "library", "queue_size"}
+                if bad:
+                    raise ConfigError(f"unknown plugin load key(s) {sorted(bad)}; use index, name, library, queue_size")
+                q = spec.get("queue_size", 64)
+                if not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= 100000:
+                    raise ConfigError(f"plugin load queue_size must be an integer 1..100000, not {q!r}", "queue_size")
+                plugin = self.chain.create(spec.get("index"), spec.get("name"), spec.get("library"))
+                if plugin.name in (p.name for p in created):
+                    raise PluginError(f"plugin index {plugin.name!r} appears twice in one load", plugin.name)
+                if plugin.name in initial:
+                    plugin.configure(initial[plugin.name])
+                created.append(plugin)
+                self.chain.add(plugin, spec["library"], q)
+            connects = _as_list(value.get("connect", []), "connect")
+            for spec in connects:
+                self._check_cnxn_spec(spec)
+                self.chain.connect(spec["index"], spec["connection"], spec.get("blocking", True))
+                connected.append((spec["index"], spec["connection"]))
+            for spec in _as_list(value.get("disconnect", []), "disconnect"):
+                self._check_cnxn_spec(spec)
+                self.chain.check_disconnect(spec["index"], spec["connection"])
+        except FramechainError:
+            # roll back everything this message did
+            for index, upstream in reversed(connected):
+                self.chain.disconnect(index, upstream)
+            for plugin in created:
+                self.chain.remove(plugin.name)
+            raise
+        for spec in _as_list(value.get("disconnect", []), "disconnect"):
+            self.chain.disconnect(spec["index"], spec["connection"])
+
+    @staticmethod
+    def _check_cnxn_spec(spec: dict[str, Any]) -> None:
+        bad = set(spec) - {"index", "connection", "blocking"}
+        if bad:
+            raise ConfigError(f"unknown connect key(s) {sorted(bad)}; use index, connection, blocking")
+        for key in ("index", "connection"):
+            if not isinstance(spec.get(key), str):
+                raise ConfigError(f"plugin connect/disconnect needs '{key}' (a plugin index or "
+                                  f"'frame_receiver'), got {spec.get(key)!r}", key)
+        if not isinstance(spec.get("blocking", True), bool):
+            raise ConfigError("connect 'blocking' must be true or false", "blocking")
+
+    # -- life cycle -----------------------------------------------------------------
+    def close(self) -> None:
+        self.chain.stop()
+        if self.shm is not None:
+            self.shm.close()
+            self.shm = None

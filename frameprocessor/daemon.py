@@ -1,0 +1,174 @@
+"""The frame processor daemon: one control thread owning every socket.
+
+Loggers: ``frameprocessor.*``. Run with ``framechain processor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from ipc.channel import IpcChannel
+from ipc.errors import FramechainError, ProtocolError
+from ipc.message import IpcMessage, nack_for_garbage
+
+from .controller import ProcessorController
+
+__all__ = ["FrameProcessorDaemon", "main"]
+
+log = logging.getLogger("frameprocessor")
+DEFAULT_CTRL = "tcp://127.0.0.1:5004"
+
+
+class FrameProcessorDaemon:
+    """Binds the control ROUTER and runs the poll loop."""
+
+    def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self.controller = ProcessorController(self.context)
+        self.ctrl = IpcChannel(zmq.ROUTER, self.context)
+        self.ctrl.bind(ctrl_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.ctrl.socket, zmq.POLLIN)
+        self._registered: tuple[Any, ...] = ()
+        self.controller.on_shm_change = self._reregister
+        self.stop_requested = False
+        self.internal_errors = 0
+        log.info("frame processor control on %s", self.ctrl.endpoint)
+
+    def _reregister(self) -> None:
+        for s in self._registered:
+            try:
+                self.poller.unregister(s)
+            except KeyError:
+                pass
+        self._registered = ()
+
+    def _sync_poller(self) -> None:
+        shm = self.controller.shm
+        want: tuple[Any, ...] = ()
+        if shm is not None:
+            want = (shm.wakeup_fd,) if shm.busy else (shm.wakeup_fd, shm.ready.socket)
+        if want != self._registered:
+            self._reregister()
+            for s in want:
+                self.poller.register(s, zmq.POLLIN)
+            self._registered = want
+
+    def apply_config_file(self, path: str) -> None:
+        """Apply a JSON list of configure params in order; raise on the first nack."""
+        with open(path) as fh:
+            items = json.load(fh)
+        if isinstance(items, dict):
+            items = [items]
+        for i, params in enumerate(items):
+            reply = self.controller.handle(IpcMessage("cmd", "configure", params))
+            if reply.msg_type == "nack":
+                raise FramechainError(f"{path} item {i}: {reply.error}")
+
+    def handle_control(self, limit: int = 64) -> None:
+        for _ in range(limit):
+            try:
+                identity, raw = self.ctrl.recv_raw(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = IpcMessage.decode(raw)
+            except ProtocolError as err:
+                reply = nack_for_garbage(raw, str(err))
+            else:
+                reply = self.controller.handle(msg)
+                if msg.msg_val == "shutdown" and reply.msg_type == "ack":
+                    self.shutdown()
+            self.ctrl.send(reply, identity)
+
+    def run(self) -> None:
+        """Serve until shutdown or a stop signal."""
+        while not self.stop_requested:
+            try:
+                self._step()
+            except Exception:  # a bug must not take the daemon (and its buffers) down
+                self.internal_errors += 1
+                log.exception("internal error in the processor loop (%d so far)", self.internal_errors)
+                time.sleep(0.01)
+        if not self.controller.shutdown_requested:
+            self.shutdown()
+
+    def _step(self) -> None:
+        """One poll: control, releases, stalled frames, new frames."""
+        self._sync_poller()
+        shm = self.controller.shm
+        events = dict(self.poller.poll(1 if shm is not None and shm.busy else 100))
+        if self.ctrl.socket in events:
+            self.handle_control()
+        shm = self.controller.shm
+        if shm is None:
+            return
+        if shm.wakeup_fd in events:
+            shm.drain_releases()
+        if shm.busy:
+            shm.retry()
+        if shm.ready.socket in events:
+            shm.on_ready()
+        shm.tick()
+
+    def shutdown(self) -> None:
+        """Drain queued frames through every plugin, release buffers, stop plugin threads."""
+        self.stop_requested = True
+        shm = self.controller.shm
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if shm is not None:
+                if shm.busy:
+                    shm.retry()
+                shm.drain_releases()
+            if (shm is None or not shm.busy) and self.controller.chain.idle():
+                break
+            time.sleep(0.002)
+        self.controller.close()
+        log.info("frame processor stopped")
+
+    def close(self) -> None:
+        self.ctrl.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="framechain processor", description="Run the frame processor daemon.")
+    parser.add_argument("--ctrl", default=DEFAULT_CTRL, help="control endpoint to bind (default %(default)s)")
+    parser.add_argument("--config", help="JSON file: a list of configure params applied in order at start")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        daemon = FrameProcessorDaemon(args.ctrl)
+    except FramechainError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        if args.config:
+            daemon.apply_config_file(args.config)
+    except (OSError, ValueError, FramechainError) as err:
+        log.error("bad --config: %s", err)
+        daemon.controller.close()
+        daemon.close()
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        daemon.stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    daemon.run()
+    daemon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Frame and DataBlock: a frame's metadata over pooled (or shared) pixel memory.
+
+A Frame is passed by reference through the plugin chains. When the last
+reference goes, its release callback returns the memory: a DataBlock to its
+pool, or a shared-memory buffer to the receiver (zero-copy mode). Do not keep
+``frame.data`` (or views of it) after you drop the Frame; copy what you keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Frame", "EndOfAcquisition"]
+
+
+class Frame:
+    """One detector frame.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The pixels (a view over a DataBlock or a shared-memory buffer).
+    frame_number : int
+        Frame number from the receiver (0-based within an acquisition).
+    dataset : str
+        Dataset name the frame belongs to (``"data"`` by default).
+    acquisition_id : str
+        Acquisition the frame belongs to.
+    parameters : dict
+        Per-frame values plugins add (sums, timestamps, flags); writers store them.
+    on_release : callable, optional
+        Called once with no arguments when the Frame is garbage (last reference dropped).
+
+    Examples
+    --------
+    >>> f = Frame(np.zeros((4, 4), "u2"), frame_number=7)
+    >>> f.shape, f.dtype
+    ((4, 4), dtype('uint16'))
+    """
+
+    __slots__ = ("data", "frame_number", "dataset", "acquisition_id", "timestamp", "parameters",
+                 "mask", "_on_release", "__weakref__")
+
+    def __init__(self, data: np.ndarray, frame_number: int, dataset: str = "data",
+                 acquisition_id: str = "", timestamp: float = 0.0,
+                 parameters: dict[str, Any] | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
+        self.data = data
+        self.frame_number = frame_number
+        self.dataset = dataset
+        self.acquisition_id = acquisition_id
+        self.timestamp = timestamp
+        self.parameters = {} if parameters is None else parameters
+        self.mask: np.ndarray | None = None
+        self._on_release = on_release
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def derive(self, data: np.ndarray, on_release: Callable[[], None] | None = None) -> Frame:
+        """A new Frame with this frame's metadata (parameters copied) over ``data``."""
+        f = Frame(data, self.frame_number, self.dataset, self.acquisition_id, self.timestamp,
+                  dict(self.parameters), on_release)
+        f.mask = self.mask
+        return f
+
+    def __del__(self) -> None:
+        cb = self._on_release
+        if cb is not None:
+            self._on_release = None
+            cb()
+
+    def __repr__(self) -> str:
+        return (f"<Frame {self.frame_number} {self.dataset!r} {self.dtype} {self.shape} "
+                f"acq={self.acquisition_id!r}>")
+
+
+class EndOfAcquisition:
+    """The end-of-acquisition marker that flows down every chain after the last frame."""
+
+    __slots__ = ("acquisition_id", "frames")
+
+    def __init__(self, acquisition_id: str = "", frames: int = 0) -> None:
+        self.acquisition_id = acquisition_id
+        self.frames = frames
+
+    def __repr__(self) -> str:
+        return f"<EndOfAcquisition acq={self.acquisition_id!r} frames={self.frames}>"

@@ -1,0 +1,111 @@
+"""DataBlock and DataBlockPool: reusable pixel memory, pooled by size with a memory bound."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import numpy as np
+
+from .frame import Frame
+
+__all__ = ["DataBlock", "DataBlockPool", "PoolExhausted"]
+
+
+class PoolExhausted(Exception):
+    """No free block and the pool is at its memory limit; retry after frames are released."""
+
+
+class DataBlock:
+    """A fixed-size byte block reused frame after frame."""
+
+    __slots__ = ("buffer", "size", "index")
+
+    def __init__(self, size: int, index: int) -> None:
+        self.buffer = np.empty(size, dtype=np.uint8)
+        self.size = size
+        self.index = index
+
+    def view(self, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
+        """The block's first bytes as an array of ``dtype`` and ``shape`` (no copy)."""
+        dt = np.dtype(dtype)
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        return self.buffer[:n].view(dt).reshape(shape)
+
+    def __repr__(self) -> str:
+        return f"<DataBlock #{self.index} {self.size} B>"
+
+
+class DataBlockPool:
+    """Blocks pooled by size; total allocated memory is bounded by ``max_memory`` bytes.
+
+    Thread-safe: frames are released from plugin threads.
+
+    Examples
+    --------
+    >>> pool = DataBlockPool(max_memory=1 << 20)
+    >>> frame = pool.frame((16, 16), "u2", frame_number=0)
+    >>> pool.stats()["blocks_in_use"]
+    1
+    >>> del frame
+    >>> pool.stats()["blocks_in_use"]
+    0
+    """
+
+    def __init__(self, max_memory: int = 1 << 30) -> None:
+        self.max_memory = max_memory
+        self._free: dict[int, list[DataBlock]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._allocated = 0
+        self._blocks = 0
+        self._in_use = 0
+        self._reused = 0
+        self._exhausted = 0
+
+    def acquire(self, size: int) -> DataBlock:
+        """A free block of exactly ``size`` bytes (new if none free); raise PoolExhausted at the limit."""
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self._in_use += 1
+                self._reused += 1
+                return free.pop()
+            if self._allocated + size > self.max_memory:
+                # Give back idle blocks of other sizes before refusing.
+                for other, blocks in self._free.items():
+                    while blocks and self._allocated + size > self.max_memory:
+                        blocks.pop()
+                        self._allocated -= other
+                        self._blocks -= 1
+                if self._allocated + size > self.max_memory:
+                    self._exhausted += 1
+                    raise PoolExhausted(f"DataBlockPool at its limit of {self.max_memory} bytes")
+            self._allocated += size
+            self._blocks += 1
+            self._in_use += 1
+            index = self._blocks
+        return DataBlock(size, index)
+
+    def release(self, block: DataBlock) -> None:
+        """Return a block for reuse."""
+        with self._lock:
+            self._in_use -= 1
+            self._free[block.size].append(block)
+
+    def frame(self, shape: tuple[int, ...], dtype: np.dtype | str, frame_number: int, **meta: object) -> Frame:
+        """A new Frame over a pooled block; the block returns to the pool when the Frame dies."""
+        dt = np.dtype(dtype)
+        nbytes = dt.itemsize
+        for d in shape:
+            nbytes *= d
+        block = self.acquire(nbytes)
+        return Frame(block.view(dt, shape), frame_number, on_release=lambda: self.release(block), **meta)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"blocks_total": self._blocks, "blocks_in_use": self._in_use,
+                    "blocks_free": self._blocks - self._in_use, "memory_allocated": self._allocated,
+                    "max_memory": self.max_memory, "blocks_reused": self._reused,
+                    "exhausted": self._exhausted}

@@ -1,0 +1,251 @@
+"""SharedMemoryController: frame_ready in, Frames out, frame_release back.
+
+Owns the data-path sockets (ready SUB, release PUB) and is driven by the
+daemon's single control thread. Plugin threads never touch a socket: in
+zero-copy mode a Frame's release callback queues the buffer id and wakes the
+control thread through an eventfd.
+
+Logger ``frameprocessor.shm``. Every frame_ready ends in exactly one of:
+passed to the chain, counted bad, or counted unrouted (no plugin attached);
+all three release the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from queue import Empty, SimpleQueue
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ipc.channel import IpcChannel
+from ipc.errors import ShmError
+from ipc.message import IpcMessage
+from ipc.shm import FRAME_HEADER, SharedBuffer
+
+from .chain import PluginChain
+from .frame import EndOfAcquisition, Frame
+from .pool import DataBlockPool, PoolExhausted
+
+__all__ = ["SharedMemoryController"]
+
+log = logging.getLogger("frameprocessor.shm")
+_CONFIG_RETRY_S = 0.25
+_MAX_WARNINGS = 5
+
+
+class SharedMemoryController:
+    """Connects to one receiver and turns its buffers into Frames."""
+
+    def __init__(self, ready_cnxn: str, release_cnxn: str, chain: PluginChain, pool: DataBlockPool,
+                 shared_buffer_name: str | None = None, copy: bool = True,
+                 context: zmq.Context | None = None) -> None:
+        self.ready_cnxn, self.release_cnxn = ready_cnxn, release_cnxn
+        self.chain, self.pool, self.copy = chain, pool, copy
+        self.ready = IpcChannel(zmq.SUB, context, hwm=0)
+        self.release = IpcChannel(zmq.PUB, context, hwm=0)
+        self.ready.connect(ready_cnxn)
+        self.release.connect(release_cnxn)
+        self.buffer: SharedBuffer | None = None
+        self.shared_buffer_name = shared_buffer_name
+        self.releases: SimpleQueue[tuple[int, int]] = SimpleQueue()
+        self.wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.waiting: deque[dict[str, Any]] = deque()  # frame_ready seen before the buffer was mapped
+        self.stalled: tuple[Frame | EndOfAcquisition, list] | None = None
+        self.stalled_ready: dict[str, Any] | None = None  # copy mode: pool exhausted
+        self._last_request = 0.0
+        self._warnings = 0
+        self.reset_statistics()
+        if shared_buffer_name:
+            self._map(shared_buffer_name, quiet=True)
+        self.request_config()
+
+    def reset_statistics(self) -> None:
+        self.frames_received = 0
+        self.frames_released = 0
+        self.frames_bad = 0
+        self.frames_unrouted = 0
+        self.acquisitions = 0
+        self.last_bad = ""
+
+    # -- buffer config --------------------------------------------------------
+    @property
+    def configured(self) -> bool:
+        return self.buffer is not None
+
+    def request_config(self) -> None:
+        self._last_request = time.monotonic()
+        self.release.send(IpcMessage("cmd", "request_buffer_config", {}))
+
+    def _map(self, name: str, quiet: bool = False) -> None:
+        if self.buffer is not None and self.buffer.name == name:
+            return
+        try:
+            new = SharedBuffer.open(name)
+        except ShmError as err:
+            if not quiet:
+                log.warning("%s", err)
+            return
+        if self.buffer is not None:
+            self.buffer.close()
+        self.buffer = new
+        self.shared_buffer_name = name
+        log.info("mapped shared buffer %s: %d buffers of %d bytes", name, new.num_buffers, new.buffer_size)
+
+    def tick(self) -> None:
+        """Periodic work: ask again for the buffer config until we have it (PUB/SUB may lose the first)."""
+        if self.buffer is None and time.monotonic() - self._last_request > _CONFIG_RETRY_S:
+            self.request_config()
+
+    # -- data path -------------------------------------------------------------
+    def on_ready(self, limit: int = 256) -> None:
+        """Read up to ``limit`` messages from the ready channel (stops early when stalled)."""
+        sock = self.ready.socket
+        for _ in range(limit):
+            if self.stalled is not None or self.stalled_ready is not None:
+                return
+            try:
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = IpcMessage.decode(raw)
+            except ValueError as err:
+                self._warn("ignored malformed data-path message: %s", err)
+                continue
+            if msg.msg_val == "frame_ready":
+                if self.buffer is None:
+                    self.waiting.append(msg.params)
+                    self.request_config()
+                else:
+                    self.handle_ready(msg.params)
+            elif msg.msg_val == "buffer_config":
+                name = msg.params.get("shared_buffer_name")
+                if isinstance(name, str):
+                    self._map(name)
+                    while self.buffer is not None and self.waiting and self.stalled is None:
+                        self.handle_ready(self.waiting.popleft())
+
+    def handle_ready(self, p: dict[str, Any]) -> None:
+        if p.get("end_of_acquisition"):
+            self.acquisitions += 1
+            eoa = EndOfAcquisition(str(p.get("acquisition_id", "")), int(p.get("frames", 0)))
+            self._dispatch(eoa)
+            return
+        self.frames_received += 1
+        buf = self.buffer
+        number, bid = p.get("frame"), p.get("buffer_id")
+        if not isinstance(bid, int) or isinstance(bid, bool) or not 0 <= bid < buf.num_buffers:
+            self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
+            return
+        hdr = buf.header(bid)
+        problem = hdr.problem(buf.buffer_size)
+        if problem is None and number != hdr.frame_number:
+            problem = f"frame_ready says frame {number} but the header holds frame {hdr.frame_number}"
+        if problem is not None:
+            self._bad(problem, bid, number)
+            return
+        if self.copy:
+            try:
+                block = self.pool.acquire(hdr.data_size)
+            except PoolExhausted:
+                self.frames_received -= 1  # counted again on retry
+                self.stalled_ready = p
+                return
+            data = block.view(hdr.dtype, hdr.shape)
+            np.copyto(data, buf.data(bid, hdr.dtype, hdr.shape))
+            self._send_release(hdr.frame_number, bid)
+            pool = self.pool
+            frame = Frame(data, hdr.frame_number, hdr.dataset, hdr.acquisition_id, hdr.timestamp,
+                          on_release=lambda: pool.release(block))
+        else:
+            n = hdr.frame_number
+            frame = Frame(buf.data(bid, hdr.dtype, hdr.shape), n, hdr.dataset, hdr.acquisition_id,
+                          hdr.timestamp, on_release=lambda: self._release_later(n, bid))
+        self._dispatch(frame)
+
+    def _dispatch(self, item: Frame | EndOfAcquisition) -> None:
+        targets = self.chain.sources
+        if not targets:
+            if item.__class__ is Frame:
+                self.frames_unrouted += 1
+            return  # the Frame dies here and releases its buffer
+        left = self.chain.offer(item, list(targets))
+        if left:
+            self.stalled = (item, left)
+
+    def retry(self) -> None:
+        """Try again to place a stalled frame (blocking connection full, or pool exhausted)."""
+        if self.stalled is not None:
+            item, targets = self.stalled
+            left = self.chain.offer(item, targets)
+            self.stalled = (item, left) if left else None
+        elif self.stalled_ready is not None:
+            p, self.stalled_ready = self.stalled_ready, None
+            self.handle_ready(p)
+
+    def _bad(self, problem: str, bid: int | None, number: Any) -> None:
+        self.frames_bad += 1
+        self.last_bad = f"frame {number}: {problem}"
+        self._warn("bad frame dropped: %s", self.last_bad)
+        if bid is not None:
+            self._send_release(number if isinstance(number, int) else -1, bid)
+
+    def _warn(self, fmt: str, *args: Any) -> None:
+        self._warnings += 1
+        if self._warnings <= _MAX_WARNINGS:
+            log.warning(fmt, *args)
+        elif self._warnings == _MAX_WARNINGS + 1:
+            log.warning("further data-path warnings suppressed; see status frames/bad")
+
+    # -- releases ----------------------------------------------------------------
+    def _send_release(self, frame: int, bid: int) -> None:
+        self.release.send(IpcMessage("notify", "frame_release", {"frame": frame, "buffer_id": bid}))
+        self.frames_released += 1
+
+    def _release_later(self, frame: int, bid: int) -> None:
+        """Called on whichever thread dropped the Frame: queue it for the control thread."""
+        self.releases.put((frame, bid))
+        os.eventfd_write(self.wakeup_fd, 1)
+
+    def drain_releases(self) -> None:
+        try:
+            os.eventfd_read(self.wakeup_fd)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                frame, bid = self.releases.get_nowait()
+            except Empty:
+                return
+            self._send_release(frame, bid)
+
+    @property
+    def busy(self) -> bool:
+        return self.stalled is not None or self.stalled_ready is not None
+
+    # -- reporting --------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        b = self.buffer
+        return {
+            "shared_memory": {"configured": b is not None, "shared_buffer_name": self.shared_buffer_name or "",
+                              "num_buffers": b.num_buffers if b else 0, "buffer_size": b.buffer_size if b else 0,
+                              "header_size": FRAME_HEADER.size, "copy": self.copy,
+                              "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn},
+            "frames": {"received": self.frames_received, "released": self.frames_released,
+                       "bad": self.frames_bad, "unrouted": self.frames_unrouted,
+                       "waiting": len(self.waiting), "stalled": self.busy,
+                       "acquisitions": self.acquisitions, "last_bad": self.last_bad},
+        }
+
+    def close(self) -> None:
+        self.drain_releases()
+        self.ready.close()
+        self.release.socket.close(linger=2000)  # let queued releases reach the receiver
+        os.close(self.wakeup_fd)
+        if self.buffer is not None:
+            self.buffer.close()

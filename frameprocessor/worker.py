@@ -1,0 +1,168 @@
+"""PluginWorker: runs one plugin on its own thread with a bounded input queue.
+
+Logger ``frameprocessor.worker``. Counters: frames_received (accepted into the
+queue), frames_processed, frames_dropped (non-blocking input full), errors,
+and timing/{last,max,mean}_process in microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from .frame import EndOfAcquisition, Frame
+from .plugin import FrameProcessorPlugin
+
+__all__ = ["PluginWorker"]
+
+log = logging.getLogger("frameprocessor.worker")
+_STOP = object()
+
+
+class PluginWorker:
+    """Thread + bounded queue around a plugin."""
+
+    def __init__(self, plugin: FrameProcessorPlugin, queue_size: int = 64) -> None:
+        self.plugin = plugin
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._thread = threading.Thread(target=self._run, name=f"plugin-{plugin.name}", daemon=True)
+        self._started = threading.Event()
+        self._running = False
+        self._last_eoa: EndOfAcquisition | None = None
+        self.reset_statistics()
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
+
+    def reset_statistics(self) -> None:
+        self.frames_received = 0
+        self.frames_processed = 0
+        self.frames_dropped = 0
+        self.errors = 0
+        self.last_error = ""
+        self.acquisitions = 0
+        self._t_last = 0
+        self._t_max = 0
+        self._t_sum = 0
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+        if not self._started.wait(5):
+            raise RuntimeError(f"plugin thread {self.name} did not start")
+
+    def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop the thread, after processing queued frames when ``drain``."""
+        if not self._running:
+            return
+        if not drain:
+            try:
+                while True:
+                    self.queue.get_nowait()
+            except queue.Empty:
+                pass
+        self.queue.put(_STOP)
+        self._thread.join(timeout)
+        self._running = False
+        self.plugin.close()
+
+    # -- input ------------------------------------------------------------
+    def offer(self, item: Frame | EndOfAcquisition) -> bool:
+        """Queue without waiting; False when full."""
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            return False
+        if item.__class__ is Frame:
+            self.frames_received += 1
+        return True
+
+    def submit(self, item: Frame | EndOfAcquisition, blocking: bool) -> None:
+        """Queue an item from an upstream plugin thread: wait when ``blocking``, else drop and count."""
+        if self.offer(item):
+            return
+        if not blocking and item.__class__ is Frame:
+            self.frames_dropped += 1
+            return
+        while self._running:
+            try:
+                self.queue.put(item, timeout=0.5)
+            except queue.Full:
+                continue
+            if item.__class__ is Frame:
+                self.frames_received += 1
+            return
+
+    def idle(self) -> bool:
+        return self.queue.unfinished_tasks == 0
+
+    # -- thread -------------------------------------------------------------
+    def _run(self) -> None:
+        self._started.set()
+        plugin = self.plugin
+        get, done = self.queue.get, self.queue.task_done
+        clock = time.perf_counter_ns
+        while True:
+            item = get()
+            try:
+                if item is _STOP:
+                    return
+                if item.__class__ is EndOfAcquisition:
+                    self._end_of_acquisition(item)
+                    continue
+                t0 = clock()
+                try:
+                    plugin.process_frame(item)
+                except Exception as err:  # a bad frame must never kill the thread
+                    self.errors += 1
+                    self.last_error = f"frame {item.frame_number}: {type(err).__name__}: {err}"
+                    if self.errors <= 3:
+                        log.exception("plugin %s failed on frame %s", self.name, item.frame_number)
+                dt = clock() - t0
+                self.frames_processed += 1
+                self._t_last = dt
+                self._t_sum += dt
+                if dt > self._t_max:
+                    self._t_max = dt
+            finally:
+                item = None
+                done()
+
+    def _end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
+        if eoa is self._last_eoa:
+            return  # reached us by a second path
+        self._last_eoa = eoa
+        self.acquisitions += 1
+        try:
+            self.plugin.process_end_of_acquisition(eoa)
+        except Exception as err:
+            self.errors += 1
+            self.last_error = f"end of acquisition: {type(err).__name__}: {err}"
+            log.exception("plugin %s failed at end of acquisition", self.name)
+        for worker, _blocking in self.plugin._outputs:
+            worker.submit(eoa, True)
+
+    def status(self) -> dict[str, Any]:
+        n = self.frames_processed
+        st: dict[str, Any] = {
+            "frames_received": self.frames_received, "frames_processed": n,
+            "frames_dropped": self.frames_dropped, "errors": self.errors, "last_error": self.last_error,
+            "acquisitions": self.acquisitions,
+            "queue": {"size": self.queue.qsize(), "max": self.queue_size},
+            "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
+                       "mean_process": (self._t_sum / n / 1000) if n else 0.0},
+        }
+        try:
+            st.update(self.plugin.status())
+        except Exception as err:
+            log.exception("plugin %s status failed", self.name)
+            st["status_error"] = f"{type(err).__name__}: {err}"
+        return st
+
+    def __repr__(self) -> str:
+        return f"<PluginWorker {self.name} {'running' if self._running else 'stopped'}>"

@@ -1,0 +1,1 @@
+"""The frame receiver: shared-memory buffer pool, frame sources, ready/release bookkeeping."""

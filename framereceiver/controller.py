@@ -1,0 +1,314 @@
+"""ReceiverController: the receiver's configuration, buffer pool and source state machine.
+
+Plain logic: it publishes through a ``publish(IpcMessage)`` callable and is
+driven by the daemon's single thread (``handle`` for control, ``produce`` for
+frames, ``on_release`` for frame_release / request_buffer_config).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ipc.errors import ConfigError, FramechainError, ShmError
+from ipc.message import IpcMessage
+from ipc.shm import STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
+
+from .buffers import BufferManager
+from .sources import FrameSource, make_source
+
+__all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS"]
+
+log = logging.getLogger("framereceiver.controller")
+VERSION = "0.1.0"
+DEFAULT_BUFFERS = 64
+_KEYS = {"shared_buffer_name", "max_buffer_mem", "mode", "source"}
+_MAX_WARNINGS = 5
+
+
+def _memory_limit() -> int:
+    """Half the machine's physical memory: more than that for buffers is surely a mistake."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):
+        return 16 << 30
+
+
+class ReceiverController:
+    """State of one frame receiver."""
+
+    def __init__(self, publish: Callable[[IpcMessage], None], shared_buffer_name: str = "FrameReceiverBuffer") -> None:
+        self.publish = publish
+        self.shared_buffer_name = shared_buffer_name
+        self.max_buffer_mem: int | None = None  # None: DEFAULT_BUFFERS buffers
+        self.mode = "block"
+        self.source: FrameSource | None = None
+        self.source_cfg: dict[str, Any] = {}
+        self.buffer: SharedBuffer | None = None
+        self.buffers: BufferManager | None = None
+        self.state = "unconfigured"  # unconfigured, idle, running, done, stopped
+        self.next_frame = 0
+        self.next_due = 0.0
+        self.started_at = 0.0
+        self.ended_at = 0.0
+        self.shutdown_requested = False
+        self._warnings = 0
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        self.frames_received = 0
+        self.frames_released = 0
+        self.frames_dropped = 0
+        self.frames_timedout = 0
+        self.bad_releases = 0
+
+    # -- control -----------------------------------------------------------------
+    def handle(self, msg: IpcMessage) -> IpcMessage:
+        if msg.msg_type != "cmd":
+            return msg.nack(f"the receiver's control channel takes 'cmd' messages, not '{msg.msg_type}'")
+        handler = getattr(self, f"_on_{msg.msg_val}", None)
+        if handler is None:
+            names = sorted(n[4:] for n in dir(self) if n.startswith("_on_"))
+            return msg.nack(f"the receiver does not handle '{msg.msg_val}' on its control channel; "
+                            f"it handles: {', '.join(names)}")
+        try:
+            return msg.ack(handler(msg.params))
+        except FramechainError as err:
+            return msg.nack(str(err))
+        except Exception as err:
+            log.exception("'%s' failed", msg.msg_val)
+            return msg.nack(f"internal error while handling '{msg.msg_val}': {type(err).__name__}: {err}")
+
+    def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "buffers": self.buffers.status() if self.buffers else {"total": 0, "empty": 0, "mapped": 0,
+                                                                     "consistent": True},
+            "frames": {"received": self.frames_received, "released": self.frames_released,
+                       "dropped": self.frames_dropped, "timedout": self.frames_timedout,
+                       "bad_releases": self.bad_releases},
+            "source": {"state": self.state, "frame": self.next_frame, **(self.source.describe() if self.source else {}),
+                       "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
+                       if self.started_at else 0.0},
+            "shared_memory": {"shared_buffer_name": self.shared_buffer_name,
+                              "num_buffers": self.buffer.num_buffers if self.buffer else 0,
+                              "buffer_size": self.buffer.buffer_size if self.buffer else 0},
+            "mode": self.mode,
+            "process": {"pid": os.getpid()},
+        }
+        return st
+
+    def _on_request_configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"shared_buffer_name": self.shared_buffer_name, "max_buffer_mem": self.effective_buffer_mem(),
+                "mode": self.mode, "source": dict(self.source_cfg)}
+
+    def _on_request_version(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"version": {"framechain": VERSION, "python": platform.python_version(), "numpy": np.__version__,
+                            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}}
+
+    def _on_request_buffer_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return self.buffer_config()
+
+    def _on_reset_statistics(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.reset_statistics()
+        return {}
+
+    def _on_shutdown(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self.shutdown_requested = True
+        return {}
+
+    def _on_execute(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        spec = params.get("source")
+        if set(params) != {"source"} or not isinstance(spec, dict) or spec.get("command") not in ("start", "stop"):
+            raise ConfigError("receiver execute takes {\"source\": {\"command\": \"start\" | \"stop\"}}")
+        if spec["command"] == "start":
+            self.start()
+        else:
+            self.stop()
+        return {"state": self.state}
+
+    def _on_configure(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(params) - _KEYS
+        if unknown:
+            raise ConfigError(f"unknown receiver configure key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
+        if self.state == "running":
+            raise ConfigError("the source is running; stop it (execute source stop) before configuring")
+        mode = params.get("mode", self.mode)
+        if mode not in ("block", "drop"):
+            raise ConfigError(f"mode must be 'block' or 'drop', not {mode!r}", "mode")
+        name = params.get("shared_buffer_name", self.shared_buffer_name)
+        if not isinstance(name, str) or not name or "/" in name.lstrip("/") or len(name) > 200:
+            raise ConfigError(f"shared_buffer_name must be a short name without '/', not {name!r}",
+                              "shared_buffer_name")
+        mem = params.get("max_buffer_mem", self.max_buffer_mem)
+        if mem is not None and (not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0):
+            raise ConfigError(f"max_buffer_mem must be a positive number of bytes, not {mem!r}", "max_buffer_mem")
+        if mem is not None and mem > _memory_limit():
+            raise ConfigError(f"max_buffer_mem {mem} bytes is more than half this machine's memory "
+                              f"({_memory_limit()} bytes); ask for less", "max_buffer_mem")
+        source = make_source(params["source"]) if "source" in params else None
+        try:
+            frame_bytes = (source or self.source).frame_bytes if (source or self.source) else None
+            if frame_bytes is not None:
+                size = buffer_size_for(frame_bytes)
+                num = (mem // size) if mem is not None else DEFAULT_BUFFERS
+                if num < 1:
+                    raise ConfigError(f"max_buffer_mem {mem} bytes cannot hold one buffer of {size} bytes "
+                                      f"(a {frame_bytes}-byte frame plus header)", "max_buffer_mem")
+                rebuild = (self.buffer is None or name != self.shared_buffer_name or num != self.buffer.num_buffers
+                           or size != self.buffer.buffer_size)
+                if rebuild and self.buffers is not None and self.buffers.mapped:
+                    raise ConfigError(f"{len(self.buffers.mapped)} buffers are still held by the processor; "
+                                      "wait for their release before changing the buffer layout")
+                if rebuild:
+                    self._build(name, num, size)
+        except FramechainError:
+            if source is not None:
+                source.close()
+            raise
+        # commit
+        self.mode, self.shared_buffer_name, self.max_buffer_mem = mode, name, mem
+        if source is not None:
+            if self.source is not None:
+                self.source.close()
+            self.source, self.source_cfg = source, dict(params["source"])
+            self.state = "idle"
+            self.next_frame = 0
+        return {}
+
+    def effective_buffer_mem(self) -> int | None:
+        if self.buffer is None:
+            return self.max_buffer_mem
+        return self.max_buffer_mem or self.buffer.num_buffers * self.buffer.buffer_size
+
+    def _build(self, name: str, num: int, size: int) -> None:
+        try:
+            new, note = SharedBuffer.create(name, num, size)
+        except ShmError as err:
+            raise ConfigError(str(err), "shared_buffer_name") from err
+        if note:
+            log.warning("%s", note)
+        old = self.buffer
+        if old is not None:
+            old.close()
+            if old.name != name:
+                old.unlink()
+        self.buffer, self.buffers = new, BufferManager(num)
+        how = "" if self.max_buffer_mem else f" (default: {DEFAULT_BUFFERS} buffers for this frame size)"
+        log.info("shared buffer %s: %d buffers of %d bytes = %.1f MiB%s", name, num, size,
+                 num * size / 2**20, how)
+        self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))
+
+    def buffer_config(self) -> dict[str, Any]:
+        if self.buffer is None:
+            raise ConfigError("no shared buffer yet: configure a source first")
+        return {"shared_buffer_name": self.shared_buffer_name, "num_buffers": self.buffer.num_buffers,
+                "buffer_size": self.buffer.buffer_size}
+
+    # -- source ------------------------------------------------------------------
+    def start(self) -> None:
+        if self.source is None or self.buffer is None:
+            raise ConfigError("no source configured: configure {\"source\": {...}} first")
+        if self.state == "running":
+            raise ConfigError("the source is already running")
+        self.source.reset()
+        self.next_frame = 0
+        self.started_at = self.next_due = time.monotonic()
+        self.ended_at = 0.0
+        self.state = "running"
+        log.info("source started: %s", self.source.describe())
+
+    def stop(self) -> None:
+        if self.state == "running":
+            self._end("stopped")
+
+    def _end(self, state: str) -> None:
+        self.state = state
+        self.ended_at = time.monotonic()
+        src = self.source
+        self.publish(IpcMessage("notify", "frame_ready", {
+            "end_of_acquisition": True, "acquisition_id": src.acquisition_id if src else "",
+            "frames": self.next_frame}))
+        log.info("source %s after %d frames (%d dropped)", state, self.next_frame, self.frames_dropped)
+
+    def wait_time(self) -> float | None:
+        """Seconds until ``produce`` has work: 0 now, a delay for rate limiting, None when idle/blocked."""
+        if self.state != "running":
+            return None
+        if self.mode == "block" and not self.buffers.empty:
+            return None  # wake on a release
+        return max(0.0, self.next_due - time.monotonic())
+
+    def produce(self, limit: int = 32) -> int:
+        """Announce up to ``limit`` frames that are due; return how many were handled."""
+        if self.state != "running":
+            return 0
+        src, buf, buffers = self.source, self.buffer, self.buffers
+        rate = src.rate
+        done = 0
+        now = time.monotonic()
+        while done < limit:
+            if src.frames and self.next_frame >= src.frames:
+                self._end("done")
+                break
+            if rate and now < self.next_due:
+                break
+            bid = buffers.take()
+            if bid is None:
+                if self.mode == "block":
+                    break
+                self.frames_dropped += 1
+            else:
+                self._fill(bid)
+            self.frames_received += 1
+            self.next_frame += 1
+            done += 1
+            if rate:
+                self.next_due += 1.0 / rate
+                now = time.monotonic()
+        return done
+
+    def _fill(self, bid: int) -> None:
+        src, buf = self.source, self.buffer
+        n = self.next_frame
+        header = FrameHeader(n, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id,
+                             state=STATE_FILLING)
+        buf.write_header(bid, header)
+        src.fill(n, buf.data(bid, src.dtype, src.shape))
+        header.state, header.timestamp = STATE_READY, time.time()
+        buf.write_header(bid, header)
+        self.publish(IpcMessage("notify", "frame_ready", {"frame": n, "buffer_id": bid}))
+
+    # -- data path in ------------------------------------------------------------
+    def on_release(self, msg: IpcMessage) -> None:
+        if msg.msg_val == "frame_release":
+            bid = msg.params.get("buffer_id")
+            if self.buffers is not None and isinstance(bid, int) and self.buffers.release(bid):
+                self.frames_released += 1
+                self.buffer.set_state(bid, 0)
+            else:
+                self.bad_releases += 1
+                self._warn("release of buffer %r that is not mapped (ignored)", bid)
+        elif msg.msg_val in ("request_buffer_config", "buffer_config"):
+            if self.buffer is not None:
+                self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))
+
+    def _warn(self, fmt: str, *args: Any) -> None:
+        self._warnings += 1
+        if self._warnings <= _MAX_WARNINGS:
+            log.warning(fmt, *args)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+        if self.buffer is not None:
+            self.buffer.close()
+            self.buffer.unlink()
+            log.info("unlinked shared buffer %s", self.shared_buffer_name)
+            self.buffer = None

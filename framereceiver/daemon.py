@@ -1,0 +1,143 @@
+"""The frame receiver daemon: one thread owning the control ROUTER, ready PUB and release SUB.
+
+Loggers: ``framereceiver.*``. Run with ``framechain receiver``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+import zmq
+
+from ipc.channel import IpcChannel
+from ipc.errors import FramechainError, ProtocolError
+from ipc.message import IpcMessage, nack_for_garbage
+
+from .controller import ReceiverController
+
+__all__ = ["FrameReceiverDaemon", "main"]
+
+log = logging.getLogger("framereceiver")
+DEFAULTS = {"ctrl": "tcp://127.0.0.1:5000", "ready": "tcp://127.0.0.1:5001", "release": "tcp://127.0.0.1:5002"}
+
+
+class FrameReceiverDaemon:
+    """Binds the receiver's three endpoints and runs its loop."""
+
+    def __init__(self, ctrl: str = DEFAULTS["ctrl"], ready: str = DEFAULTS["ready"],
+                 release: str = DEFAULTS["release"], context: zmq.Context | None = None) -> None:
+        ctx = context or zmq.Context.instance()
+        self.ctrl = IpcChannel(zmq.ROUTER, ctx)
+        self.ready = IpcChannel(zmq.PUB, ctx, hwm=0)
+        self.release = IpcChannel(zmq.SUB, ctx, hwm=0)
+        try:
+            self.ctrl.bind(ctrl)
+            self.ready.bind(ready)
+            self.release.bind(release)
+        except FramechainError:
+            self.close()
+            raise
+        self.controller = ReceiverController(self.ready.send)
+        self.stop_requested = False
+        log.info("frame receiver: control %s, ready %s, release %s", self.ctrl.endpoint, self.ready.endpoint,
+                 self.release.endpoint)
+
+    def handle_control(self, limit: int = 64) -> None:
+        for _ in range(limit):
+            try:
+                identity, raw = self.ctrl.recv_raw(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = IpcMessage.decode(raw)
+            except ProtocolError as err:
+                reply = nack_for_garbage(raw, str(err))
+            else:
+                reply = self.controller.handle(msg)
+            self.ctrl.send(reply, identity)
+            if self.controller.shutdown_requested:
+                self.stop_requested = True
+
+    def handle_releases(self, limit: int = 1024) -> None:
+        sock = self.release.socket
+        for _ in range(limit):
+            try:
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.controller.on_release(IpcMessage.decode(raw))
+            except ProtocolError as err:
+                self.controller._warn("ignored malformed release-channel message: %s", err)
+
+    def apply_config_file(self, path: str) -> None:
+        with open(path) as fh:
+            items = json.load(fh)
+        for i, params in enumerate(items if isinstance(items, list) else [items]):
+            reply = self.controller.handle(IpcMessage("cmd", "configure", params))
+            if reply.msg_type == "nack":
+                raise FramechainError(f"{path} item {i}: {reply.error}")
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ctrl.socket, zmq.POLLIN)
+        poller.register(self.release.socket, zmq.POLLIN)
+        ctl = self.controller
+        while not self.stop_requested:
+            wait = ctl.wait_time()
+            timeout = 100 if wait is None else int(wait * 1000)
+            events = dict(poller.poll(timeout))
+            if self.release.socket in events:
+                self.handle_releases()
+            if self.ctrl.socket in events:
+                self.handle_control()
+            ctl.produce()
+        log.info("frame receiver stopping")
+
+    def close(self) -> None:
+        if hasattr(self, "controller"):
+            self.controller.close()
+        for ch in (self.ctrl, self.ready, self.release):
+            ch.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="framechain receiver", description="Run the frame receiver daemon.")
+    parser.add_argument("--ctrl", default=DEFAULTS["ctrl"], help="control endpoint (default %(default)s)")
+    parser.add_argument("--ready", default=DEFAULTS["ready"], help="frame_ready PUB endpoint (default %(default)s)")
+    parser.add_argument("--release", default=DEFAULTS["release"],
+                        help="frame_release SUB endpoint (default %(default)s)")
+    parser.add_argument("--config", help="JSON file: configure params (an object or a list) applied at start")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        daemon = FrameReceiverDaemon(args.ctrl, args.ready, args.release)
+    except FramechainError as err:
+        log.error("%s", err)
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        daemon.stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if args.config:
+            daemon.apply_config_file(args.config)
+        daemon.run()
+    except (OSError, ValueError, FramechainError) as err:
+        log.error("bad --config: %s", err)
+        return 2
+    finally:
+        daemon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

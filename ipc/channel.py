@@ -1,0 +1,100 @@
+"""IpcChannel: a thin owner of one ZeroMQ socket speaking IpcMessages.
+
+Control channels are ROUTER (daemon, bound) / DEALER (client, connected); the
+data path is PUB/SUB. A channel belongs to one thread; hand messages to it
+from other threads through a queue the owning thread drains.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from typing import Any
+
+import zmq
+
+from .errors import FramechainError
+from .message import IpcMessage
+
+__all__ = ["IpcChannel", "free_tcp_endpoint"]
+
+
+class IpcChannel:
+    """One ZeroMQ socket plus IpcMessage encoding.
+
+    Parameters
+    ----------
+    kind : int
+        A zmq socket type (``zmq.ROUTER``, ``zmq.DEALER``, ``zmq.PUB``, ``zmq.SUB``).
+    context : zmq.Context, optional
+        Defaults to the process-wide ``zmq.Context.instance()``.
+    """
+
+    def __init__(self, kind: int, context: zmq.Context | None = None, hwm: int | None = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(kind)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if hwm is not None:
+            self.socket.setsockopt(zmq.SNDHWM, hwm)
+            self.socket.setsockopt(zmq.RCVHWM, hwm)
+        if kind == zmq.SUB:
+            self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.endpoint: str | None = None
+
+    def bind(self, endpoint: str) -> None:
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as err:
+            raise FramechainError(f"cannot bind {endpoint}: {err} (is another daemon using it?)") from err
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def connect(self, endpoint: str) -> None:
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as err:
+            raise FramechainError(f"cannot connect to {endpoint}: {err}") from err
+        self.endpoint = endpoint
+
+    # -- messages -------------------------------------------------------
+    def send(self, msg: IpcMessage, identity: bytes | None = None, flags: int = 0) -> None:
+        """Send a message; ``identity`` addresses a ROUTER peer."""
+        if identity is not None:
+            self.socket.send_multipart([identity, msg.encode()], flags=flags)
+        else:
+            self.socket.send(msg.encode(), flags=flags)
+
+    def recv_raw(self, flags: int = 0) -> tuple[bytes | None, bytes]:
+        """Receive (identity or None, payload) without parsing."""
+        if self.socket.type == zmq.ROUTER:
+            parts = self.socket.recv_multipart(flags=flags)
+            return parts[0], parts[-1]
+        return None, self.socket.recv(flags=flags)
+
+    def recv(self, flags: int = 0) -> IpcMessage:
+        """Receive and parse one message (raises ProtocolError when malformed)."""
+        return IpcMessage.decode(self.recv_raw(flags)[1])
+
+    def poll(self, timeout_ms: int) -> bool:
+        return bool(self.socket.poll(timeout_ms))
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.close(linger=0)
+
+    def __enter__(self) -> IpcChannel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.socket.closed else "open"
+        return f"<IpcChannel {self.socket.type} {self.endpoint} {state}>"
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A tcp endpoint on a port that is free right now (for tests and launchers)."""
+    with _socket.socket() as s:
+        s.bind((host, 0))
+        return f"tcp://{host}:{s.getsockname()[1]}"
+
+

@@ -1,0 +1,160 @@
+"""IpcMessage: odin-data's JSON control and notification message.
+
+Wire form (one UTF-8 JSON object per ZeroMQ frame)::
+
+    {"msg_type": "cmd", "msg_val": "configure", "id": 263,
+     "timestamp": "2026-11-23T08:53:06.340914", "params": {...}}
+
+Parsing is strict: a bad ``msg_type``, ``msg_val``, ``id``, ``timestamp`` or
+``params`` raises :class:`~ipc.errors.ProtocolError` with a reason a person can
+act on. A reply (``ack``/``nack``) copies the request's ``id`` and ``msg_val``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = ["IpcMessage", "MSG_TYPES", "MSG_VALS", "next_id", "nack_for_garbage"]
+
+MSG_TYPES = frozenset({"cmd", "ack", "nack", "notify"})
+MSG_VALS = frozenset({
+    "reset", "status", "configure", "request_configuration", "execute",
+    "request_commands", "request_version", "reset_statistics", "shutdown",
+    "request_buffer_config", "request_buffer_precharge", "identity",
+    "frame_ready", "frame_release", "buffer_config", "buffer_precharge",
+    "notify_status",
+})
+_FIELDS = ("msg_type", "msg_val", "id", "timestamp", "params")
+_ids = itertools.count(1)
+
+
+def next_id() -> int:
+    """Return a process-wide increasing message id."""
+    return next(_ids)
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="microseconds")
+
+
+class IpcMessage:
+    """One control or notification message.
+
+    Examples
+    --------
+    >>> msg = IpcMessage("cmd", "status")
+    >>> IpcMessage.decode(msg.encode()).msg_val
+    'status'
+    """
+
+    __slots__ = ("msg_type", "msg_val", "id", "timestamp", "params")
+
+    def __init__(self, msg_type: str, msg_val: str, params: dict[str, Any] | None = None,
+                 id: int | None = None, timestamp: str | None = None) -> None:
+        self.msg_type = msg_type
+        self.msg_val = msg_val
+        self.id = next_id() if id is None else id
+        self.timestamp = timestamp or _now()
+        self.params = {} if params is None else params
+
+    # -- encoding -------------------------------------------------------
+    def encode(self) -> bytes:
+        """Serialise to the wire form."""
+        return json.dumps({"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
+                           "timestamp": self.timestamp, "params": self.params},
+                          default=_json_default).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> IpcMessage:
+        """Parse and validate the wire form; raise ProtocolError naming the problem."""
+        try:
+            obj = json.loads(raw)
+        except UnicodeDecodeError as err:
+            raise ProtocolError(f"message is not UTF-8 text: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ProtocolError(f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
+        return cls.from_dict(obj)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> IpcMessage:
+        """Validate a decoded JSON value and build the message."""
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"message must be a JSON object, not {type(obj).__name__}")
+        unknown = set(obj) - set(_FIELDS)
+        if unknown:
+            raise ProtocolError(f"unknown field(s) {sorted(unknown)}; an IpcMessage has only {list(_FIELDS)}")
+        for field in ("msg_type", "msg_val", "id", "timestamp"):
+            if field not in obj:
+                raise ProtocolError(f"missing field '{field}'")
+        msg_type, msg_val, msg_id, ts = obj["msg_type"], obj["msg_val"], obj["id"], obj["timestamp"]
+        if msg_type not in MSG_TYPES:
+            raise ProtocolError(f"bad msg_type {msg_type!r}; expected one of {sorted(MSG_TYPES)}")
+        if not isinstance(msg_val, str):
+            raise ProtocolError(f"bad msg_val {msg_val!r}; it must be a string")
+        # Replies echo the request's msg_val, even one that was rejected.
+        if msg_type in ("cmd", "notify") and msg_val not in MSG_VALS:
+            raise ProtocolError(f"unknown msg_val {msg_val!r}; expected one of {sorted(MSG_VALS)}")
+        if isinstance(msg_id, bool) or not isinstance(msg_id, int) or msg_id < 0:
+            raise ProtocolError(f"bad id {msg_id!r}; it must be a non-negative integer")
+        if not isinstance(ts, str):
+            raise ProtocolError(f"bad timestamp {ts!r}; expected an ISO 8601 string like 2026-11-23T08:53:06.340914")
+        try:
+            datetime.fromisoformat(ts)
+        except ValueError as err:
+            raise ProtocolError(f"bad timestamp {ts!r}; expected ISO 8601 like 2026-11-23T08:53:06.340914") from err
+        params = obj.get("params", {})
+        if not isinstance(params, dict):
+            raise ProtocolError(f"bad params: must be a JSON object, not {type(params).__name__}")
+        return cls(msg_type, msg_val, params, id=msg_id, timestamp=ts)
+
+    # -- replies --------------------------------------------------------
+    def ack(self, params: dict[str, Any] | None = None) -> IpcMessage:
+        """An ``ack`` reply to this message."""
+        return IpcMessage("ack", self.msg_val, params, id=self.id)
+
+    def nack(self, error: str, params: dict[str, Any] | None = None) -> IpcMessage:
+        """A ``nack`` reply carrying ``params.error``."""
+        p = dict(params or {})
+        p["error"] = error
+        return IpcMessage("nack", self.msg_val, p, id=self.id)
+
+    @property
+    def error(self) -> str | None:
+        """The nack's error text, if any."""
+        return self.params.get("error")
+
+    def __repr__(self) -> str:
+        return f"IpcMessage({self.msg_type}/{self.msg_val} id={self.id} params={self.params!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IpcMessage):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in _FIELDS)
+
+
+def nack_for_garbage(raw: bytes, error: str) -> IpcMessage:
+    """A nack for a message that failed to parse, echoing its id and msg_val when readable."""
+    msg_id, msg_val = 0, "status"
+    try:
+        obj = json.loads(raw)
+        if isinstance(obj, dict):
+            if isinstance(obj.get("id"), int) and not isinstance(obj.get("id"), bool) and obj["id"] >= 0:
+                msg_id = obj["id"]
+            if isinstance(obj.get("msg_val"), str):
+                msg_val = obj["msg_val"]
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return IpcMessage("nack", msg_val, {"error": error}, id=msg_id)
+
+
+def _json_default(obj: Any) -> Any:
+    """Let numpy scalars and arrays travel in params."""
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -1,0 +1,1 @@
+"""framechain's built-in plugins, one module each."""
