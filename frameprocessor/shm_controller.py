@@ -25,7 +25,7 @@ import zmq
 from ipc.channel import IpcChannel
 from ipc.errors import ShmError
 from ipc.message import IpcMessage
-from ipc.shm import FRAME_HEADER, SharedBuffer
+from ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
 from .chain import PluginChain
 from .frame import EndOfAcquisition, Frame
@@ -59,6 +59,8 @@ class SharedMemoryController:
         self.stalled_ready: dict[str, Any] | None = None  # copy mode: pool exhausted
         self._last_request = 0.0
         self._warnings = 0
+        self._layout_key: tuple | None = None
+        self._layout_value: tuple = ()
         self.reset_statistics()
         if shared_buffer_name:
             self._map(shared_buffer_name, quiet=True)
@@ -91,6 +93,7 @@ class SharedMemoryController:
                 log.warning("%s", err)
             return
         if self.buffer is not None:
+            self._layout_key, self._layout_value = None, ()
             self.buffer.close()
         self.buffer = new
         self.shared_buffer_name = name
@@ -142,31 +145,51 @@ class SharedMemoryController:
         if not isinstance(bid, int) or isinstance(bid, bool) or not 0 <= bid < buf.num_buffers:
             self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
             return
-        hdr = buf.header(bid)
-        problem = hdr.problem(buf.buffer_size)
-        if problem is None and number != hdr.frame_number:
-            problem = f"frame_ready says frame {number} but the header holds frame {hdr.frame_number}"
-        if problem is not None:
-            self._bad(problem, bid, number)
+        fields = buf.header_fields(bid)
+        layout = self._layout(fields, buf)
+        if layout.__class__ is str:
+            self._bad(layout, bid, number)
             return
+        if number != fields[3]:
+            self._bad(f"frame_ready says frame {number} but the header holds frame {fields[3]}", bid, number)
+            return
+        dtype, shape, size, acq, dset, views = layout
+        ts = fields[5]
         if self.copy:
             try:
-                block = self.pool.acquire(hdr.data_size)
+                block = self.pool.acquire(size)
             except PoolExhausted:
                 self.frames_received -= 1  # counted again on retry
                 self.stalled_ready = p
                 return
-            data = block.view(hdr.dtype, hdr.shape)
-            np.copyto(data, buf.data(bid, hdr.dtype, hdr.shape))
-            self._send_release(hdr.frame_number, bid)
+            data = block.view(dtype, shape)
+            np.copyto(data, views[bid])
+            self._send_release(number, bid)
             pool = self.pool
-            frame = Frame(data, hdr.frame_number, hdr.dataset, hdr.acquisition_id, hdr.timestamp,
-                          on_release=lambda: pool.release(block))
+            frame = Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
         else:
-            n = hdr.frame_number
-            frame = Frame(buf.data(bid, hdr.dtype, hdr.shape), n, hdr.dataset, hdr.acquisition_id,
-                          hdr.timestamp, on_release=lambda: self._release_later(n, bid))
+            frame = Frame(views[bid], number, dset, acq, ts, on_release=lambda: self._release_later(number, bid))
         self._dispatch(frame)
+
+    def _layout(self, fields: tuple, buf: SharedBuffer) -> tuple | str:
+        """Validate a header's layout, cached: frames of a run share dtype, shape and names.
+
+        Returns (dtype, shape, size, acquisition_id, dataset, per-buffer views) or a problem sentence.
+        """
+        if fields[2] != STATE_READY:
+            return f"buffer state is {fields[2]}, not ready ({STATE_READY})"
+        key = (fields[0], fields[1], fields[4], fields[6], fields[7], fields[9:13], fields[13], fields[14], id(buf))
+        if key == self._layout_key:
+            return self._layout_value
+        hdr = FrameHeader.from_fields(fields)
+        problem = hdr.problem(buf.buffer_size)
+        if problem is not None:
+            return problem
+        dtype = np.dtype(hdr.dtype)
+        views = [buf.data(i, dtype, hdr.shape) for i in range(buf.num_buffers)]
+        self._layout_key = key
+        self._layout_value = (dtype, hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, views)
+        return self._layout_value
 
     def _dispatch(self, item: Frame | EndOfAcquisition) -> None:
         targets = self.chain.sources

@@ -19,7 +19,7 @@ import zmq
 
 from ipc.errors import ConfigError, FramechainError, ShmError
 from ipc.message import IpcMessage
-from ipc.shm import STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
+from ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
 
 from .buffers import BufferManager
 from .sources import FrameSource, make_source
@@ -60,6 +60,9 @@ class ReceiverController:
         self.ended_at = 0.0
         self.shutdown_requested = False
         self._warnings = 0
+        self._view_key: tuple | None = None
+        self._data_views: list = []
+        self._header: FrameHeader | None = None
         self.reset_statistics()
 
     def reset_statistics(self) -> None:
@@ -218,6 +221,9 @@ class ReceiverController:
         if self.state == "running":
             raise ConfigError("the source is already running")
         self.source.reset()
+        src = self.source
+        self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
+        self._views()
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -274,15 +280,23 @@ class ReceiverController:
                 now = time.monotonic()
         return done
 
+    def _views(self) -> list:
+        """Per-buffer numpy views for the current source (built once per source/layout)."""
+        src, buf = self.source, self.buffer
+        key = (id(buf), src.dtype, src.shape)
+        if self._view_key != key:
+            self._data_views = [buf.data(i, src.dtype, src.shape) for i in range(buf.num_buffers)]
+            self._view_key = key
+        return self._data_views
+
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer
         n = self.next_frame
-        header = FrameHeader(n, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id,
-                             state=STATE_FILLING)
+        header = self._header
+        header.frame_number, header.state, header.timestamp = n, STATE_FILLING, 0.0
         buf.write_header(bid, header)
-        src.fill(n, buf.data(bid, src.dtype, src.shape))
-        header.state, header.timestamp = STATE_READY, time.time()
-        buf.write_header(bid, header)
+        src.fill(n, self._data_views[bid])
+        buf.set_state(bid, STATE_READY, time.time())
         self.publish(IpcMessage("notify", "frame_ready", {"frame": n, "buffer_id": bid}))
 
     # -- data path in ------------------------------------------------------------
@@ -291,7 +305,7 @@ class ReceiverController:
             bid = msg.params.get("buffer_id")
             if self.buffers is not None and isinstance(bid, int) and self.buffers.release(bid):
                 self.frames_released += 1
-                self.buffer.set_state(bid, 0)
+                self.buffer.set_state(bid, STATE_EMPTY)
             else:
                 self.bad_releases += 1
                 self._warn("release of buffer %r that is not mapped (ignored)", bid)

@@ -46,10 +46,7 @@ class FrameSource:
         self.frames = frames
         self.rate = rate
         self.acquisition_id = acquisition_id
-
-    @property
-    def frame_bytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        self.frame_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
 
     def reset(self) -> None:
         """Start again from frame 0."""

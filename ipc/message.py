@@ -30,6 +30,7 @@ MSG_VALS = frozenset({
     "notify_status",
 })
 _FIELDS = ("msg_type", "msg_val", "id", "timestamp", "params")
+_FIELD_SET = frozenset(_FIELDS)
 _ids = itertools.count(1)
 
 
@@ -65,15 +66,14 @@ class IpcMessage:
     # -- encoding -------------------------------------------------------
     def encode(self) -> bytes:
         """Serialise to the wire form."""
-        return json.dumps({"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
-                           "timestamp": self.timestamp, "params": self.params},
-                          default=_json_default).encode()
+        return _ENCODER.encode({"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
+                                "timestamp": self.timestamp, "params": self.params}).encode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> IpcMessage:
         """Parse and validate the wire form; raise ProtocolError naming the problem."""
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
         except UnicodeDecodeError as err:
             raise ProtocolError(f"message is not UTF-8 text: {err}") from err
         except json.JSONDecodeError as err:
@@ -85,14 +85,14 @@ class IpcMessage:
         """Validate a decoded JSON value and build the message."""
         if not isinstance(obj, dict):
             raise ProtocolError(f"message must be a JSON object, not {type(obj).__name__}")
-        unknown = set(obj) - set(_FIELDS)
-        if unknown:
+        if len(obj) > 5 or not _FIELD_SET.issuperset(obj):
+            unknown = set(obj) - _FIELD_SET
             raise ProtocolError(f"unknown field(s) {sorted(unknown)}; an IpcMessage has only {list(_FIELDS)}")
         for field in ("msg_type", "msg_val", "id", "timestamp"):
             if field not in obj:
                 raise ProtocolError(f"missing field '{field}'")
         msg_type, msg_val, msg_id, ts = obj["msg_type"], obj["msg_val"], obj["id"], obj["timestamp"]
-        if msg_type not in MSG_TYPES:
+        if not isinstance(msg_type, str) or msg_type not in MSG_TYPES:
             raise ProtocolError(f"bad msg_type {msg_type!r}; expected one of {sorted(MSG_TYPES)}")
         if not isinstance(msg_val, str):
             raise ProtocolError(f"bad msg_val {msg_val!r}; it must be a string")
@@ -158,3 +158,6 @@ def _json_default(obj: Any) -> Any:
     if tolist is not None:
         return tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+_ENCODER = json.JSONEncoder(default=_json_default)

@@ -78,8 +78,11 @@ class FrameHeader:
 
     @classmethod
     def unpack_from(cls, buf: memoryview | mmap.mmap, offset: int) -> FrameHeader:
-        (magic, version, state, number, size, ts, dtype, ndim, _r, s0, s1, s2, s3, acq,
-         dset) = FRAME_HEADER.unpack_from(buf, offset)
+        return cls.from_fields(FRAME_HEADER.unpack_from(buf, offset))
+
+    @classmethod
+    def from_fields(cls, fields: tuple) -> FrameHeader:
+        (magic, version, state, number, size, ts, dtype, ndim, _r, s0, s1, s2, s3, acq, dset) = fields
         shape = (s0, s1, s2, s3)[:min(ndim, 4)]
         return cls(number, dtype.rstrip(b"\0").decode("ascii", "replace"), shape, size, ts,
                    acq.rstrip(b"\0").decode("utf-8", "replace"),
@@ -198,14 +201,22 @@ class SharedBuffer:
         """Byte offset of buffer ``buffer_id``."""
         return SEGMENT_HEADER.size + buffer_id * self.buffer_size
 
+    def header_fields(self, buffer_id: int) -> tuple:
+        """The raw unpacked FRAME_HEADER tuple of ``buffer_id`` (fast path; see FrameHeader for meaning)."""
+        return FRAME_HEADER.unpack_from(self._map, self.offset(buffer_id))
+
     def header(self, buffer_id: int) -> FrameHeader:
         return FrameHeader.unpack_from(self._map, self.offset(buffer_id))
 
     def write_header(self, buffer_id: int, header: FrameHeader) -> None:
         header.pack_into(self._map, self.offset(buffer_id))
 
-    def set_state(self, buffer_id: int, state: int) -> None:
-        struct.pack_into("<H", self._map, self.offset(buffer_id) + 6, state)
+    def set_state(self, buffer_id: int, state: int, timestamp: float | None = None) -> None:
+        """Set a buffer's state (and its timestamp when given) without rewriting the header."""
+        off = self.offset(buffer_id)
+        struct.pack_into("<H", self._map, off + 6, state)
+        if timestamp is not None:
+            struct.pack_into("<d", self._map, off + 24, timestamp)
 
     def data(self, buffer_id: int, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
         """A writable numpy view of the pixel data of ``buffer_id`` (no copy)."""

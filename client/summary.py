@@ -1,0 +1,47 @@
+"""The end-of-run summary printed by ``framechain run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summarise", "output_files"]
+
+_FILE_KEYS = ("output_files", "files_written", "current_file_path", "file_path", "output", "result_file")
+
+
+def output_files(fp: dict[str, Any]) -> list[str]:
+    """Files the plugins report having written (keys from _FILE_KEYS in each plugin's status)."""
+    files: list[str] = []
+    for name in fp.get("plugins", {}).get("names", []):
+        st = fp.get(name, {})
+        for key in _FILE_KEYS:
+            v = st.get(key)
+            for f in (v if isinstance(v, list) else [v]):
+                if isinstance(f, str) and f and f not in files and Path(f).exists():
+                    files.append(f)
+    return files
+
+
+def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elapsed: float, log_dir: Path) -> str:
+    fr = rx["frames"]
+    names = fp.get("plugins", {}).get("names", [])
+    lines = ["", "framechain run summary", "----------------------",
+             f"source          {rx['source'].get('type', '?')} {rx['source'].get('pattern', '')} "
+             f"{rx['source'].get('shape', '')} {rx['source'].get('dtype', '')} ({rx['source']['state']})",
+             f"frames          received {fr['received']}, released {fr['released']}, dropped {fr['dropped']}",
+             f"processor       received {fp['frames']['received']}, bad {fp['frames']['bad']}, "
+             f"unrouted {fp['frames']['unrouted']}",
+             f"elapsed         {elapsed:.2f} s, {fr['received'] / elapsed if elapsed > 0 else 0:,.0f} frames/s"]
+    for n in names:
+        st = fp[n]
+        t = st["timing"]
+        lines.append(f"plugin {n:<9} processed {st['frames_processed']}, dropped {st['frames_dropped']}, "
+                     f"errors {st['errors']}, mean {t['mean_process']:.1f} us, max {t['max_process']:.0f} us"
+                     + (f"  last error: {st['last_error']}" if st.get("last_error") else ""))
+    lost = fr["dropped"] + fp["frames"]["bad"] + sum(fp[n]["frames_dropped"] for n in names)
+    lines.append(f"lost frames     {lost} ({'none' if lost == 0 else 'see counters above'})")
+    for f in output_files(fp):
+        lines.append(f"output          {f}")
+    lines.append(f"daemon logs     {log_dir}")
+    return "\n".join(lines)

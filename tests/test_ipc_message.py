@@ -1,0 +1,105 @@
+"""IpcMessage: odin-data wire format, strict parsing with precise reasons."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipc import IpcMessage, ProtocolError
+from ipc.message import MSG_VALS, nack_for_garbage
+
+GOOD = {"msg_type": "cmd", "msg_val": "configure", "id": 263, "timestamp": "2026-11-23T08:53:06.340914",
+        "params": {"a": 1}}
+
+
+def test_round_trip_keeps_every_field():
+    msg = IpcMessage.decode(json.dumps(GOOD))
+    assert (msg.msg_type, msg.msg_val, msg.id, msg.timestamp, msg.params) == (
+        "cmd", "configure", 263, "2026-11-23T08:53:06.340914", {"a": 1})
+    assert json.loads(msg.encode()) == GOOD
+
+
+def test_reply_copies_id_and_msg_val():
+    req = IpcMessage("cmd", "status")
+    ack, nack = req.ack({"x": 1}), req.nack("bad thing")
+    assert (ack.msg_type, ack.msg_val, ack.id) == ("ack", "status", req.id)
+    assert (nack.msg_type, nack.id, nack.error) == ("nack", req.id, "bad thing")
+
+
+def test_params_may_be_omitted():
+    obj = dict(GOOD)
+    del obj["params"]
+    assert IpcMessage.decode(json.dumps(obj)).params == {}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"msg_type": "command"}, "bad msg_type 'command'"),
+    ({"msg_val": "explode"}, "unknown msg_val 'explode'"),
+    ({"msg_val": 5}, "bad msg_val 5"),
+    ({"id": -1}, "bad id -1"),
+    ({"id": "7"}, "bad id '7'"),
+    ({"id": True}, "bad id True"),
+    ({"timestamp": "yesterday"}, "bad timestamp 'yesterday'"),
+    ({"timestamp": 12}, "bad timestamp 12"),
+    ({"params": [1, 2]}, "bad params: must be a JSON object, not list"),
+    ({"extra": 1}, "unknown field(s) ['extra']"),
+])
+def test_bad_fields_are_named(change, reason):
+    obj = {**GOOD, **change}
+    with pytest.raises(ProtocolError) as err:
+        IpcMessage.decode(json.dumps(obj))
+    assert reason in str(err.value)
+
+
+@pytest.mark.parametrize("field", ["msg_type", "msg_val", "id", "timestamp"])
+def test_missing_field_is_named(field):
+    obj = {k: v for k, v in GOOD.items() if k != field}
+    with pytest.raises(ProtocolError, match=f"missing field '{field}'"):
+        IpcMessage.decode(json.dumps(obj))
+
+
+def test_not_json_and_not_object():
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        IpcMessage.decode(b"{nope")
+    with pytest.raises(ProtocolError, match="must be a JSON object, not list"):
+        IpcMessage.decode(b"[1, 2]")
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        IpcMessage.decode(b"\xff\xfe")
+
+
+def test_every_msg_val_accepted():
+    for val in MSG_VALS:
+        assert IpcMessage.decode(IpcMessage("cmd", val).encode()).msg_val == val
+
+
+def test_nack_for_garbage_echoes_what_it_can():
+    reply = nack_for_garbage(json.dumps({**GOOD, "msg_val": "explode", "id": 9}).encode(), "why")
+    assert (reply.msg_type, reply.msg_val, reply.id, reply.error) == ("nack", "explode", 9, "why")
+    reply = nack_for_garbage(b"\x00garbage", "why")
+    assert (reply.msg_type, reply.id) == ("nack", 0)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(), kids, max_size=3),
+                           max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["msg_type", "msg_val", "id", "timestamp", "params", "x"]), json_values))
+def test_fuzz_decode_only_raises_protocol_error(obj):
+    try:
+        msg = IpcMessage.decode(json.dumps(obj))
+    except ProtocolError as err:
+        assert str(err)
+    else:
+        assert IpcMessage.decode(msg.encode()) == msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_bytes(raw):
+    try:
+        IpcMessage.decode(raw)
+    except ProtocolError:
+        pass
