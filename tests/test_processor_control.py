@@ -1,0 +1,152 @@
+"""The processor's control channel: every request gets one reply; bad input gets a precise nack
+and leaves the daemon's state unchanged. Uses a real processor subprocess."""
+
+import json
+import textwrap
+
+import pytest
+import zmq
+from harness import Daemon, wait_for
+
+from ipc import IpcMessage, free_tcp_endpoint
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path_factory.mktemp("fp") / "processor.log")
+    d.ok("configure", {"plugin": {"load": [{"index": "a", "name": "DummyPlugin", "library": "plugins.dummy"},
+                                           {"index": "b", "name": "SumPlugin", "library": "plugins.sum"}],
+                                  "connect": [{"index": "b", "connection": "a"}]}})
+    yield d
+    assert d.stop() == 0
+
+
+@pytest.fixture
+def raw_socket(processor):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(processor.ctrl)
+    yield s
+    s.close()
+
+
+def _raw_request(sock, payload: bytes) -> IpcMessage:
+    sock.send(payload)
+    assert sock.poll(10000), "no reply to a malformed message"
+    return IpcMessage.decode(sock.recv())
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{not json", "not valid JSON"),
+    (b"[1,2,3]", "must be a JSON object, not list"),
+    (b'"hello"', "must be a JSON object, not str"),
+    (json.dumps({"msg_type": "cmd", "msg_val": "status", "timestamp": "2026-01-01T00:00:00"}).encode(),
+     "missing field 'id'"),
+    (json.dumps({"msg_type": "cmd", "msg_val": "frobnicate", "id": 5,
+                 "timestamp": "2026-01-01T00:00:00"}).encode(), "unknown msg_val 'frobnicate'"),
+    (json.dumps({"msg_type": "cmd", "msg_val": "status", "id": 5, "timestamp": "noon"}).encode(), "bad timestamp"),
+    (json.dumps({"msg_type": "cmd", "msg_val": "status", "id": 5, "timestamp": "2026-01-01T00:00:00",
+                 "params": 3}).encode(), "bad params"),
+])
+def test_malformed_messages_get_a_nack(raw_socket, payload, reason):
+    reply = _raw_request(raw_socket, payload)
+    assert reply.msg_type == "nack"
+    assert reason in reply.error
+
+
+def test_malformed_nack_echoes_id(raw_socket):
+    reply = _raw_request(raw_socket, json.dumps({"msg_type": "cmd", "msg_val": "bogus", "id": 4242,
+                                                 "timestamp": "2026-01-01T00:00:00"}).encode())
+    assert (reply.id, reply.msg_val, reply.msg_type) == (4242, "bogus", "nack")
+
+
+def _config(processor):
+    return processor.ok("request_configuration")
+
+
+def _bad_plugin_file(tmp_path):
+    p = tmp_path / "broken_plugin.py"
+    p.write_text("raise RuntimeError('this plugin is broken on purpose')\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"nosuch": {"x": 1}}, "unknown configure key or plugin index 'nosuch'"),
+    ({"plugin": {"load": {"index": "c", "name": "Nope", "library": "plugins.nosuchmodule"}}},
+     "no plugin module 'plugins.nosuchmodule'"),
+    ({"plugin": {"load": {"index": "c", "name": "NoSuchClass", "library": "plugins.dummy"}}},
+     "has no class 'NoSuchClass'"),
+    ({"plugin": {"load": {"index": "c", "name": "X", "library": "/does/not/exist.py"}}}, "does not exist"),
+    ({"plugin": {"load": {"index": "a", "name": "DummyPlugin", "library": "plugins.dummy"}}},
+     "index 'a' is already loaded"),
+    ({"plugin": {"connect": {"index": "zz", "connection": "a"}}}, "no plugin with index 'zz'"),
+    ({"plugin": {"connect": {"index": "a", "connection": "b"}}}, "would make a cycle"),
+    ({"plugin": {"connect": {"index": "a", "connection": "a"}}}, "would make a cycle"),
+    ({"plugin": {"disconnect": {"index": "a", "connection": "b"}}}, "not connected"),
+    ({"plugin": {"explode": {}}}, "unknown plugin action"),
+    ({"b": {"enabled": "yes"}}, "The 'enabled' option of SumPlugin 'b' expected true or false"),
+    ({"b": {"bogus": 1}}, "unknown key 'bogus' for SumPlugin 'b'"),
+    ({"fr_setup": {"fr_ready_cnxn": "nowhere"}}, "fr_ready_cnxn"),
+    ({"shared_memory": {"copy": "maybe"}}, "copy must be true/false"),
+    # a good load followed by a bad connect: the whole message is rolled back
+    ({"plugin": {"load": {"index": "c", "name": "DummyPlugin", "library": "plugins.dummy"},
+                 "connect": [{"index": "c", "connection": "a"}, {"index": "c", "connection": "missing"}]}},
+     "no plugin with index 'missing'"),
+])
+def test_bad_configure_is_nacked_and_changes_nothing(processor, params, reason):
+    before = _config(processor)
+    reply = processor.request("configure", params)
+    assert reply.msg_type == "nack", reply
+    assert reason in reply.error
+    assert _config(processor) == before
+
+
+def test_py_file_raising_on_import_is_nacked(processor, tmp_path):
+    before = _config(processor)
+    reply = processor.request("configure", {"plugin": {"load": {"index": "c", "name": "X",
+                                                                 "library": _bad_plugin_file(tmp_path)}}})
+    assert reply.msg_type == "nack"
+    assert "raised RuntimeError on import: this plugin is broken on purpose" in reply.error
+    assert _config(processor) == before
+
+
+def test_unknown_execute_and_commands(processor):
+    assert "no plugin with index 'zz'" in processor.request("execute", {"zz": {"command": "go"}}).error
+    assert "has no command 'go'" in processor.request("execute", {"a": {"command": "go"}}).error
+    assert "needs {\"command\"" in processor.request("execute", {"a": {"cmd": "go"}}).error
+    cmds = processor.ok("request_commands")["commands"]
+    assert cmds == {"a": [], "b": []}
+
+
+def test_status_version_reset(processor):
+    st = processor.status()
+    assert st["plugins"]["names"] == ["a", "b"]
+    for index in ("a", "b"):
+        assert set(st[index]["timing"]) == {"last_process", "max_process", "mean_process"}
+    assert st["shared_memory"]["configured"] is False
+    v = processor.ok("request_version")
+    assert v["version"]["framechain"] and v["plugins"]["b"]["name"] == "SumPlugin"
+    assert processor.ok("reset_statistics") == {}
+
+
+def test_data_path_messages_on_control_channel_are_nacked(processor):
+    reply = processor.request("frame_release", {"frame": 1, "buffer_id": 0})
+    assert reply.msg_type == "nack" and "does not handle 'frame_release'" in reply.error
+
+
+def test_load_connect_disconnect_at_run_time(processor, tmp_path):
+    plugin = tmp_path / "tagger.py"
+    plugin.write_text(textwrap.dedent("""
+        from frameprocessor import FrameProcessorPlugin
+        class Tagger(FrameProcessorPlugin):
+            def process_frame(self, frame):
+                self.push(frame)
+    """))
+    processor.ok("configure", {"plugin": {"load": {"index": "t", "name": "Tagger", "library": str(plugin)}}})
+    processor.ok("configure", {"plugin": {"connect": {"index": "t", "connection": "b", "blocking": False}}})
+    cfg = _config(processor)
+    assert {"index": "t", "connection": "b", "blocking": False} in cfg["plugin"]["connect"]
+    processor.ok("configure", {"plugin": {"disconnect": {"index": "t", "connection": "b"}}})
+    assert {"index": "t", "connection": "b", "blocking": False} not in _config(processor)["plugin"]["connect"]
+    wait_for(lambda: "t" in processor.status()["plugins"]["names"])

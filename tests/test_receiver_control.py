@@ -1,0 +1,107 @@
+"""The receiver's control channel and shared-memory life cycle, on a real receiver subprocess."""
+
+import os
+import signal
+
+import pytest
+from harness import Daemon, unique_shm_name, wait_for
+
+from ipc import free_tcp_endpoint
+
+
+def _receiver(tmp_path, name="receiver"):
+    return Daemon("receiver", ["--ready", free_tcp_endpoint(), "--release", free_tcp_endpoint()],
+                  free_tcp_endpoint(), tmp_path / f"{name}.log")
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    d = _receiver(tmp_path)
+    yield d
+    d.stop()
+
+
+SOURCE = {"type": "simulated", "shape": [16, 16], "frames": 10}
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"max_buffer_mem": -5}, "max_buffer_mem must be a positive number of bytes"),
+    ({"max_buffer_mem": 1 << 60}, "more than half this machine's memory"),
+    ({"max_buffer_mem": 100}, "cannot hold one buffer"),
+    ({"mode": "sometimes"}, "mode must be 'block' or 'drop'"),
+    ({"source": {"type": "camera"}}, "source type must be 'simulated' or 'hdf5'"),
+    ({"source": {**SOURCE, "shape": [0, 4]}}, "source shape must be a list"),
+    ({"source": {**SOURCE, "dtype": "complex64"}}, "source dtype"),
+    ({"source": {**SOURCE, "pattern": "stars"}}, "pattern must be 'ramp' or 'speckle'"),
+    ({"source": {**SOURCE, "colour": "red"}}, "unknown key(s) ['colour']"),
+    ({"source": {**SOURCE, "rate": -1}}, "source rate must be a number"),
+    ({"source": {"type": "hdf5", "file": "/no/such.h5", "dataset": "data"}}, "does not exist"),
+    ({"shared_buffer_name": "a/b"}, "shared_buffer_name must be a short name"),
+    ({"bogus": 1}, "unknown receiver configure key(s) ['bogus']"),
+])
+def test_bad_configure_is_nacked_and_changes_nothing(receiver, params, reason):
+    receiver.ok("configure", {"shared_buffer_name": unique_shm_name(), "source": SOURCE})
+    before = receiver.ok("request_configuration")
+    reply = receiver.request("configure", {"source": SOURCE, **params})
+    assert reply.msg_type == "nack", reply
+    assert reason in reply.error
+    assert receiver.ok("request_configuration") == before
+
+
+def test_execute_without_source_and_bad_execute(receiver):
+    assert "no source configured" in receiver.request("execute", {"source": {"command": "start"}}).error
+    assert "receiver execute takes" in receiver.request("execute", {"source": {"command": "fly"}}).error
+
+
+def test_name_used_by_live_receiver_is_refused(tmp_path):
+    name = unique_shm_name()
+    a, b = _receiver(tmp_path, "a"), _receiver(tmp_path, "b")
+    try:
+        a.ok("configure", {"shared_buffer_name": name, "source": SOURCE})
+        reply = b.request("configure", {"shared_buffer_name": name, "source": SOURCE})
+        assert reply.msg_type == "nack"
+        assert f"in use by a live receiver (pid {a.proc.pid})" in reply.error
+        assert b.ok("request_configuration")["source"] == {}
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unlinks_segment(tmp_path, sig):
+    name = unique_shm_name()
+    d = _receiver(tmp_path)
+    d.ok("configure", {"shared_buffer_name": name, "source": SOURCE})
+    assert os.path.exists(f"/dev/shm/{name}")
+    os.kill(d.proc.pid, sig)
+    assert d.proc.wait(10) == 0
+    assert not os.path.exists(f"/dev/shm/{name}")
+    assert "unlinked shared buffer" in d.log()
+    d.stop()
+
+
+def test_stale_segment_of_crashed_receiver_is_replaced(tmp_path):
+    name = unique_shm_name()
+    d = _receiver(tmp_path, "crashed")
+    d.ok("configure", {"shared_buffer_name": name, "source": SOURCE})
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(10)
+    d.stop()
+    assert os.path.exists(f"/dev/shm/{name}")  # left behind by the crash
+    e = _receiver(tmp_path, "next")
+    try:
+        e.ok("configure", {"shared_buffer_name": name, "source": SOURCE})
+        wait_for(lambda: "replaced stale shared buffer" in e.log(), timeout=5)
+        assert e.status()["buffers"]["total"] == 64
+    finally:
+        e.stop()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_default_pool_is_64_buffers_and_buffer_config(receiver):
+    receiver.ok("configure", {"shared_buffer_name": unique_shm_name(), "source": SOURCE})
+    st = receiver.status()
+    assert st["buffers"] == {"total": 64, "empty": 64, "mapped": 0, "consistent": True}
+    cfg = receiver.ok("request_buffer_config")
+    assert cfg["num_buffers"] == 64 and cfg["buffer_size"] >= 128 + 16 * 16 * 2
+    assert "default: 64 buffers" in receiver.log()
