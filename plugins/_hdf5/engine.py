@@ -1,0 +1,475 @@
+"""WriterEngine: one thread owns every HDF5 call; a thread pool compresses frames ahead of it.
+
+The plugin thread hands each accepted frame to ``submit``: compressed
+datasets get a compression task on the pool (ctypes releases the GIL, so the
+pool runs in parallel) and the job goes on a bounded FIFO to the writer
+thread, which takes results in order and writes them with
+``write_direct_chunk``. Commands (start, stop, end of acquisition) travel on
+the same FIFO so they are ordered with the frames. The writer thread also
+runs the flush timer, ``close_file_timeout`` and the duration watchdog.
+
+Logger ``plugins.hdf5_writer.engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from frameprocessor import Frame
+
+from .codecs import Codec
+from .config import DatasetSpec, WriterConfig
+from .distribution import Distribution, frames_for_rank
+from .h5file import H5File, versions
+from .master import write_master
+
+__all__ = ["Job", "Session", "WriterEngine", "file_name"]
+
+log = logging.getLogger("plugins.hdf5_writer.engine")
+_STOP = object()
+_TIMINGS = ("create", "write", "flush", "close")
+
+
+class Job:
+    """One frame on its way to the file."""
+
+    __slots__ = ("session", "dataset", "frame", "offset", "frame_number", "timestamp", "acq", "params",
+                 "future", "buf", "bufq")
+
+    def __init__(self, session: int, dataset: str, frame: Frame | None, offset: int, acq: str) -> None:
+        self.session = session
+        self.dataset = dataset
+        self.frame = frame
+        self.offset = offset
+        self.acq = acq
+        self.frame_number = frame.frame_number if frame is not None else offset
+        self.timestamp = frame.timestamp if frame is not None else 0.0
+        self.params: dict[str, Any] = frame.parameters if frame is not None else {}
+        self.future: Future | None = None
+        self.buf: np.ndarray | None = None
+        self.bufq: queue.SimpleQueue[np.ndarray] | None = None
+
+
+@dataclass
+class Session:
+    """Everything fixed between start_writing and the end of writing."""
+
+    id: int
+    config: WriterConfig
+    dist: Distribution
+    codecs: dict[str, Codec]
+
+    def stem(self, acq: str) -> str:
+        f = self.config.file
+        if f.name:
+            base = f.name.rpartition(".")[0] if "." in f.name else f.name
+        else:
+            base = f.prefix
+        acq = acq or self.config.acquisition_id
+        if acq and acq != base:
+            base = f"{base}_{acq}" if base else acq
+        return base or "data"
+
+    def file_path(self, acq: str, file_index: int) -> str:
+        return os.path.join(self.config.file.path, file_name(self.config, self.stem(acq), file_index))
+
+    def frames_max(self) -> int:
+        c = self.config
+        if not c.frames:
+            return 0
+        return frames_for_rank(c.frames, c.process.number, c.process.rank, c.process.frames_per_block)
+
+
+def file_name(cfg: WriterConfig, stem: str, file_index: int) -> str:
+    """``<stem><postfix>_%06d.<ext>`` numbered ``first_number + file_index`` (no number when use_numbers is off)."""
+    f = cfg.file
+    number = f"_{f.first_number + file_index:06d}" if f.use_numbers else ""
+    return f"{stem}{f.postfix}{number}.{f.extension}"
+
+
+class _Timing:
+    __slots__ = ("last", "max", "sum", "n")
+
+    def __init__(self) -> None:
+        self.last = self.max = self.sum = 0.0
+        self.n = 0
+
+    def add(self, us: float) -> None:
+        self.last = us
+        self.sum += us
+        self.n += 1
+        if us > self.max:
+            self.max = us
+
+
+class _Acquisition:
+    def __init__(self, acq: str, frames_max: int) -> None:
+        self.id = acq
+        self.frames_max = frames_max
+        self.written = 0
+        self.files: dict[int, H5File] = {}
+        self.deadline: float | None = None
+
+
+class WriterEngine:
+    """The writer thread plus the compression pool.
+
+    Parameters
+    ----------
+    on_idle : callable(session_id)
+        Called on the writer thread when a session ends by itself (frames
+        reached, end of acquisition, timeout, error) so the plugin can clear
+        its ``writing`` flag.
+    queue_size : int
+        Frames in flight between the plugin thread and the writer thread.
+    """
+
+    def __init__(self, on_idle: Callable[[int], None], queue_size: int = 16) -> None:
+        self._on_idle = on_idle
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_threads = 0
+        self._bufs: dict[str, queue.SimpleQueue[np.ndarray]] = {}
+        self._session: Session | None = None
+        self._acq: _Acquisition | None = None
+        self._since_flush = 0
+        self._next_flush = 0.0
+        self._closed = False
+        self.reset_statistics()
+        self.error = ""
+        self.last_file_path = ""
+        self.master_file = ""
+        self.last_written = 0
+        self.files_closed: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="hdf5-writer", daemon=True)
+        self._started = threading.Event()
+        self._thread.start()
+        if not self._started.wait(5):
+            raise RuntimeError("the HDF5 writer thread did not start")
+
+    def reset_statistics(self) -> None:
+        self.timing = {k: _Timing() for k in _TIMINGS}
+        self.frames_written_total = 0
+        self.frames_discarded = 0
+        self.watchdog_warnings = 0
+        self.last_watchdog = ""
+
+    # -- called from the control thread -------------------------------------------
+    def start(self, session: Session) -> None:
+        """Begin a writing session; the first frame opens the file."""
+        threads = session.config.threads
+        if any(c.compressed for c in session.codecs.values()) and self._pool_threads != threads:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hdf5-compress")
+            self._pool_threads = threads
+        bufs = {}
+        for name, codec in session.codecs.items():
+            if codec.compressed:
+                q: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+                for _ in range(self.queue_size + threads + 2):
+                    q.put(codec.alloc())
+                bufs[name] = q
+        self._bufs = bufs
+        self._q.put(("start", session))
+
+    def stop(self, session_id: int) -> None:
+        self._q.put(("stop", session_id))
+
+    def end_of_acquisition(self, acquisition_id: str, frames: int) -> None:
+        self._q.put(("eoa", acquisition_id, frames))
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far has been handled; False on timeout."""
+        done = threading.Event()
+        self._q.put(("sync", done))
+        return done.wait(timeout)
+
+    # -- called from the plugin thread --------------------------------------------------
+    def submit(self, job: Job, codec: Codec) -> None:
+        """Queue one frame (compressing on the pool when the dataset is compressed); blocks when full."""
+        if codec.compressed:
+            bufq = job.bufq = self._bufs.get(job.dataset)
+            job.buf = bufq.get() if bufq is not None else codec.alloc()
+            job.future = self._pool.submit(_compress, codec, job)  # type: ignore[union-attr]
+        self._q.put(("frame", job))
+
+    # -- writer thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        self._started.set()
+        get = self._q.get
+        while True:
+            timeout = self._wait_time()
+            try:
+                item = get(timeout=timeout) if timeout is not None else get()
+            except queue.Empty:
+                self._tick()
+                continue
+            if item is _STOP:
+                self._end_session("the plugin closed", clean=True)
+                return
+            kind = item[0]
+            try:
+                if kind == "frame":
+                    self._frame(item[1])
+                elif kind == "start":
+                    self._start(item[1])
+                elif kind == "stop":
+                    if self._session is not None and self._session.id == item[1]:
+                        self._end_session("", clean=True)
+                elif kind == "eoa":
+                    self._eoa(item[1], item[2])
+                elif kind == "sync":
+                    item[1].set()
+            except Exception as err:  # h5py raises OSError/RuntimeError/ValueError/KeyError
+                self._fail(err)
+            finally:
+                item = None
+            self._tick()
+
+    def _wait_time(self) -> float | None:
+        acq = self._acq
+        if acq is None or not acq.files:
+            return None if acq is None or acq.deadline is None else max(acq.deadline - time.monotonic(), 0.0)
+        t = self._next_flush if self._since_flush else None
+        if acq.deadline is not None:
+            t = acq.deadline if t is None else min(t, acq.deadline)
+        return None if t is None else max(t - time.monotonic(), 0.0)
+
+    def _tick(self) -> None:
+        acq = self._acq
+        if acq is None:
+            return
+        now = time.monotonic()
+        try:
+            if self._since_flush and now >= self._next_flush:
+                self._flush()
+            if acq.deadline is not None and now >= acq.deadline:
+                cfg = self._session.config if self._session else None
+                timeout = cfg.close_file_timeout if cfg else 0
+                self.error = (f"acquisition {acq.id!r}: closed after close_file_timeout {timeout:g} s with "
+                              f"{acq.written} of {acq.frames_max} frames written")
+                log.warning("%s", self.error)
+                self._end_session("", clean=True)
+        except Exception as err:
+            self._fail(err)
+
+    def _start(self, session: Session) -> None:
+        if self._session is not None:
+            self._end_session("", clean=True, notify=False)
+        self._session = session
+        self.error = ""
+        self.last_written = 0
+        self._acq = None
+
+    def _frame(self, job: Job) -> None:
+        s = self._session
+        if s is None or job.session != s.id:
+            self.frames_discarded += 1
+            self._release(job)
+            return
+        try:
+            acq = self._acq
+            if acq is not None and job.acq != acq.id:
+                self._close_acquisition(acq, clean=True)
+                acq = None
+            if acq is None:
+                acq = self._acq = _Acquisition(job.acq, s.frames_max())
+                self._write_master(s, job.acq)
+            fi = s.dist.file_index(job.offset)
+            h5 = acq.files.get(fi)
+            if h5 is None:
+                for other in list(acq.files):
+                    acq.files.pop(other).close()
+                    self._closed_file(acq, other)
+                h5 = acq.files[fi] = self._open(s, acq, fi, job)
+            chunk = job.future.result() if job.future is not None else job.frame.data  # type: ignore[union-attr]
+            index = s.dist.index_in_file(job.offset)
+            t0 = time.perf_counter()
+            h5.write_chunk(job.dataset, index, chunk)
+            if job.dataset == h5.master:
+                h5.set_parameters(index, job.frame_number, job.timestamp, job.params)
+            self._timed("write", t0)
+        finally:
+            self._release(job)
+        if job.dataset != s.config.master:
+            return
+        acq.written += 1
+        self.last_written = acq.written
+        self.frames_written_total += 1
+        self._since_flush += 1
+        if self._since_flush == 1:
+            self._next_flush = time.monotonic() + s.config.flush_ms / 1000
+        if self._since_flush >= s.config.flush_frames:
+            self._flush()
+        if acq.frames_max and acq.written >= acq.frames_max:
+            self._end_session("", clean=True)
+
+    def _release(self, job: Job) -> None:
+        if job.buf is not None:
+            if job.future is not None and not job.future.done():
+                job.future.exception()  # never hand back a buffer still being written
+            if job.bufq is not None:
+                job.bufq.put(job.buf)
+            job.buf = job.bufq = None
+        job.frame = None
+
+    def _open(self, s: Session, acq: _Acquisition, fi: int, job: Job) -> H5File:
+        path = s.file_path(acq.id, fi)
+        n = s.dist.frames_in_file(s.config.frames, fi) if s.config.frames else 0
+        specs: dict[str, DatasetSpec] = s.config.datasets
+        t0 = time.perf_counter()
+        h5 = H5File(path, s.config.file.temp_suffix, {k: (specs[k], s.codecs[k]) for k in specs},
+                     s.config.master, n, job.params,
+                     {"acquisition_id": acq.id, "file_index": fi, "rank": s.dist.rank,
+                      "processes": s.dist.number, "config": s.config.describe(), "versions": versions(),
+                      "writer": "framechain FileWriterPlugin"}, s.config.swmr)
+        self._timed("create", t0)
+        self._since_flush = 0
+        return h5
+
+    def _write_master(self, s: Session, acq: str) -> None:
+        c = s.config
+        if not (c.vds and c.frames and s.dist.rank == 0 and len(s.dist.file_indices(c.frames)) > 1):
+            return
+        stem = s.stem(acq)
+        path = os.path.join(c.file.path, f"{stem}{c.file.postfix}_vds.{c.file.extension}")
+        write_master(path, s.dist, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi))
+        self.master_file = path
+
+    def _flush(self) -> None:
+        acq = self._acq
+        self._since_flush = 0
+        if acq is None:
+            return
+        t0 = time.perf_counter()
+        for h5 in acq.files.values():
+            h5.flush()
+        self._timed("flush", t0)
+
+    def _eoa(self, acquisition_id: str, frames: int) -> None:
+        s, acq = self._session, self._acq
+        if s is None:
+            return
+        if acq is None:  # nothing arrived for this rank: the acquisition is over for us
+            self._end_session("", clean=True)
+            return
+        if acquisition_id and acquisition_id != acq.id:
+            return
+        c = s.config
+        total = min(c.frames, frames) if c.frames and frames else (c.frames or frames)
+        expected = frames_for_rank(total, c.process.number, c.process.rank, c.process.frames_per_block)
+        if acq.written >= expected or c.close_file_timeout == 0:
+            if acq.written < expected:
+                self.error = (f"acquisition {acq.id!r}: ended with {acq.written} of {expected} frames written")
+            self._end_session("", clean=True)
+        else:
+            acq.frames_max = expected
+            acq.deadline = time.monotonic() + c.close_file_timeout
+
+    def _closed_file(self, acq: _Acquisition, fi: int) -> None:
+        s = self._session
+        path = s.file_path(acq.id, fi) if s else ""
+        self.last_file_path = path
+        self.files_closed.append(path)
+        del self.files_closed[:-16]
+
+    def _close_acquisition(self, acq: _Acquisition, clean: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            for fi in list(acq.files):
+                h5 = acq.files.pop(fi)
+                if clean:
+                    h5.close()
+                    self._closed_file(acq, fi)
+                else:
+                    h5.abort()
+        finally:
+            if self._acq is acq:
+                self._acq = None
+            self._since_flush = 0
+        self._timed("close", t0)
+
+    def _end_session(self, reason: str, clean: bool, notify: bool = True) -> None:
+        s = self._session
+        acq = self._acq
+        self._session = None
+        try:
+            if acq is not None:
+                self._close_acquisition(acq, clean)
+        finally:
+            if s is not None and notify:
+                self._on_idle(s.id)
+
+    def _fail(self, err: BaseException) -> None:
+        self.error = f"writing stopped: {type(err).__name__}: {err}"
+        log.error("HDF5 writer: %s", self.error)
+        acq = self._acq
+        if acq is not None:
+            for h5 in acq.files.values():
+                h5.abort()
+            acq.files.clear()
+        self._acq = None
+        s = self._session
+        self._session = None
+        if s is not None:
+            self._on_idle(s.id)
+
+    def _timed(self, what: str, t0: float) -> None:
+        us = (time.perf_counter() - t0) * 1e6
+        self.timing[what].add(us)
+        s = self._session
+        limit = s.config.watchdog_ms * 1000 if s is not None else 2e6
+        if us > limit:
+            self.watchdog_warnings += 1
+            self.last_watchdog = f"{what} took {us / 1000:.1f} ms (limit {limit / 1000:g} ms)"
+            if self.watchdog_warnings <= 10:
+                log.warning("HDF5 writer watchdog: %s", self.last_watchdog)
+
+    # -- reporting / teardown ---------------------------------------------------------------
+    @property
+    def acquisition(self) -> _Acquisition | None:
+        return self._acq
+
+    def current_paths(self) -> list[str]:
+        acq = self._acq
+        return [h.path for h in list(acq.files.values())] if acq is not None else []
+
+    def timing_status(self) -> dict[str, float]:
+        out = {}
+        for k, t in self.timing.items():
+            out[f"last_{k}"] = round(t.last, 1)
+            out[f"max_{k}"] = round(t.max, 1)
+            out[f"mean_{k}"] = round(t.sum / t.n, 1) if t.n else 0.0
+        return out
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close any open file cleanly and stop the threads; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        return f"<WriterEngine {'closed' if self._closed else 'running'} files={self.current_paths()}>"
+
+
+def _compress(codec: Codec, job: Job) -> Any:
+    """Pool task: compress the frame into the job's buffer, then drop the frame (its memory goes back)."""
+    try:
+        return codec.compress(job.frame.data, job.buf)  # type: ignore[union-attr,arg-type]
+    finally:
+        job.frame = None

@@ -1,0 +1,224 @@
+"""One HDF5 output file in the framechain/NeXus layout, written by a single thread.
+
+Layout::
+
+    /entry                              NXentry
+    /entry/instrument/detector/<name>   (N, H, W) frames, one (1, H, W) chunk each
+    /entry/instrument/detector/parameters/<key>   1-D per-frame values at the frame's index
+    /entry/data                         NXdata, @signal="data", hard link to the master dataset
+
+The file is created as ``<final name><temp suffix>`` and renamed on a clean
+close. With SWMR on, readers in other processes can open it while it grows;
+datasets are extended before each chunk lands, parameters are written at flush.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from .codecs import Codec
+from .config import DatasetSpec
+
+__all__ = ["H5File", "DETECTOR", "PARAMETERS"]
+
+log = logging.getLogger("plugins.hdf5_writer.file")
+DETECTOR = "/entry/instrument/detector"
+PARAMETERS = DETECTOR + "/parameters"
+_GROW = 1024
+
+
+def _param_dtype(value: Any) -> np.dtype | None:
+    if isinstance(value, bool):
+        return np.dtype(np.uint8)
+    if isinstance(value, (int, np.integer)):
+        return np.dtype(np.int64)
+    if isinstance(value, (float, np.floating)):
+        return np.dtype(np.float64)
+    return None
+
+
+class _ParamColumn:
+    """In-memory values for one parameter, written to its dataset at flush."""
+
+    __slots__ = ("name", "values", "hwm", "dirty_lo", "fill")
+
+    def __init__(self, name: str, dtype: np.dtype, capacity: int) -> None:
+        self.name = name
+        self.fill = np.nan if dtype.kind == "f" else 0
+        self.values = np.full(max(capacity, 1), self.fill, dtype)
+        self.hwm = 0
+        self.dirty_lo = 0
+
+    def set(self, index: int, value: Any) -> None:
+        if index >= self.values.shape[0]:
+            grown = np.full(max(index + 1, 2 * self.values.shape[0]), self.fill, self.values.dtype)
+            grown[:self.values.shape[0]] = self.values
+            self.values = grown
+        self.values[index] = value
+        if index < self.dirty_lo:
+            self.dirty_lo = index
+        if index >= self.hwm:
+            self.hwm = index + 1
+
+
+class H5File:
+    """An open output file.
+
+    Parameters
+    ----------
+    final_path : str
+        Name after a clean close; the file is created as ``final_path + temp_suffix``.
+    datasets : mapping of name to (DatasetSpec, Codec)
+    master : str
+        Dataset linked into ``/entry/data`` and counted as frames written.
+    frames : int
+        Frames this file will hold (0 = unknown, datasets unlimited).
+    parameters : mapping
+        One frame's parameters, used to create the per-frame parameter datasets
+        (they must exist before SWMR starts).
+    attrs : mapping
+        Stored on ``/entry`` (config, versions), JSON-encoded when not scalar.
+    """
+
+    def __init__(self, final_path: str, temp_suffix: str, datasets: Mapping[str, tuple[DatasetSpec, Codec]],
+                 master: str, frames: int, parameters: Mapping[str, Any], attrs: Mapping[str, Any],
+                 swmr: bool) -> None:
+        self.final_path = final_path
+        self.path = final_path + temp_suffix
+        for p in {final_path, self.path}:
+            if os.path.exists(p):
+                raise FileExistsError(f"{p} already exists; refusing to overwrite it")
+        self.frames = frames
+        self.master = master
+        self.frames_written = 0
+        self.closed = False
+        self._f = h5py.File(self.path, "w-", libver="latest")
+        try:
+            self._build(datasets, parameters, attrs)
+            if swmr:
+                self._f.swmr_mode = True
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _build(self, datasets: Mapping[str, tuple[DatasetSpec, Codec]], parameters: Mapping[str, Any],
+               attrs: Mapping[str, Any]) -> None:
+        f = self._f
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        inst = entry.create_group("instrument")
+        inst.attrs["NX_class"] = "NXinstrument"
+        det = inst.create_group("detector")
+        det.attrs["NX_class"] = "NXdetector"
+        for k, v in attrs.items():
+            entry.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
+        maxn = self.frames if self.frames > 0 else None
+        self._ds: dict[str, h5py.Dataset] = {}
+        self._extent: dict[str, int] = {}
+        for name, (spec, codec) in datasets.items():
+            ds = det.create_dataset(name, shape=(0,) + spec.dims, maxshape=(maxn,) + spec.dims,
+                                    chunks=spec.chunks, dtype=spec.dtype, **codec.filter_args())
+            ds.attrs["compression"] = spec.compression
+            self._ds[name] = ds
+            self._extent[name] = 0
+        nxdata = entry.create_group("data")
+        nxdata.attrs["NX_class"] = "NXdata"
+        nxdata.attrs["signal"] = "data"
+        if self.master in self._ds:
+            nxdata["data"] = self._ds[self.master]  # hard link
+        pg = det.create_group("parameters")
+        self._params: dict[str, _ParamColumn] = {}
+        self._pds: dict[str, h5py.Dataset] = {}
+        cap = self.frames if self.frames > 0 else _GROW
+        base = {"frame_number": 0, "timestamp": 0.0}
+        for key, value in {**base, **parameters}.items():
+            dt = _param_dtype(value)
+            if dt is None or "/" in key:
+                continue
+            self._params[key] = _ParamColumn(key, dt, cap)
+            self._pds[key] = pg.create_dataset(key, shape=(0,), maxshape=(maxn,), dtype=dt,
+                                               chunks=(min(max(cap, 1), 4096),),
+                                               fillvalue=self._params[key].fill)
+        self.parameters_ignored = 0
+
+    # -- writing ---------------------------------------------------------------
+    def write_chunk(self, name: str, index: int, chunk: Any) -> None:
+        """Write one frame's chunk bytes at ``index`` of dataset ``name`` (extending it if needed)."""
+        ds = self._ds[name]
+        if index >= self._extent[name]:
+            ds.resize(index + 1, axis=0)
+            self._extent[name] = index + 1
+        ds.id.write_direct_chunk((index,) + (0,) * (ds.ndim - 1), chunk)
+        if name == self.master:
+            self.frames_written += 1
+
+    def set_parameters(self, index: int, frame_number: int, timestamp: float, parameters: Mapping[str, Any]) -> None:
+        cols = self._params
+        cols["frame_number"].set(index, frame_number)
+        cols["timestamp"].set(index, timestamp)
+        for key, value in parameters.items():
+            col = cols.get(key)
+            if col is None:
+                self.parameters_ignored += 1
+                continue
+            try:
+                col.set(index, value)
+            except (TypeError, ValueError):
+                self.parameters_ignored += 1
+
+    def flush(self) -> None:
+        """Write pending parameter values and flush HDF5 (SWMR readers see everything up to here)."""
+        for key, col in self._params.items():
+            if col.hwm > col.dirty_lo:
+                ds = self._pds[key]
+                if ds.shape[0] < col.hwm:
+                    ds.resize(col.hwm, axis=0)
+                ds[col.dirty_lo:col.hwm] = col.values[col.dirty_lo:col.hwm]
+                col.dirty_lo = col.hwm
+        self._f.flush()
+
+    def close(self, rename: bool = True) -> str:
+        """Flush, close and (when ``rename``) move to the final name; safe to call twice. Returns the path."""
+        if self.closed:
+            return self.final_path if rename else self.path
+        self.closed = True
+        try:
+            self.flush()
+        finally:
+            self._f.close()
+        if rename:
+            os.replace(self.path, self.final_path)
+            return self.final_path
+        return self.path
+
+    def abort(self) -> None:
+        """Close after an error, keeping the temporary name; never raises."""
+        if self.closed:
+            return
+        try:
+            self.close(rename=False)
+        except Exception:  # the file may be unflushable (disk full); keep what is there
+            log.exception("closing %s after an error failed", self.path)
+            self.closed = True
+
+    def __enter__(self) -> H5File:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close(rename=exc[0] is None)
+
+    def __repr__(self) -> str:
+        return f"<H5File {self.path!r} {'closed' if self.closed else 'open'} frames={self.frames_written}>"
+
+
+def versions() -> dict[str, str]:
+    return {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "hdf5plugin": hdf5plugin.version,
+            "numpy": np.__version__}

@@ -1,0 +1,266 @@
+"""FileWriterPlugin: odin-data's HDF5 file writer -- direct chunk writes, compression on a thread pool, SWMR, VDS.
+
+Configure with odin-data's keys (see docs/plugins.md, section hdf5_writer)::
+
+    {"hdf": {"process": {"number": 1, "rank": 0},
+             "file": {"path": "/data", "prefix": "scan"},
+             "dataset": {"data": {"datatype": "uint16", "dims": [512, 512], "compression": "BSLZ4"}},
+             "frames": 1000}}
+    execute {"hdf": {"command": "start_writing"}}     (or {"hdf": {"write": true}})
+
+The plugin thread only checks each frame and hands it on; compression runs on
+a pool and a single writer thread makes every h5py call (``_hdf5/engine.py``).
+Frames that do not match their dataset's dtype and dims are counted in
+``frames_rejected`` and never written. Frames are passed downstream unchanged.
+
+Loggers ``frameprocessor.plugin.<index>`` and ``plugins.hdf5_writer.*``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from time import perf_counter_ns
+from typing import Any
+
+import numpy as np
+
+from frameprocessor import Frame, FrameProcessorPlugin, Option
+from frameprocessor.frame import EndOfAcquisition
+from ipc.errors import ConfigError
+
+from ._hdf5.codecs import make_codec
+from ._hdf5.config import WriterConfig, check_path, merge
+from ._hdf5.distribution import Distribution
+from ._hdf5.engine import Job, Session, WriterEngine, file_name
+
+__all__ = ["FileWriterPlugin"]
+
+_ids = itertools.count(1)
+
+
+class FileWriterPlugin(FrameProcessorPlugin):
+    """Write frames to HDF5 files in the NeXus layout, odin-data compatible.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from frameprocessor.frame import Frame, EndOfAcquisition
+    >>> d = tempfile.mkdtemp()
+    >>> hdf = FileWriterPlugin("hdf")
+    >>> hdf.configure({"file": {"path": d, "prefix": "x"}, "frames": 2,
+    ...                "dataset": {"data": {"datatype": "uint16", "dims": [4, 4]}}})
+    >>> hdf.execute("start_writing", {})
+    >>> for n in range(2):
+    ...     hdf.process_frame(Frame(np.zeros((4, 4), "u2"), n))
+    >>> hdf.sync()
+    True
+    >>> hdf.status()["frames_written"], hdf.status()["writing"]
+    (2, False)
+    >>> hdf.close()
+    """
+
+    commands = ("start_writing", "stop_writing")
+    version = "0.1.0"
+    options = {
+        "process": Option(dict, {"number": 1, "rank": 0, "frames_per_block": 1, "blocks_per_file": 0},
+                          "number of writer processes, this one's rank, frames per block, blocks per file"),
+        "file": Option(dict, {"path": "", "prefix": "", "use_numbers": True, "first_number": 1, "postfix": "",
+                              "extension": "h5", "temp_suffix": ".tmp"},
+                       "output directory and name parts (or the older {path, name})"),
+        "dataset": Option(dict, {}, "{<name>: {datatype, dims, chunks, compression, blosc_compressor, "
+                                    "blosc_level, blosc_shuffle}}"),
+        "frames": Option(int, 0, "frames in the acquisition (all ranks); 0 = unlimited"),
+        "master": Option(str, "data", "dataset counted as frames written and linked into /entry/data"),
+        "acquisition_id": Option(str, "", "acquisition id when frames carry none; part of the file name"),
+        "close_file_timeout": Option(float, 5.0, "seconds to wait for missing frames after end of acquisition"),
+        "swmr": Option(bool, True, "write files SWMR-readable"),
+        "flush_frames": Option(int, 100, "flush after this many frames"),
+        "flush_ms": Option(int, 1000, "flush at most this many ms after the first unflushed frame"),
+        "vds": Option(bool, True, "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file"),
+        "threads": Option(int, 2, "compression threads"),
+        "watchdog_ms": Option(int, 2000, "report create/write/flush/close calls slower than this"),
+        "write": Option(bool, False, "true = start_writing, false = stop_writing"),
+    }
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._cfg = WriterConfig()
+        self._session: Session | None = None
+        self._writing = False
+        self._engine = WriterEngine(self._idle)
+        self.reset_statistics()
+
+    # -- configuration --------------------------------------------------------------------
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        cfg, write = merge(self._cfg, params)
+        changing = [k for k in params if k != "write"]
+        if self._writing and changing:
+            raise ConfigError(f"{self.owner} is writing {self._file_hint()}; stop_writing before changing "
+                              f"{changing}", changing[0])
+        if write and not self._writing:
+            self._session_for(cfg)
+        return {"config": cfg, "write": write}
+
+    def apply(self, values: dict[str, Any]) -> None:
+        self._cfg = values["config"]
+        write = values["write"]
+        if write is True and not self._writing:
+            self._start(self._session_for(self._cfg))
+        elif write is False:
+            self._stop()
+
+    def request_configuration(self) -> dict[str, Any]:
+        return {**self._cfg.describe(), "write": self._writing}
+
+    def execute(self, command: str, params: Mapping[str, Any]) -> None:
+        if command not in self.commands:
+            super().execute(command, params)
+        if params:
+            raise ConfigError(f"{self.owner} command {command!r} takes no arguments, got {sorted(params)}",
+                              "command")
+        if command == "start_writing":
+            if not self._writing:
+                self._start(self._session_for(self._cfg))
+        else:
+            self._stop()
+
+    def _session_for(self, cfg: WriterConfig) -> Session:
+        """Check everything start_writing needs; build the session or raise ConfigError."""
+        if not cfg.datasets:
+            raise ConfigError(f"{self.owner} cannot start writing without a dataset; configure "
+                              "{\"dataset\": {\"data\": {\"datatype\": \"uint16\", \"dims\": [H, W]}}} first",
+                              "dataset")
+        if cfg.master not in cfg.datasets:
+            raise ConfigError(f"{self.owner} 'master' dataset {cfg.master!r} is not configured; datasets: "
+                              f"{sorted(cfg.datasets)}", "master")
+        check_path(cfg.file.path)
+        p = cfg.process
+        dist = Distribution(p.number, p.rank, p.frames_per_block, p.blocks_per_file)
+        if not cfg.file.use_numbers and (p.number > 1 or p.blocks_per_file):
+            raise ConfigError(f"{self.owner} 'file/use_numbers' is false but {p.number} processes / "
+                              f"blocks_per_file {p.blocks_per_file} write several files; names would collide",
+                              "use_numbers")
+        codecs = {n: make_codec(d.compression, d.dtype, d.dims, d.blosc_compressor, d.blosc_level,
+                                d.blosc_shuffle) for n, d in cfg.datasets.items()}
+        session = Session(next(_ids), cfg, dist, codecs)
+        first = session.file_path("", dist.rank)
+        for path in (first, first + cfg.file.temp_suffix):
+            if os.path.exists(path):
+                raise ConfigError(f"{self.owner}: file {path} already exists; choose another file/prefix or "
+                                  "remove it (files are never overwritten)", "file")
+        return session
+
+    def _start(self, session: Session) -> None:
+        self._engine.start(session)
+        self._session = session
+        self._writing = True
+
+    def _stop(self) -> None:
+        s = self._session
+        if self._writing and s is not None:
+            self._writing = False
+            self._engine.stop(s.id)
+
+    def _idle(self, session_id: int) -> None:
+        s = self._session
+        if s is not None and s.id == session_id:
+            self._writing = False
+
+    def _file_hint(self) -> str:
+        paths = self._engine.current_paths()
+        return paths[0] if paths else f"in {self._cfg.file.path!r}"
+
+    # -- data path ---------------------------------------------------------------------------
+    def process_frame(self, frame: Frame) -> None:
+        t0 = perf_counter_ns()
+        s = self._session
+        if self._writing and s is not None:
+            spec = s.config.datasets.get(frame.dataset)
+            data = frame.data
+            if spec is None:
+                self._reject(frame, f"dataset {frame.dataset!r} is not configured")
+            elif data.dtype != spec.dtype or data.shape != spec.dims:
+                self._reject(frame, f"{data.dtype} {list(data.shape)} does not match dataset {spec.name!r} "
+                                    f"{spec.datatype} {list(spec.dims)}")
+            elif not s.dist.owns(frame.frame_number):
+                self.frames_other_rank += 1
+            else:
+                f = frame if data.flags.c_contiguous else frame.derive(np.ascontiguousarray(data))
+                job = Job(s.id, frame.dataset, f, frame.frame_number,
+                          frame.acquisition_id or s.config.acquisition_id)
+                job.params = dict(frame.parameters)
+                self.frames_processed += 1
+                self._engine.submit(job, s.codecs[frame.dataset])
+                f = job = None
+        dt = perf_counter_ns() - t0
+        self._t_last = dt
+        self._t_sum += dt
+        self._t_n += 1
+        if dt > self._t_max:
+            self._t_max = dt
+        self.push(frame)
+
+    def _reject(self, frame: Frame, why: str) -> None:
+        self.frames_rejected += 1
+        self.last_rejected = f"frame {frame.frame_number}: {why}"
+
+    def process_end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
+        if self._writing:
+            self._engine.end_of_acquisition(eoa.acquisition_id, eoa.frames)
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until every frame handed over so far has been written (for tests and benchmarks)."""
+        return self._engine.sync(timeout)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        e, s, cfg = self._engine, self._session, self._cfg
+        acq = e.acquisition
+        paths = e.current_paths()
+        frames_max = acq.frames_max if acq is not None else (s.frames_max() if s is not None else
+                                                              Session(0, cfg, Distribution(), {}).frames_max())
+        cur = paths[0] if paths else ""
+        name = os.path.basename(cur[:-len(cfg.file.temp_suffix)] if cur and cfg.file.temp_suffix else cur)
+        if not name and s is not None:
+            name = file_name(s.config, s.stem(""), s.dist.rank)
+        return {
+            "writing": self._writing,
+            "frames_max": frames_max,
+            "frames_written": acq.written if acq is not None else e.last_written,
+            "frames_processed": self.frames_processed,
+            "frames_rejected": self.frames_rejected,
+            "last_rejected": self.last_rejected,
+            "frames_other_rank": self.frames_other_rank,
+            "frames_discarded": e.frames_discarded,
+            "file_name": name or os.path.basename(e.last_file_path),
+            "file_path": cfg.file.path,
+            "current_file_path": cur,
+            "last_file_path": e.last_file_path,
+            "master_file": e.master_file,
+            "acquisition_id": acq.id if acq is not None else cfg.acquisition_id,
+            "processes": cfg.process.number,
+            "rank": cfg.process.rank,
+            "timeout_active": acq is not None and acq.deadline is not None,
+            "error": e.error,
+            "watchdog_warnings": e.watchdog_warnings,
+            "last_watchdog": e.last_watchdog,
+            "datasets": {n: {"dimensions": list(d.dims), "type": d.datatype, "compression": d.compression}
+                         for n, d in cfg.datasets.items()},
+            "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
+                       "mean_process": self._t_sum / self._t_n / 1000 if self._t_n else 0.0,
+                       **e.timing_status()},
+        }
+
+    def reset_statistics(self) -> None:
+        self.frames_processed = 0
+        self.frames_rejected = 0
+        self.frames_other_rank = 0
+        self.last_rejected = ""
+        self._t_last = self._t_max = self._t_sum = self._t_n = 0
+        self._engine.reset_statistics()
+
+    def close(self) -> None:
+        self._writing = False
+        self._engine.close()

@@ -1,0 +1,287 @@
+"""FileWriterPlugin driven directly (no daemons): config validation, layout, codecs, life cycle."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the filters for reading)
+import numpy as np
+import pytest
+
+from frameprocessor.frame import EndOfAcquisition, Frame
+from frameprocessor.pool import DataBlockPool
+from ipc.errors import ConfigError
+from plugins._hdf5.distribution import Distribution, frames_for_rank
+from plugins.hdf5_writer import FileWriterPlugin
+
+SHAPE = (32, 48)
+
+
+@pytest.fixture
+def hdf():
+    p = FileWriterPlugin("hdf")
+    yield p
+    p.close()
+
+
+def base(tmp_path, **extra):
+    cfg = {"file": {"path": str(tmp_path), "prefix": "run"},
+           "dataset": {"data": {"datatype": "uint16", "dims": list(SHAPE)}}}
+    cfg.update(extra)
+    return cfg
+
+
+def frame_data(n: int, dtype="u2") -> np.ndarray:
+    rng = np.random.default_rng(n)
+    return rng.poisson(5 + n % 7, SHAPE).astype(dtype)
+
+
+def feed(p: FileWriterPlugin, numbers, pool: DataBlockPool | None = None, acq: str = "", params=True) -> None:
+    pool = pool or DataBlockPool(1 << 26)
+    for n in numbers:
+        f = pool.frame(SHAPE, "u2", n, acquisition_id=acq)
+        f.data[...] = frame_data(n)
+        if params:
+            f.parameters.update({"sum": int(f.data.sum()), "mean": float(f.data.mean())})
+        p.process_frame(f)
+        del f
+    assert p.sync()
+
+
+# -- distribution -------------------------------------------------------------------
+def test_rank_test_vectors():
+    assert [frames_for_rank(1141, 4, r, 1) for r in range(4)] == [286, 285, 285, 285]
+    assert [frames_for_rank(1141, 4, r, 1000) for r in range(4)] == [1000, 141, 0, 0]
+    for fpb in (1, 1000):
+        counts = [0] * 4
+        for o in range(1141):
+            owners = [r for r in range(4) if Distribution(4, r, fpb).owns(o)]
+            assert len(owners) == 1
+            counts[owners[0]] += 1
+        assert counts == [frames_for_rank(1141, 4, r, fpb) for r in range(4)]
+
+
+@pytest.mark.parametrize("number,fpb,bpf", [(4, 1, 0), (4, 1000, 0), (3, 7, 2), (2, 5, 3), (1, 1, 4)])
+def test_distribution_places_every_frame_once(number, fpb, bpf):
+    seen = {}
+    for r in range(number):
+        d = Distribution(number, r, fpb, bpf)
+        for o in range(1141):
+            if d.owns(o):
+                key = (d.file_index(o), d.index_in_file(o))
+                assert key not in seen
+                seen[key] = o
+                assert d.offset_of(*key) == o
+    assert len(seen) == 1141
+    d = Distribution(number, 0, fpb, bpf)
+    for fi in d.file_indices(1141):
+        idx = sorted(i for (f, i) in seen if f == fi)
+        assert idx == list(range(d.frames_in_file(1141, fi)))
+
+
+def test_odin_index_formula():
+    d = Distribution(number=2, rank=1, frames_per_block=3, blocks_per_file=2)
+    # frames 3,4,5 | 9,10,11 go to file 1; 15.. to file 3
+    assert [d.index_in_file(o) for o in (3, 4, 5, 9, 10, 11, 15)] == [0, 1, 2, 3, 4, 5, 0]
+    assert [d.file_index(o) for o in (3, 11, 15)] == [1, 1, 3]
+
+
+# -- configuration ----------------------------------------------------------------------
+@pytest.mark.parametrize("params,key", [
+    ({"file": {"path": "/nonexistent/dir"}}, "path"),
+    ({"dataset": {"data": {"datatype": "int7", "dims": [4, 4]}}}, "datatype"),
+    ({"dataset": {"data": {"datatype": "uint16", "dims": [4, 4], "compression": "zip"}}}, "compression"),
+    ({"dataset": {"data": {"datatype": "uint16", "dims": [4, 4], "chunks": [1, 2, 4]}}}, "chunks"),
+    ({"dataset": {"other": {"datatype": "uint16"}}}, "dims"),
+    ({"process": {"number": 2, "rank": 2}}, "rank"),
+    ({"process": {"number": 0}}, "process/number"),
+    ({"frames": -1}, "frames"),
+    ({"colour": "red"}, "colour"),
+    ({"dataset": {"data": {"datatype": "uint16", "dims": [4, 4], "blosc_level": 12}}}, "blosc_level"),
+])
+def test_bad_config_nacks_and_changes_nothing(hdf, tmp_path, params, key):
+    hdf.configure(base(tmp_path))
+    before = hdf.request_configuration()
+    with pytest.raises(ConfigError, match=key.split("/")[-1]):
+        hdf.configure(params)
+    assert hdf.request_configuration() == before
+
+
+def test_unwritable_path_nacks(hdf, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(ConfigError, match="not writable"):
+            hdf.configure({"file": {"path": str(ro)}})
+    finally:
+        ro.chmod(0o700)
+
+
+def test_start_without_dataset_nacks(hdf, tmp_path):
+    hdf.configure({"file": {"path": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="without a dataset"):
+        hdf.execute("start_writing", {})
+    with pytest.raises(ConfigError, match="without a dataset"):
+        hdf.configure({"write": True})
+    assert hdf.status()["writing"] is False
+
+
+def test_existing_file_is_never_overwritten(hdf, tmp_path):
+    (tmp_path / "run_000001.h5").write_bytes(b"precious")
+    hdf.configure(base(tmp_path))
+    with pytest.raises(ConfigError, match="already exists"):
+        hdf.execute("start_writing", {})
+    assert (tmp_path / "run_000001.h5").read_bytes() == b"precious"
+    assert not hdf.status()["writing"]
+
+
+def test_config_frozen_while_writing(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=5))
+    hdf.execute("start_writing", {})
+    with pytest.raises(ConfigError, match="stop_writing"):
+        hdf.configure({"frames": 10})
+    hdf.configure({"write": False})
+    assert not hdf.status()["writing"]
+    hdf.configure({"frames": 10})
+
+
+def test_seed_style_config(hdf, tmp_path):
+    """The odin-data README's older keys: file {path, name}, dataset {cmd, name, datatype enum}."""
+    hdf.configure({"file": {"path": str(tmp_path), "name": "test_file.h5"}, "frames": 3,
+                   "dataset": {"cmd": "create", "name": "data", "datatype": 1, "dims": list(SHAPE),
+                               "chunks": [1, *SHAPE]}})
+    hdf.configure({"write": True})
+    feed(hdf, range(3))
+    assert (tmp_path / "test_file.h5").exists()
+    with h5py.File(tmp_path / "test_file.h5") as f:
+        assert f["/entry/data/data"].shape == (3, *SHAPE)
+
+
+# -- writing ------------------------------------------------------------------------------
+@pytest.mark.parametrize("compression", ["none", "LZ4", "BSLZ4", "blosc"])
+def test_frames_bit_exact_and_layout(hdf, tmp_path, compression):
+    n = 12
+    hdf.configure(base(tmp_path, frames=n))
+    hdf.configure({"dataset": {"data": {"compression": compression}}})
+    hdf.execute("start_writing", {})
+    st = hdf.status()
+    assert st["writing"] and st["frames_max"] == n
+    feed(hdf, range(n))
+    st = hdf.status()
+    assert st["frames_written"] == n and not st["writing"], st
+    path = tmp_path / "run_000001.h5"
+    assert path.exists() and not (tmp_path / "run_000001.h5.tmp").exists()
+    with h5py.File(path, "r") as f:
+        ds = f["/entry/instrument/detector/data"]
+        assert ds.shape == (n, *SHAPE) and ds.chunks == (1, *SHAPE) and ds.dtype == np.uint16
+        for i in range(n):
+            np.testing.assert_array_equal(ds[i], frame_data(i))
+        assert f["/entry/data"].attrs["signal"] == "data"
+        assert f["/entry/data/data"].id == ds.id  # hard link, same object
+        assert f["/entry/data"].attrs["NX_class"] == "NXdata"
+        p = f["/entry/instrument/detector/parameters"]
+        assert list(p["frame_number"][:]) == list(range(n))
+        assert list(p["sum"][:]) == [int(frame_data(i).sum()) for i in range(n)]
+        if compression != "none":
+            assert ds.id.get_create_plist().get_nfilters() == 1
+            assert ds.id.get_create_plist().get_filter(0)[0] == {"LZ4": 32004, "BSLZ4": 32008,
+                                                                 "blosc": 32001}[compression]
+        assert "versions" in f["/entry"].attrs and "config" in f["/entry"].attrs
+
+
+def test_mismatched_frames_rejected_and_counted(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=2))
+    hdf.execute("start_writing", {})
+    hdf.process_frame(Frame(np.zeros(SHAPE, "u4"), 0))
+    hdf.process_frame(Frame(np.zeros((4, 4), "u2"), 0))
+    hdf.process_frame(Frame(np.zeros(SHAPE, "u2"), 0, dataset="other"))
+    assert hdf.sync()
+    st = hdf.status()
+    assert st["frames_rejected"] == 3 and st["frames_written"] == 0 and "not configured" in hdf.last_rejected
+    feed(hdf, range(2))
+    assert hdf.status()["frames_written"] == 2
+
+
+def test_unlimited_frames_stop_writing_closes(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=0))
+    hdf.execute("start_writing", {})
+    feed(hdf, range(7))
+    st = hdf.status()
+    assert st["writing"] and st["frames_written"] == 7
+    assert st["current_file_path"].endswith("run_000001.h5.tmp")
+    hdf.execute("stop_writing", {})
+    assert hdf.sync()
+    assert (tmp_path / "run_000001.h5").exists()
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        assert f["/entry/data/data"].shape == (7, *SHAPE)
+    feed(hdf, range(7, 9))  # not writing any more: nothing written, nothing reopened
+    assert sorted(os.listdir(tmp_path)) == ["run_000001.h5"]
+
+
+def test_end_of_acquisition_closes_and_missing_frames_time_out(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=0, close_file_timeout=0.2))
+    hdf.execute("start_writing", {})
+    feed(hdf, [0, 1, 3])
+    hdf.process_end_of_acquisition(EndOfAcquisition("", 5))  # frames 2 and 4 missing
+    assert hdf.sync()
+    assert hdf.status()["timeout_active"] is True
+    feed(hdf, [2])  # a late frame still lands
+    import time
+    deadline = time.monotonic() + 10
+    while hdf.status()["writing"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = hdf.status()
+    assert not st["writing"] and "3 of 5" not in st["error"] and "4 of 5" in st["error"], st
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        np.testing.assert_array_equal(f["/entry/data/data"][2], frame_data(2))
+
+
+def test_end_of_acquisition_complete_closes_cleanly(hdf, tmp_path):
+    hdf.configure(base(tmp_path))
+    hdf.execute("start_writing", {})
+    feed(hdf, range(4))
+    hdf.process_end_of_acquisition(EndOfAcquisition("", 4))
+    assert hdf.sync()
+    st = hdf.status()
+    assert not st["writing"] and st["error"] == "" and st["frames_written"] == 4
+    assert (tmp_path / "run_000001.h5").exists()
+
+
+def test_next_acquisition_id_opens_next_file(hdf, tmp_path):
+    hdf.configure(base(tmp_path))
+    hdf.execute("start_writing", {})
+    pool = DataBlockPool(1 << 26)
+    feed(hdf, range(3), pool, acq="a1")
+    feed(hdf, range(2), pool, acq="a2")
+    hdf.execute("stop_writing", {})
+    assert hdf.sync()
+    with h5py.File(tmp_path / "run_a1_000001.h5") as f:
+        assert f["/entry/data/data"].shape[0] == 3 and f["/entry"].attrs["acquisition_id"] == "a1"
+    with h5py.File(tmp_path / "run_a2_000001.h5") as f:
+        assert f["/entry/data/data"].shape[0] == 2
+
+
+def test_pool_blocks_return_after_writing(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=20))
+    hdf.configure({"dataset": {"data": {"compression": "BSLZ4"}}})
+    hdf.execute("start_writing", {})
+    pool = DataBlockPool(1 << 26)
+    feed(hdf, range(20), pool)
+    assert pool.stats()["blocks_in_use"] == 0
+
+
+def test_blocks_per_file_rotates_files_and_vds(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=10, process={"blocks_per_file": 2, "frames_per_block": 2}))
+    hdf.execute("start_writing", {})
+    feed(hdf, range(10))
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["run_000001.h5", "run_000002.h5", "run_000003.h5", "run_vds.h5"], names
+    with h5py.File(tmp_path / "run_vds.h5") as f:
+        ds = f["/entry/data/data"]
+        assert ds.shape == (10, *SHAPE)
+        for i in range(10):
+            np.testing.assert_array_equal(ds[i], frame_data(i))
