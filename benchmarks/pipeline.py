@@ -1,0 +1,60 @@
+"""Receiver -> shared memory -> processor -> dummy plugin throughput, against a numpy copy baseline.
+
+Baseline: ``np.copyto`` of the same frames cycling over the same number of
+buffers, in this process, in the same run (one copy per frame is what copy
+mode must do at least).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ipc import buffer_size_for
+
+from . import Figure
+from ._daemons import BenchPipeline
+
+DUMMY = {"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "plugins.dummy"},
+                    "connect": {"index": "dummy", "connection": "frame_receiver"}}}
+CASES = [((64, 64), 40000), ((512, 512), 4000), ((1024, 1024), 1500)]
+NUM_BUFFERS = 64
+
+
+def copy_baseline(shape: tuple[int, int], frames: int, num_buffers: int) -> float:
+    """Frames/s of np.copyto over ``num_buffers`` ramp frames (the same data the source makes)."""
+    src = np.empty((num_buffers,) + shape, np.uint16)
+    index = (np.arange(shape[0] * shape[1], dtype=np.uint64) % 65536).astype(np.uint16).reshape(shape)
+    for i in range(num_buffers):
+        np.add(index, np.uint16(i), out=src[i])
+    dst = np.empty_like(src)
+    t0 = time.perf_counter()
+    for i in range(frames):
+        np.copyto(dst[i % num_buffers], src[i % num_buffers])
+    return frames / (time.perf_counter() - t0)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    figures = []
+    for shape, frames in CASES:
+        if quick:
+            frames = max(200, frames // 20)
+        nbytes = shape[0] * shape[1] * 2
+        for copy in (True, False):
+            with BenchPipeline() as p:
+                p.setup({"type": "simulated", "pattern": "ramp", "shape": list(shape), "dtype": "uint16",
+                         "frames": frames}, [DUMMY], copy=copy, num_buffers=NUM_BUFFERS,
+                        buffer_size=buffer_size_for(nbytes))
+                seconds = p.run("dummy", frames)
+            fps = frames / seconds
+            base = copy_baseline(shape, frames, NUM_BUFFERS)
+            name = f"{shape[0]}x{shape[1]} uint16 {'copy' if copy else 'zero-copy'}"
+            target, on = None, "ratio"
+            if shape == (1024, 1024) and copy:
+                target = 0.5
+            if shape == (64, 64) and copy:
+                target, on = 15000, "value"
+            figures.append(Figure("pipeline", name, fps, "frames/s", base, "numpy copy", target, on,
+                                  extra=f"{fps * nbytes / 1e9:.2f} GB/s"))
+    return figures

@@ -1,0 +1,86 @@
+"""``framechain ctl`` and ``framechain run`` driven through main(argv), against real daemons."""
+
+import json
+
+import pytest
+from harness import Daemon
+
+from client.cli import main
+from ipc import free_tcp_endpoint
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path_factory.mktemp("ctl") / "processor.log")
+    yield d
+    d.stop()
+
+
+def test_status_prints_the_reply_as_json(processor, capsys):
+    assert main(["ctl", "--endpoint", processor.ctrl, "status"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["msg_type"] == "ack" and reply["msg_val"] == "status"
+    assert reply["params"]["plugins"]["names"] == []
+
+
+def test_configure_from_text_and_file_then_execute_and_version(processor, capsys, tmp_path):
+    load = {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}}
+    assert main(["ctl", "--endpoint", processor.ctrl, "configure", json.dumps(load)]) == 0
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"s": {"enabled": False}}))
+    assert main(["ctl", "--endpoint", processor.ctrl, "configure", "-f", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["ctl", "--endpoint", processor.ctrl, "request-configuration"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["s"] == {"enabled": False}
+    assert main(["ctl", "--endpoint", processor.ctrl, "version"]) == 0
+    assert main(["ctl", "--endpoint", processor.ctrl, "reset-statistics"]) == 0
+    capsys.readouterr()
+    assert main(["ctl", "--endpoint", processor.ctrl, "execute", "s", "explode"]) == 1
+    assert "nack: SumPlugin 's' has no command 'explode'" in capsys.readouterr().err
+
+
+def test_nack_exits_1_with_error_on_stderr(processor, capsys):
+    assert main(["ctl", "--endpoint", processor.ctrl, "configure", '{"nosuch": 1}']) == 1
+    err = capsys.readouterr().err
+    assert "unknown configure key or plugin index 'nosuch'" in err
+
+
+def test_bad_json_argument_exits_2(processor, capsys):
+    assert main(["ctl", "--endpoint", processor.ctrl, "configure", "{oops"]) == 2
+    assert "framechain ctl:" in capsys.readouterr().err
+
+
+def test_timeout_exits_1(capsys):
+    dead = free_tcp_endpoint()
+    assert main(["ctl", "--endpoint", dead, "--timeout", "0.3", "status"]) == 1
+    assert f"no reply from {dead}" in capsys.readouterr().err
+
+
+def test_run_launcher_end_to_end(tmp_path, capsys):
+    cfg = {"receiver": {"source": {"type": "simulated", "pattern": "speckle", "shape": [16, 16],
+                                   "frames": 150, "correlation_time": 5.0}},
+           "processor": [{"plugin": {"load": {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"},
+                                     "connect": {"index": "sum", "connection": "frame_receiver"}}}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["run", str(path), "--no-progress", "--log-dir", str(tmp_path / "logs"), "--timeout", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "frames          received 150, released 150, dropped 0" in out
+    assert "plugin sum       processed 150" in out
+    assert "lost frames     0 (none)" in out
+
+
+def test_run_with_bad_plugin_reports_the_nack(tmp_path, capsys):
+    cfg = {"receiver": {"source": {"type": "simulated", "shape": [8, 8], "frames": 5}},
+           "processor": [{"plugin": {"load": {"index": "x", "name": "Nope", "library": "plugins.nothere"}}}]}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["run", str(path), "--no-progress", "--log-dir", str(tmp_path / "logs")]) == 1
+    assert "no plugin module 'plugins.nothere'" in capsys.readouterr().err
+
+
+def test_run_rejects_unknown_config_keys(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"receiver": {}, "processr": []}))
+    assert main(["run", str(path)]) == 2
+    assert "unknown key(s) ['processr']" in capsys.readouterr().err
