@@ -1,0 +1,195 @@
+"""The odin-control REST adapter, served by the real ``framechain rest`` against real daemons."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+import pytest
+
+from _clients import REPO, Publisher, RestServer, http
+from harness import Pipeline, wait_for
+from ipc import free_tcp_endpoint
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Receiver + processor (dummy -> sum), a dead processor endpoint, test PUBs, and the REST server."""
+    tmp = tmp_path_factory.mktemp("rest")
+    pipe = Pipeline(tmp)
+    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
+    pubs = [Publisher(live_ep, "live"), Publisher(xpcs_ep, "xpcs")]
+    dead = free_tcp_endpoint()
+    server = None
+    try:
+        pipe.configure_receiver({"type": "simulated", "shape": [32, 32], "frames": 400, "rate": 200})
+        pipe.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+        endpoints = f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}, fp:{dead}"
+        server = RestServer(tmp, endpoints, live_ep, xpcs_ep)
+        yield pipe, server
+    finally:
+        if server is not None:
+            server.close()
+        for p in pubs:
+            p.close()
+        pipe.close()
+
+
+def connected(server, name):
+    return server.get(f"status/{name}/connected")[1]["value"]
+
+
+def test_status_shows_live_counters_and_a_dead_endpoint(stack):
+    pipe, server = stack
+    wait_for(lambda: connected(server, "fp0") and connected(server, "fr0"), timeout=10, what="daemons connected")
+    code, status = server.get("status")
+    assert code == 200
+    assert set(status) == {"fr0", "fp0", "fp1"}
+    assert status["fp1"]["connected"] is False
+    wait_for(lambda: "no reply" in server.get("status/fp1/error")[1]["value"], timeout=2,
+             what="the dead endpoint to be reported within 2 s")
+    assert status["fp0"]["status"]["plugins"]["names"] == ["dummy"]
+    code, rx = server.put("execute/fr0/source", {"command": "start"})
+    assert code == 200, rx
+    assert rx["replies"]["fr0"]["msg_type"] == "ack"
+    first = server.get("status/fp0/status/dummy/frames_processed")[1]["value"]
+    wait_for(lambda: server.get("status/fp0/status/dummy/frames_processed")[1]["value"] > first + 20,
+             timeout=20, what="frames_processed to grow through the REST status")
+    wait_for(lambda: server.get("status/fr0/rates")[1].get("frames/received", 0) > 0, timeout=10,
+             what="a receive rate")
+    pipe.wait_done()
+
+
+def test_whole_tree_and_sub_paths(stack):
+    _, server = stack
+    code, tree = server.get("")
+    assert code == 200
+    assert set(tree) == {"adapter", "status", "config", "live", "xpcs"}
+    assert tree["adapter"]["endpoints"]["fr0"]["kind"] == "receiver"
+    assert "viridis" in tree["adapter"]["colormaps"]
+    code, leaf = server.get("adapter/update_interval")
+    assert (code, leaf) == (200, {"value": 0.2})
+    wait_for(lambda: server.get("config/fp0/plugin")[1].get("load"), timeout=10, what="processor config")
+    assert server.get("config/fp0/plugin/load/0/index")[1] == {"value": "dummy"}
+    code, ctype, body = http("GET", server.api("status/fp0/kind"), headers={"Accept": "application/json"})
+    assert (code, json.loads(body)) == (200, {"value": "processor"}) and ctype.startswith("application/json")
+
+
+@pytest.mark.parametrize("path", ["bogus", "status/fp9", "status/fp0/status/nope", "live/nothing.png"])
+def test_unknown_get_paths_are_404_json(stack, path):
+    _, server = stack
+    code, body = server.get(path)
+    assert code == 404
+    assert "Invalid path" in body["error"] or "no" in body["error"]
+
+
+def test_configure_load_connect_and_configure_a_plugin(stack):
+    pipe, server = stack
+    # to every processor: fp0 acks, the dead fp1 times out fast -> 503 with both replies
+    code, r = server.put("config/plugin/load", {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"})
+    assert code == 503, r
+    assert r["replies"]["fp0"]["msg_type"] == "ack" and r["replies"]["fp1"]["msg_type"] == "timeout"
+    assert "fp0" not in r["error"] and "fp1" in r["error"]
+    assert r["params"] == {"plugin": {"load": {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"}}}
+    # rank 0 only (rank 1 is the dead endpoint)
+    code, r = server.put("config/plugin/connect?rank=0", {"index": "sum", "connection": "dummy"})
+    assert code == 200 and list(r["replies"]) == ["fp0"], r
+    code, r = server.put("config/fp0/sum/enabled", False)
+    assert code == 200, r
+    assert r["params"] == {"sum": {"enabled": False}}
+    assert pipe.processor.ok("request_configuration")["sum"]["enabled"] is False
+    wait_for(lambda: server.get("config/fp0/sum/enabled")[1] == {"value": False}, timeout=10,
+             what="the configure to show in GET config")
+    wait_for(lambda: "sum" in server.get("status/fp0/status/plugins/names")[1]["value"], timeout=10,
+             what="sum in the plugin list")
+
+
+def test_nack_is_400_with_the_daemons_text(stack):
+    pipe, server = stack
+    code, r = server.put("config/fp0/dummy/no_such_key", 3)
+    assert code == 400
+    assert "no_such_key" in r["error"] and r["replies"]["fp0"]["msg_type"] == "nack"
+    code, r = server.put("execute/fp0/dummy", {"command": "bogus"})
+    assert code == 400
+    assert "bogus" in r["error"] and r["replies"]["fp0"]["msg_type"] == "nack"
+
+
+def test_dead_daemon_fails_fast_with_503(stack):
+    _, server = stack
+    t0 = time.monotonic()
+    code, r = server.put("execute/fp1/hdf", "start_writing")
+    assert code == 503
+    assert "fp1" in r["error"] and "not answering" in r["error"]
+    assert time.monotonic() - t0 < 3
+    # the server still answers GETs at once
+    assert server.get("status/fp0/connected")[0] == 200
+
+
+@pytest.mark.parametrize("path,body,raw,match", [
+    ("config", None, b"{not json", "not valid JSON"),
+    ("config", [1, 2], None, "JSON object"),
+    ("config", {}, None, "non-empty"),
+    ("config?rank=x", {"a": 1}, None, "not an integer"),
+    ("config?rank=5", {"a": 1}, None, "out of range"),
+    ("execute/fp0/dummy", {"command": 5}, None, "command"),
+    ("execute/fp0", {"command": "x"}, None, "exactly one"),
+])
+def test_bad_bodies_are_400_with_the_reason(stack, path, body, raw, match):
+    _, server = stack
+    code, r = server.put(path, body, raw=raw)
+    assert code == 400, r
+    assert match in r["error"]
+
+
+def test_unknown_put_paths_and_methods(stack):
+    _, server = stack
+    assert server.put("nothing", {"a": 1})[0] == 404
+    assert server.put("execute/fp0/dummy/extra", {"command": "x"})[0] == 404
+    assert server.put("reset_statistics/fp7")[0] == 404
+    code, ctype, body = http("POST", server.api("config"), {"a": 1})
+    assert code == 405 and "GET and PUT" in json.loads(body)["error"]
+    code, ctype, body = http("PUT", server.api("config"), raw=b"a=1", content_type="text/plain")
+    assert code == 415
+
+
+def test_reset_statistics(stack):
+    pipe, server = stack
+    code, r = server.put("reset_statistics/fp0")
+    assert code == 200 and r["replies"]["fp0"]["msg_type"] == "ack"
+    assert pipe.processor.status()["dummy"]["frames_processed"] == 0
+
+
+def test_live_image_png_and_xpcs(stack):
+    _, server = stack
+    wait_for(lambda: server.get("live/frame")[1].get("frame_num") is not None, timeout=10,
+             what="a live view frame at the adapter")
+    code, info = server.get("live")
+    assert info["frame"]["shape"] == [32, 48] and info["messages"] > 0
+    code, ctype, png = http("GET", server.api("live/image.png?colormap=inferno&log=1"))
+    assert code == 200 and ctype == "image/png"
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (48, 32)
+    idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) == 32 * (1 + 48 * 3)
+    code, ctype, body = http("GET", server.api("live/image.png?colormap=rainbowz"))
+    assert code == 400 and "rainbowz" in json.loads(body)["error"]
+    wait_for(lambda: server.get("xpcs/latest")[1].get("g2"), timeout=10, what="a g2 message")
+    code, x = server.get("xpcs")
+    assert x["latest"]["delays"][0] == 1 and len(x["latest"]["g2"]) == 8
+    assert x["latest"]["g2_err"][0] == [None, None]      # NaN is sent as null
+
+
+def test_example_config_serves_the_web_page(tmp_path, stack):
+    pipe, _ = stack
+    server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl},fp:{pipe.processor.ctrl}", "none", "none",
+                        config=REPO / "examples" / "rest.cfg")
+    try:
+        code, ctype, body = http("GET", server.base + "/")
+        assert code == 200 and b"framechain" in body
+        wait_for(lambda: connected(server, "fp0"), timeout=10, what="fp0 connected via examples/rest.cfg")
+    finally:
+        server.close()
