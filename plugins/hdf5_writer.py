@@ -229,6 +229,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "writing": self._writing,
             "frames_max": frames_max,
             "frames_written": acq.written if acq is not None else e.last_written,
+            "frames_flushed": e.frames_flushed,
             "frames_processed": self.frames_processed,
             "frames_rejected": self.frames_rejected,
             "last_rejected": self.last_rejected,

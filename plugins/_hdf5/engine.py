@@ -150,6 +150,7 @@ class WriterEngine:
         self.last_file_path = ""
         self.master_file = ""
         self.last_written = 0
+        self.frames_flushed = 0
         self.files_closed: list[str] = []
         self._thread = threading.Thread(target=self._run, name="hdf5-writer", daemon=True)
         self._started = threading.Event()
@@ -269,7 +270,7 @@ class WriterEngine:
             self._end_session("", clean=True, notify=False)
         self._session = session
         self.error = ""
-        self.last_written = 0
+        self.last_written = self.frames_flushed = 0
         self._acq = None
 
     def _frame(self, job: Job) -> None:
@@ -355,6 +356,7 @@ class WriterEngine:
         t0 = time.perf_counter()
         for h5 in acq.files.values():
             h5.flush()
+        self.frames_flushed = acq.written
         self._timed("flush", t0)
 
     def _eoa(self, acquisition_id: str, frames: int) -> None:
@@ -391,6 +393,7 @@ class WriterEngine:
                 h5 = acq.files.pop(fi)
                 if clean:
                     h5.close()
+                    self.frames_flushed = acq.written
                     self._closed_file(acq, fi)
                 else:
                     h5.abort()
