@@ -1,0 +1,1 @@
+"""Internals of the calibration and mask plugins (constants loading, kernels, common mode, darks)."""

@@ -1,0 +1,30 @@
+"""Scratch: per-frame-shape work arrays reused frame after frame (allocated once per shape)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Scratch"]
+
+
+class Scratch:
+    """Work arrays for frames of one shape, allocated on first use and then reused.
+
+    Only the plugin thread touches a Scratch.
+    """
+
+    def __init__(self, shape: tuple[int, ...], float_dtype: np.dtype) -> None:
+        self.shape = shape
+        self.size = int(np.prod(shape))
+        self.float_dtype = np.dtype(float_dtype)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, dtype: np.dtype | str) -> np.ndarray:
+        """The flat work array ``name`` of ``size`` elements and ``dtype`` (no per-frame allocation)."""
+        a = self._arrays.get(name)
+        if a is None or a.dtype != np.dtype(dtype):
+            a = self._arrays[name] = np.empty(self.size, dtype)
+        return a
+
+    def __repr__(self) -> str:
+        return f"<Scratch {self.shape} {sorted(self._arrays)}>"

@@ -1,0 +1,240 @@
+"""MaskPlugin: apply a static pixel mask, combined with the calibration's pixel status.
+
+The mask comes from ``file.npy`` or ``file.h5:/dataset`` in one of two
+conventions: ``use`` (1 = use the pixel, 0 = masked; as in ParCorAna) or
+``pixel_mask`` (the NeXus/DECTRIS bit field, 0 = good, any set bit masks the
+pixel; ``pixel_mask_bits`` selects which bits count). An upstream
+``frame.mask`` (bool, True = use; the calibration plugin attaches its pixel
+status there) is combined with it by AND.
+
+``action: "fill"`` writes ``fill_value`` (0 or NaN) into masked pixels and
+also attaches the combined ``frame.mask``; ``action: "attach"`` only attaches
+it for downstream plugins (the correlator). Filling is done in place when the
+frame is writable and can hold the fill value, else into a new frame from
+the plugin's own pool (integer frames filled with NaN become float32).
+
+Logger ``frameprocessor.plugin.<index>``.
+
+Example::
+
+    {"mask": {"mask": "/data/mask.h5:/entry/instrument/detector/pixel_mask",
+              "convention": "pixel_mask", "action": "fill", "fill_value": "nan"}}
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option, PoolExhausted
+from ipc.errors import ConfigError
+
+from ._calib.arrayfile import load_array
+
+__all__ = ["MaskPlugin", "StaticMask"]
+
+_POOL_WAIT_S = 2.0
+
+
+def _fill_check(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None if v.lower() == "nan" else "must be a number or 'nan'"
+    return None if math.isfinite(v) else "must be a finite number or 'nan'"
+
+
+def _mib(v: int) -> str | None:
+    return None if 1 <= v <= 1 << 20 else "must be 1 to 1048576 MiB"
+
+
+class StaticMask:
+    """A loaded mask: ``use`` (bool, True = use, read-only), its source and masked count."""
+
+    __slots__ = ("use", "source", "masked")
+
+    def __init__(self, use: np.ndarray, source: str) -> None:
+        use.flags.writeable = False
+        self.use = use
+        self.source = source
+        self.masked = int(use.size - np.count_nonzero(use))
+
+
+def load_mask(spec: str, convention: str, bits: int | None) -> StaticMask:
+    """Load and check a mask file; raise ConfigError naming file, dataset and the problem."""
+    arr, loc = load_array(spec, "mask")
+    if arr.ndim < 1:
+        raise ConfigError(f"'mask': {loc.describe()} is a scalar; it must be an array of the frame shape", "mask")
+    if convention == "use":
+        ok = (arr == 0) | (arr == 1)
+        if not ok.all():
+            n = int(arr.size - np.count_nonzero(ok))
+            bad = arr.reshape(-1)[np.flatnonzero(~ok.reshape(-1))[0]]
+            raise ConfigError(f"'mask': {loc.describe()} (shape {arr.shape}) declared convention 'use' (1 = use, "
+                              f"0 = masked) but has {n} value(s) other than 0 and 1, e.g. {bad!r}; use convention "
+                              f"'pixel_mask' for a NeXus bit field", "mask")
+        return StaticMask(arr == 1, str(loc))
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 0):
+            raise ConfigError(f"'mask': {loc.describe()} must hold non-negative integers for convention "
+                              f"'pixel_mask', not {arr.dtype} values with fractions, NaN or negatives", "mask")
+    field = arr.astype(np.int64).astype(np.uint64)
+    masked = field != 0 if bits is None else (field & np.uint64(bits)) != 0
+    return StaticMask(~masked, str(loc))
+
+
+class MaskPlugin(FrameProcessorPlugin):
+    """Static mask (+ upstream pixel status) filled into frames or attached as ``frame.mask``.
+
+    Status: ``masked_pixels`` (static mask), ``masked_pixels_combined`` (last frame, with the
+    upstream mask), ``frames_masked``, ``frames_copied``, ``frames_wrong_shape``, ``frames_dropped_pool``,
+    ``mask_file``.
+
+    Examples
+    --------
+    >>> plugin = MaskPlugin("mask")
+    >>> plugin.configure({"action": "attach"})
+    """
+
+    options = {
+        "mask": Option((str, type(None)), None, "mask as 'file.npy' or 'file.h5:/dataset'; null for none"),
+        "convention": Option(str, "use", "'use' (1 = use, 0 = masked) or 'pixel_mask' (NeXus bit field, 0 = good)",
+                             choices=("use", "pixel_mask")),
+        "pixel_mask_bits": Option((int, type(None)), None, "pixel_mask convention: bits that mask a pixel "
+                                  "(null: any set bit)", check=lambda v: None if v is None or v > 0 else "must be > 0"),
+        "use_upstream": Option(bool, True, "combine with an upstream frame.mask (the calibration's pixel status)"),
+        "action": Option(str, "fill", "'fill' masked pixels with fill_value (and attach frame.mask) or only "
+                         "'attach' frame.mask", choices=("fill", "attach")),
+        "fill_value": Option((int, float, str), 0, "value for masked pixels: a number or 'nan'", check=_fill_check),
+        "copy": Option(bool, False, "fill into a new frame even when the frame could be filled in place"),
+        "pool_memory": Option(int, 256, "memory bound of the pool for copied frames, MiB", check=_mib),
+    }
+    version = "1.0.0"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self._mask: StaticMask | None = None
+        self._fill: float = 0
+        self._checked: tuple[tuple, StaticMask | None] | None = None
+        self._cache: tuple[Any, Any, np.ndarray, np.ndarray] | None = None
+        self.pool = DataBlockPool(self.config["pool_memory"] << 20)
+        self.reset_statistics()
+
+    # -- configuration ---------------------------------------------------------------
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = super().validate(params)
+        merged = {**self.config, **values}
+        key = (merged["mask"], merged["convention"], merged["pixel_mask_bits"])
+        if self._checked is None or self._checked[0] != key or "mask" in values:
+            mask = None if merged["mask"] is None else load_mask(*key)
+            self._checked = (key, mask)
+        return values
+
+    def apply(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            merged = {**self.config, **values}
+            key = (merged["mask"], merged["convention"], merged["pixel_mask_bits"])
+            checked = self._checked
+            mask = checked[1] if checked is not None and checked[0] == key else (
+                None if key[0] is None else load_mask(*key))
+            self._checked = None
+            self.config = merged
+            fill = merged["fill_value"]
+            self._fill = float("nan") if isinstance(fill, str) else fill
+            self._mask = mask  # one reference assignment, picked up by the next frame
+        if "pool_memory" in values:
+            self.pool.max_memory = values["pool_memory"] << 20
+        if mask is not None:
+            self.log.info("mask %s in use: %d of %d pixels masked", mask.source, mask.masked, mask.use.size)
+
+    # -- data path ---------------------------------------------------------------------
+    def _combined(self, own: np.ndarray | None, upstream: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(use, flat masked indices) for this pair of masks, computed once per pair."""
+        c = self._cache
+        if c is not None and c[0] is own and c[1] is upstream:
+            return c[2], c[3]
+        if own is None:
+            use = upstream
+        elif upstream is None:
+            use = own
+        else:
+            use = np.logical_and(own, upstream)
+            use.flags.writeable = False
+        masked = np.flatnonzero(~use.reshape(-1))
+        self._cache = (own, upstream, use, masked)
+        return use, masked
+
+    def process_frame(self, frame: Frame) -> None:
+        static = self._mask
+        own = None if static is None else static.use
+        upstream = frame.mask if self.config["use_upstream"] else None
+        shape = frame.shape
+        if (own is not None and own.shape != shape) or (upstream is not None and upstream.shape != shape):
+            self.frames_wrong_shape += 1
+            return
+        if own is None and upstream is None:
+            self.push(frame)
+            return
+        use, masked = self._combined(own, upstream)
+        self.masked_pixels_combined = int(masked.size)
+        if self.config["action"] == "fill" and masked.size:
+            frame = self._fill_frame(frame, masked)
+            if frame is None:
+                self.frames_dropped_pool += 1
+                return
+        frame.mask = use
+        self.frames_masked += 1
+        self.push(frame)
+
+    def _fill_frame(self, frame: Frame, masked: np.ndarray) -> Frame | None:
+        fill = self._fill
+        data = frame.data
+        nan = fill != fill
+        fits = data.dtype.kind == "f" or (not nan and float(fill).is_integer()
+                                           and np.can_cast(np.min_scalar_type(int(fill)), data.dtype))
+        if fits and data.flags.writeable and data.flags.c_contiguous and not self.config["copy"]:
+            np.put(data, masked, fill)
+            return frame
+        dtype = data.dtype if fits else np.dtype(np.float32)
+        new = self._new_frame(frame, dtype)
+        if new is None:
+            return None
+        np.copyto(new.data, data, casting="unsafe")
+        np.put(new.data, masked, fill)
+        self.frames_copied += 1
+        return new
+
+    def _new_frame(self, frame: Frame, dtype: np.dtype) -> Frame | None:
+        deadline = time.monotonic() + _POOL_WAIT_S
+        while True:
+            try:
+                return self.pool.frame(frame.shape, dtype, frame.frame_number, dataset=frame.dataset,
+                                       acquisition_id=frame.acquisition_id, timestamp=frame.timestamp,
+                                       parameters=dict(frame.parameters))
+            except PoolExhausted:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.001)
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        m = self._mask
+        return {"masked_pixels": 0 if m is None else m.masked,
+                "masked_pixels_combined": self.masked_pixels_combined,
+                "mask_file": "" if m is None else m.source,
+                "frames_masked": self.frames_masked, "frames_copied": self.frames_copied,
+                "frames_wrong_shape": self.frames_wrong_shape, "frames_dropped_pool": self.frames_dropped_pool}
+
+    def reset_statistics(self) -> None:
+        self.masked_pixels_combined = 0
+        self.frames_masked = 0
+        self.frames_copied = 0
+        self.frames_wrong_shape = 0
+        self.frames_dropped_pool = 0
+
+    def close(self) -> None:
+        self._cache = None
