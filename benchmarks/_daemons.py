@@ -59,7 +59,8 @@ class BenchPipeline:
             self.ok(self.fp, "configure", params)
         while not self.ok(self.fp, "status")["shared_memory"]["configured"]:
             time.sleep(0.02)
-        time.sleep(0.3)
+        while self.ok(self.rx, "status")["ready_subscribers"] < 1:
+            time.sleep(0.02)
 
     def run(self, index: str, frames: int, poll: float = 0.02) -> float:
         """Start the source; return seconds until plugin ``index`` has processed ``frames``."""

@@ -94,7 +94,11 @@ class Launcher:
             time.sleep(0.05)
         for params in self.config.get("start", []):
             self.request("processor", "execute", params)
-        time.sleep(0.3)  # let the frame_ready subscription settle before the first frame
+        deadline = time.monotonic() + 10
+        while self.request("receiver", "status")["ready_subscribers"] < 1:  # PUB/SUB joins asynchronously
+            if time.monotonic() > deadline:
+                raise LaunchError("the processor did not subscribe to the receiver's frame_ready within 10 s")
+            time.sleep(0.02)
         self.request("receiver", "execute", {"source": {"command": "start"}})
 
     def stop_source(self) -> None:

@@ -59,6 +59,7 @@ class ReceiverController:
         self.started_at = 0.0
         self.ended_at = 0.0
         self.shutdown_requested = False
+        self.subscribers = 0  # processors subscribed to frame_ready
         self._warnings = 0
         self._view_key: tuple | None = None
         self._data_views: list = []
@@ -103,6 +104,7 @@ class ReceiverController:
                               "num_buffers": self.buffer.num_buffers if self.buffer else 0,
                               "buffer_size": self.buffer.buffer_size if self.buffer else 0},
             "mode": self.mode,
+            "ready_subscribers": self.subscribers,
             "process": {"pid": os.getpid()},
         }
         return st

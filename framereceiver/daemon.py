@@ -33,8 +33,9 @@ class FrameReceiverDaemon:
                  release: str = DEFAULTS["release"], context: zmq.Context | None = None) -> None:
         ctx = context or zmq.Context.instance()
         self.ctrl = IpcChannel(zmq.ROUTER, ctx)
-        self.ready = IpcChannel(zmq.PUB, ctx, hwm=0)
+        self.ready = IpcChannel(zmq.XPUB, ctx, hwm=0)  # XPUB: we see processors subscribe
         self.release = IpcChannel(zmq.SUB, ctx, hwm=0)
+        self.ready.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # pass every (un)subscribe so we can count them
         try:
             self.ctrl.bind(ctrl)
             self.ready.bind(ready)
@@ -75,6 +76,18 @@ class FrameReceiverDaemon:
             except ProtocolError as err:
                 self.controller._warn("ignored malformed release-channel message: %s", err)
 
+    def handle_subscriptions(self) -> None:
+        """Count processors subscribed to frame_ready (XPUB delivers subscribe/unsubscribe events)."""
+        while True:
+            try:
+                event = self.ready.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self.controller.subscribers += 1
+            elif event[:1] == b"\x00":
+                self.controller.subscribers = max(0, self.controller.subscribers - 1)
+
     def apply_config_file(self, path: str) -> None:
         with open(path) as fh:
             items = json.load(fh)
@@ -87,6 +100,7 @@ class FrameReceiverDaemon:
         poller = zmq.Poller()
         poller.register(self.ctrl.socket, zmq.POLLIN)
         poller.register(self.release.socket, zmq.POLLIN)
+        poller.register(self.ready.socket, zmq.POLLIN)
         ctl = self.controller
         while not self.stop_requested:
             wait = ctl.wait_time()
@@ -94,6 +108,8 @@ class FrameReceiverDaemon:
             events = dict(poller.poll(timeout))
             if self.release.socket in events:
                 self.handle_releases()
+            if self.ready.socket in events:
+                self.handle_subscriptions()
             if self.ctrl.socket in events:
                 self.handle_control()
             ctl.produce()

@@ -128,8 +128,9 @@ class Pipeline:
                  what="processor to map the shared buffer")
 
     def start(self) -> None:
-        # PUB/SUB joins asynchronously: wait until a frame_ready would reach the processor
-        time.sleep(0.3)
+        # PUB/SUB joins asynchronously: wait until the processor's subscription has reached the receiver
+        wait_for(lambda: self.receiver.status()["ready_subscribers"] >= 1, timeout=10,
+                 what="the processor to subscribe to frame_ready")
         self.receiver.ok("execute", {"source": {"command": "start"}})
 
     def plugin_status(self, index: str) -> dict:

@@ -1,0 +1,194 @@
+"""What the curses client shows, as styled text lines (no curses here).
+
+Each screen is a list of :data:`Line` objects: lists of ``(text, style)``
+segments, where style is one of ``normal, bold, ok, bad, warn, dim, head``.
+The app maps styles to curses attributes and clips lines to the window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._monitor import DaemonLink
+
+__all__ = ["Line", "status_lines", "chain_lines", "fmt_count", "fmt_rate"]
+
+Line = list[tuple[str, str]]
+
+
+def fmt_count(value: Any) -> str:
+    """A counter, or '-' when the daemon did not report it."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 10000:
+        return f"{value / 1000:.0f}k/s"
+    if value >= 100:
+        return f"{value:.0f}/s"
+    return f"{value:.1f}/s"
+
+
+def _get(tree: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def _header(link: DaemonLink) -> Line:
+    snap = link.snapshot()
+    state = ("CONNECTED", "ok") if snap.connected else ("DISCONNECTED", "bad")
+    line: Line = [(f"{link.name} ", "head"), (f"{link.kind} {link.endpoint}  ", "bold"), state]
+    if snap.error and snap.error != "not polled yet":
+        line.append((f"  {snap.error}", "bad"))
+    elif not snap.connected:
+        line.append(("  waiting for first reply", "dim"))
+    return line
+
+
+def _receiver(link: DaemonLink) -> list[Line]:
+    snap = link.snapshot()
+    st, rates = snap.status, snap.rates
+    if not st:
+        return []
+    frames = st.get("frames", {})
+    dropped = frames.get("dropped", 0) or 0
+    out: list[Line] = [[
+        ("  frames received ", "normal"), (fmt_count(frames.get("received")), "bold"),
+        (f" ({fmt_rate(rates.get('frames/received'))})", "normal"),
+        ("  released ", "normal"), (fmt_count(frames.get("released")), "normal"),
+        ("  dropped ", "normal"), (fmt_count(dropped), "bad" if dropped else "normal"),
+        ("  timedout ", "normal"), (fmt_count(frames.get("timedout")), "bad" if frames.get("timedout") else "normal"),
+    ]]
+    buffers, source = st.get("buffers", {}), st.get("source", {})
+    consistent = buffers.get("consistent", True)
+    line: Line = [("  buffers empty ", "normal"),
+                  (f"{fmt_count(buffers.get('empty'))}/{fmt_count(buffers.get('total'))}", "bold"),
+                  ("  mapped ", "normal"), (fmt_count(buffers.get("mapped")), "normal")]
+    if not consistent:
+        line.append(("  INCONSISTENT", "bad"))
+    if source:
+        state = source.get("state", "-")
+        line += [("  source ", "normal"), (str(state), "ok" if state == "running" else "normal"),
+                 (f" {fmt_count(source.get('frame'))}/{fmt_count(source.get('frames'))}", "normal")]
+        if source.get("error"):
+            line.append((f"  {source['error']}", "bad"))
+    out.append(line)
+    return out
+
+
+_PLUGIN_HEAD = f"  {'plugin':<12}{'queue':>9}{'processed':>11}{'rate':>9}{'drop':>6}{'err':>5}{'mean us':>9}  notes"
+
+
+def _plugin_line(index: str, st: dict, rates: dict) -> Line:
+    queue = st.get("queue", {}) or {}
+    qsize, qmax = queue.get("size"), queue.get("max")
+    dropped, errors = st.get("frames_dropped", 0) or 0, st.get("errors", 0) or 0
+    mean = _get(st, "timing", "mean_process")
+    qfull = isinstance(qsize, int) and isinstance(qmax, int) and qmax and qsize >= 0.8 * qmax
+    line: Line = [
+        (f"  {index[:11]:<12}", "bold"),
+        (f"{fmt_count(qsize) + '/' + fmt_count(qmax):>9}", "warn" if qfull else "normal"),
+        (f"{fmt_count(st.get('frames_processed')):>11}", "normal"),
+        (f"{fmt_rate(rates.get(index + '/frames_processed')):>9}", "normal"),
+        (f"{fmt_count(dropped):>6}", "bad" if dropped else "normal"),
+        (f"{fmt_count(errors):>5}", "bad" if errors else "normal"),
+        (f"{(f'{mean:.1f}' if isinstance(mean, (int, float)) else '-'):>9}", "normal"),
+    ]
+    if "writing" in st:
+        line.append(("  WRITING" if st["writing"] else "  not writing", "ok" if st["writing"] else "dim"))
+        line.append((f" {fmt_count(st.get('frames_written'))} written", "normal"))
+    if st.get("last_error"):
+        line.append((f"  {st['last_error']}", "bad"))
+    elif st.get("error"):
+        line.append((f"  {st['error']}", "bad"))
+    return line
+
+
+def _processor(link: DaemonLink) -> list[Line]:
+    snap = link.snapshot()
+    st, rates = snap.status, snap.rates
+    if not st:
+        return []
+    frames, pool, shm = st.get("frames", {}), st.get("pool", {}), st.get("shared_memory", {})
+    bad = frames.get("bad", 0) or 0
+    out: list[Line] = [[
+        ("  frames received ", "normal"), (fmt_count(frames.get("received")), "bold"),
+        (f" ({fmt_rate(rates.get('frames/received'))})", "normal"),
+        ("  released ", "normal"), (fmt_count(frames.get("released")), "normal"),
+        ("  bad ", "normal"), (fmt_count(bad), "bad" if bad else "normal"),
+        ("  pool ", "normal"), (f"{fmt_count(pool.get('blocks_in_use'))}/{fmt_count(pool.get('blocks_total'))}", "normal"),
+        ("  shm ", "normal"), ("mapped" if shm.get("configured") else "not mapped",
+                               "ok" if shm.get("configured") else "warn"),
+    ]]
+    if frames.get("last_bad"):
+        out.append([(f"  last bad frame: {frames['last_bad']}", "bad")])
+    names = _get(st, "plugins", "names") or []
+    if names:
+        out.append([(_PLUGIN_HEAD, "dim")])
+        for index in names:
+            out.append(_plugin_line(index, st.get(index, {}) or {}, rates))
+    else:
+        out.append([("  no plugins loaded (m: menu -> Load plugin)", "dim")])
+    return out
+
+
+def status_lines(links: list[DaemonLink]) -> list[Line]:
+    """The live status screen: every daemon, its counters and rates, every plugin."""
+    out: list[Line] = []
+    for link in links:
+        out.append(_header(link))
+        out += _receiver(link) if link.kind == "receiver" else _processor(link)
+    return out
+
+
+def chain_lines(links: list[DaemonLink]) -> list[Line]:
+    """Each processor's plugin chain as a tree rooted at ``frame_receiver``."""
+    out: list[Line] = []
+    for link in links:
+        if link.kind != "processor":
+            continue
+        out.append(_header(link))
+        snap = link.snapshot()
+        plugin = snap.config.get("plugin", {}) if isinstance(snap.config, dict) else {}
+        loads = {d.get("index"): d for d in plugin.get("load", []) if isinstance(d, dict)}
+        children: dict[str, list[str]] = {}
+        for conn in plugin.get("connect", []):
+            if isinstance(conn, dict):
+                children.setdefault(conn.get("connection", "?"), []).append(conn.get("index", "?"))
+        names = _get(snap.status, "plugins", "names") or list(loads)
+        connected = {c for kids in children.values() for c in kids}
+        roots = ["frame_receiver"] + [n for n in names if n not in connected and n != "frame_receiver"]
+
+        def walk(node: str, prefix: str, last: bool, depth: int, seen: set[str]) -> None:
+            branch = "`- " if last else "|- "
+            info = loads.get(node)
+            st = snap.status.get(node, {}) if isinstance(snap.status, dict) else {}
+            label: Line = [(f"  {prefix}{branch if depth else ''}", "dim"), (node, "bold")]
+            if info:
+                label.append((f"  {info.get('name', '')} ({info.get('library', '')})", "dim"))
+            if isinstance(st, dict) and st.get("errors"):
+                label.append((f"  errors {st['errors']}", "bad"))
+            if node not in connected and node != "frame_receiver":
+                label.append(("  (not connected)", "warn"))
+            out.append(label)
+            if node in seen:
+                return
+            kids = children.get(node, [])
+            for i, kid in enumerate(kids):
+                ext = ("   " if last else "|  ") if depth else ""
+                walk(kid, prefix + ext, i == len(kids) - 1, depth + 1, seen | {node})
+
+        for root in roots:
+            walk(root, "", True, 0, set())
+    if not out:
+        out.append([("no processor endpoints given", "dim")])
+    return out
