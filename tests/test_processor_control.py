@@ -150,3 +150,31 @@ def test_load_connect_disconnect_at_run_time(processor, tmp_path):
     processor.ok("configure", {"plugin": {"disconnect": {"index": "t", "connection": "b"}}})
     assert {"index": "t", "connection": "b", "blocking": False} not in _config(processor)["plugin"]["connect"]
     wait_for(lambda: "t" in processor.status()["plugins"]["names"])
+
+
+def test_config_file_at_start(tmp_path):
+    cfg = tmp_path / "fp.json"
+    cfg.write_text(json.dumps([
+        {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}},
+        {"s": {"enabled": False}},
+        {"plugin": {"connect": {"index": "s", "connection": "frame_receiver"}}},
+    ]))
+    d = Daemon("processor", ["--config", str(cfg)], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        conf = d.ok("request_configuration")
+        assert conf["s"] == {"enabled": False}
+        assert conf["plugin"]["connect"] == [{"index": "s", "connection": "frame_receiver", "blocking": True}]
+    finally:
+        d.stop()
+
+
+def test_bad_config_file_at_start_exits_2_naming_the_item(tmp_path):
+    import subprocess
+    import sys
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps([{"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}},
+                               {"s": {"enabled": 3}}]))
+    out = subprocess.run([sys.executable, "-m", "client.cli", "processor", "--ctrl", free_tcp_endpoint(),
+                          "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "item 1: The 'enabled' option of SumPlugin 's' expected true or false" in out.stderr

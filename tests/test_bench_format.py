@@ -1,0 +1,16 @@
+"""The benchmark table and JSON carry value, baseline and ratio (no timings asserted)."""
+
+import json
+
+from benchmarks import Figure
+from client.bench import format_table
+
+
+def test_figure_ratio_target_and_json():
+    f = Figure("pipeline", "64x64", 20000.0, "frames/s", 1e6, "numpy copy", 15000, "value")
+    g = Figure("pipeline", "1024x1024", 1000.0, "frames/s", 4000.0, "numpy copy", 0.5)
+    assert f.meets_target is True and g.meets_target is False and g.ratio == 0.25
+    d = json.loads(json.dumps(g.as_dict()))
+    assert {"name", "value", "unit", "baseline", "ratio"} <= set(d)
+    table = format_table([f, g])
+    assert "value >= 15000 ok" in table and "ratio >= 0.5 MISSED" in table and "0.250" in table
