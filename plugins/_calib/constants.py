@@ -123,6 +123,7 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
     status = _load(cfg, "pixel_status", sources)
 
     frame_shape: tuple[int, ...] | None = None
+    ref = ""
     # -- pedestal and gain: they fix the frame shape -------------------------------
     if mode == "multigain":
         if ped is None or gain is None:
@@ -140,16 +141,18 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
             if item is not None:
                 arr, loc = item
                 if frame_shape is None:
-                    frame_shape = arr.shape
+                    frame_shape, ref = arr.shape, f"'{key}' {loc.describe()}"
                 elif arr.shape != frame_shape:
-                    raise _shape_error(key, loc, arr, f"{frame_shape} like 'pedestal' (the frame shape)")
+                    raise _shape_error(key, loc, arr, f"{frame_shape}, the shape of {ref}")
+    if frame_shape is not None and mode == "multigain":
+        ref = f"'pedestal' {ped[1].describe()} (3, H, W)"
     for key, item in (("flatfield", ff), ("pixel_status", status)):
         if item is not None:
             arr, loc = item
             if frame_shape is None:
-                frame_shape = arr.shape
+                frame_shape, ref = arr.shape, f"'{key}' {loc.describe()}"
             elif arr.shape != frame_shape:
-                raise _shape_error(key, loc, arr, f"{frame_shape} (the frame shape set by the other constants)")
+                raise _shape_error(key, loc, arr, f"{frame_shape}, the frame shape of {ref}")
     if ped is not None:
         check_finite(ped[0], ped[1], "pedestal")
     if gain is not None:
