@@ -1,0 +1,88 @@
+"""Calibration and mask through real receiver and processor daemons (subprocesses, ZeroMQ, shared memory)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+from calib_helpers import multigain_raw, ref_multigain, save_h5, save_npy
+from harness import wait_for
+
+H, W, N = 64, 64, 6
+
+CAPTURE = '''
+import numpy as np
+from frameprocessor import FrameProcessorPlugin, Option
+
+class CapturePlugin(FrameProcessorPlugin):
+    """Writes every frame (and its mask) to <dir>/<index>_<frame>.npy for the test to read back."""
+    options = {"dir": Option(str, "", "output directory")}
+
+    def process_frame(self, frame):
+        np.save(f"{self.config['dir']}/{self.name}_{frame.frame_number}.npy", frame.data)
+        if frame.mask is not None:
+            np.save(f"{self.config['dir']}/{self.name}_mask_{frame.frame_number}.npy", frame.mask)
+'''
+
+
+def test_multigain_calib_and_mask_in_the_processor(pipeline, tmp_path):
+    rng = np.random.default_rng(11)
+    raw = np.stack([multigain_raw(rng, (H, W)) for _ in range(N)])
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["data"] = raw
+    p3 = np.stack([rng.normal(m, 30, (H, W)) for m in (1500, 12000, 14000)]).astype(np.float32)
+    g3 = np.stack([rng.normal(m, s, (H, W)) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    status = np.zeros((H, W), np.uint32)
+    status[10, 10] = 1
+    mask = np.ones((H, W), np.uint8)
+    mask[:, 0] = 0
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (tmp_path / "capture.py").write_text(CAPTURE)
+    calib_cfg = {"mode": "multigain", "pedestal": save_h5(tmp_path / "c.h5", "/pedestal", p3),
+                 "gain": save_h5(tmp_path / "c.h5", "/gain", g3),
+                 "pixel_status": save_npy(tmp_path / "status.npy", status)}
+    cap = {"dir": str(out_dir)}
+    pipeline.configure_receiver({"type": "hdf5", "file": str(tmp_path / "raw.h5"), "dataset": "/data"})
+    pipeline.setup_processor([
+        ("calib", "CalibrationPlugin", "plugins.calibration", "frame_receiver", calib_cfg),
+        ("mask", "MaskPlugin", "plugins.mask", "calib", {"mask": save_npy(tmp_path / "mask.npy", mask),
+                                                          "fill_value": "nan"}),
+        ("cap", "CapturePlugin", str(tmp_path / "capture.py"), "mask", cap),
+        ("rawcap", "CapturePlugin", str(tmp_path / "capture.py"), "frame_receiver", cap),
+    ])
+    pipeline.start()
+    pipeline.wait_done()
+    wait_for(lambda: pipeline.plugin_status("cap")["frames_processed"] == N
+             and pipeline.plugin_status("rawcap")["frames_processed"] == N, what="captures")
+    use = (mask == 1) & (status == 0)
+    for i in range(N):
+        got = np.load(out_dir / f"cap_{i}.npy")
+        ref = ref_multigain(raw[i], p3, g3)
+        ref[~use] = np.nan
+        np.testing.assert_allclose(got, ref, rtol=1e-6, equal_nan=True)
+        assert np.array_equal(np.load(out_dir / f"cap_mask_{i}.npy"), use)
+        assert np.array_equal(np.load(out_dir / f"rawcap_{i}.npy"), raw[i])  # raw branch untouched
+    st = pipeline.processor.status()
+    assert st["calib"]["frames_calibrated"] == N
+    assert st["calib"]["invalid_gain_pixels"] == int(np.count_nonzero(raw >> 14 == 2))
+    assert st["mask"]["masked_pixels"] == H and st["mask"]["masked_pixels_combined"] == H + 1
+
+    # a bad constant is a nack naming the file and shapes; the old constants stay
+    bad = save_h5(tmp_path / "bad.h5", "/pedestal", np.zeros((3, H, W + 2), np.float32))
+    reply = pipeline.processor.request("configure", {"calib": {"pedestal": bad}})
+    assert reply.msg_type == "nack"
+    assert "bad.h5" in reply.error and f"(3, {H}, {W + 2})" in reply.error and f"(3, {H}, {W})" in reply.error
+    assert pipeline.plugin_status("calib")["constants"]["pedestal"] == calib_cfg["pedestal"]
+
+    # dark collection of gain stage 0 over a second pass of the same frames, then in use
+    dark = tmp_path / "dark.h5"
+    pipeline.processor.ok("execute", {"calib": {"command": "collect_dark", "frames": N, "file": str(dark)}})
+    pipeline.receiver.ok("execute", {"source": {"command": "start"}})
+    wait_for(lambda: pipeline.plugin_status("calib")["dark"]["state"] == "done", what="dark collection")
+    g0 = (raw >> 14) == 0
+    n0 = g0.sum(0)
+    expect = np.where(n0 > 0, ((raw & 0x3FFF) * g0).sum(0) / np.maximum(n0, 1), p3[0])
+    with h5py.File(dark) as f:
+        np.testing.assert_allclose(f["pedestal"][0], expect, rtol=1e-6)
+        assert np.array_equal(f["pedestal"][1:], p3[1:])
+    assert pipeline.plugin_status("calib")["constants"]["pedestal"] == f"{dark}:/pedestal"
