@@ -1,0 +1,194 @@
+"""LiveViewPlugin: publishes a throttled sample of frames on a ZeroMQ PUB socket, odin-data style.
+
+Each published frame is a two-part message: a JSON header
+``{"frame_num", "acquisition_id", "dtype", "dsize", "dataset", "compression", "shape", "tags"}``
+and the raw pixel bytes (C order). A viewer connects a SUB socket to
+``live_view_socket_addr`` (default ``tcp://127.0.0.1:5020``) and subscribes to
+everything. Sends never block the chain: the socket has a small high-water
+mark and a frame that cannot be queued is counted in ``frames_dropped``.
+
+The socket is bound when the plugin is configured (a bad or busy address is a
+nack) or, failing that, by the first frame; only the plugin thread sends on it.
+
+Logger ``frameprocessor.plugin.<index>``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import zmq
+
+from frameprocessor import Frame, FrameProcessorPlugin, Option
+from ipc.errors import ConfigError
+
+__all__ = ["LiveViewPlugin", "DEFAULT_ADDRESS"]
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5020"
+
+
+def _non_negative(v: float) -> str | None:
+    return "must be >= 0" if v < 0 else None
+
+
+def _endpoint(v: str) -> str | None:
+    return None if "://" in v else "must be a ZeroMQ endpoint like tcp://127.0.0.1:5020"
+
+
+class LiveViewPlugin(FrameProcessorPlugin):
+    """Publish every ``frame_frequency``-th frame, at most ``per_second`` per second, to a live viewer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> live = LiveViewPlugin("live")
+    >>> live.configure({"live_view_socket_addr": "tcp://127.0.0.1:0", "frame_frequency": 2})
+    >>> for n in range(4):
+    ...     live.process_frame(Frame(np.zeros((4, 4), "u2"), n))
+    >>> live.status()["frames_shown"], live.status()["frames_skipped"]
+    (2, 2)
+    >>> live.close()
+    """
+
+    options = {
+        "live_view_socket_addr": Option(str, DEFAULT_ADDRESS, "ZeroMQ endpoint the PUB socket binds",
+                                        check=_endpoint),
+        "frame_frequency": Option(int, 1, "publish frames whose number is a multiple of this (0 = no limit)",
+                                  check=_non_negative),
+        "per_second": Option(float, 0.0, "publish at most this many frames per second (0 = no limit)",
+                             check=_non_negative),
+        "dataset_name": Option(str, "", "publish only frames of this dataset (empty = all)"),
+        "send_hwm": Option(int, 8, "frames ZeroMQ may queue per viewer before dropping",
+                           check=lambda v: None if v >= 1 else "must be >= 1"),
+    }
+
+    def __init__(self, name: str, context: zmq.Context | None = None) -> None:
+        super().__init__(name)
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._bound = ""
+        self._next: zmq.Socket | None = None  # bound on the control thread, adopted by the plugin thread
+        self._next_addr = ""
+        self._lock = threading.Lock()
+        self._last_sent = 0.0
+        self._closed = False
+        self.reset_statistics()
+
+    # -- configuration ---------------------------------------------------------------
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = super().validate(params)
+        addr = values.get("live_view_socket_addr")
+        if addr is not None and addr not in (self._bound, self._next_addr):
+            sock = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))
+            with self._lock:
+                old, self._next = self._next, sock
+                self._next_addr = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if old is not None:
+                old.close(linger=0)
+            values["live_view_socket_addr"] = addr
+        return values
+
+    def _bind(self, addr: str, hwm: int) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full viewer queue raises Again (counted) instead of silently dropping
+        try:
+            sock.bind(addr)
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            raise ConfigError(f"The 'live_view_socket_addr' option of {self.owner}: cannot bind {addr!r}: "
+                              f"{err}", "live_view_socket_addr") from err
+        return sock
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (a port 0 request resolved), or the pending one."""
+        return self._next_addr or self._bound
+
+    # -- data path ----------------------------------------------------------------------
+    def process_frame(self, frame: Frame) -> None:
+        if self._wanted(frame):
+            sock = self._socket()
+            if sock is not None:
+                self._send(sock, frame)
+        self.push(frame)
+
+    def _wanted(self, frame: Frame) -> bool:
+        cfg = self.config
+        if cfg["dataset_name"] and frame.dataset != cfg["dataset_name"]:
+            return False
+        freq = cfg["frame_frequency"]
+        if freq > 1 and frame.frame_number % freq:
+            self.frames_skipped += 1
+            return False
+        per_second = cfg["per_second"]
+        if per_second > 0:
+            now = time.monotonic()
+            if now - self._last_sent < 1.0 / per_second:
+                self.frames_skipped += 1
+                return False
+            self._last_sent = now
+        return True
+
+    def _socket(self) -> zmq.Socket | None:
+        if self._next is not None:
+            with self._lock:
+                new, addr, self._next, self._next_addr = self._next, self._next_addr, None, ""
+            if new is not None:
+                if self._sock is not None:
+                    self._sock.close(linger=0)
+                self._sock, self._bound = new, addr
+        if self._sock is None and not self._closed:
+            try:
+                self._sock = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
+                self._bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            except ConfigError as err:
+                self.error = str(err)
+                self.frames_dropped += 1
+                return None
+        return self._sock
+
+    def _send(self, sock: zmq.Socket, frame: Frame) -> None:
+        data = frame.data
+        header = {"frame_num": frame.frame_number, "acquisition_id": frame.acquisition_id,
+                  "dtype": data.dtype.name, "dsize": data.nbytes, "dataset": frame.dataset,
+                  "compression": "none", "shape": [str(d) for d in data.shape],
+                  "tags": sorted(frame.parameters)}
+        body = data if data.flags.c_contiguous else data.copy()
+        try:
+            # copy=True: the frame's memory goes back to its pool as soon as we return
+            sock.send_multipart([json.dumps(header).encode(), body], flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            self.frames_dropped += 1
+            return
+        self.frames_shown += 1
+        self.last_frame = frame.frame_number
+
+    # -- reporting ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {"frames_shown": self.frames_shown, "frames_skipped": self.frames_skipped,
+                "frames_dropped": self.frames_dropped, "last_frame": self.last_frame,
+                "live_view_socket_addr": self.endpoint or self.config["live_view_socket_addr"],
+                "error": self.error}
+
+    def reset_statistics(self) -> None:
+        self.frames_shown = 0
+        self.frames_skipped = 0
+        self.frames_dropped = 0
+        self.last_frame = -1
+        self.error = ""
+
+    def close(self) -> None:
+        """Close the socket(s); safe to call twice."""
+        self._closed = True
+        with self._lock:
+            nxt, self._next = self._next, None
+        for s in (nxt, self._sock):
+            if s is not None:
+                s.close(linger=0)
+        self._sock = None
