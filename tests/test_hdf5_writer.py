@@ -285,3 +285,46 @@ def test_blocks_per_file_rotates_files_and_vds(hdf, tmp_path):
         assert ds.shape == (10, *SHAPE)
         for i in range(10):
             np.testing.assert_array_equal(ds[i], frame_data(i))
+
+
+FULL_DISK = """
+import json, resource, signal, sys
+import numpy as np
+from frameprocessor.frame import Frame
+from plugins.hdf5_writer import FileWriterPlugin
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))  # the 'disk' fills at 1.5 MB
+hdf = FileWriterPlugin("hdf")
+hdf.configure({"file": {"path": sys.argv[1], "prefix": "full"}, "flush_frames": 10,
+               "dataset": {"data": {"datatype": "uint16", "dims": [64, 64]}}})
+hdf.execute("start_writing", {})
+n = 0
+while hdf.status()["writing"] and n < 5000:
+    hdf.process_frame(Frame(np.full((64, 64), n, "u2"), n))
+    n += 1
+    if n % 20 == 0:
+        hdf.sync()
+hdf.sync()
+print(json.dumps(hdf.status()))
+hdf.close()
+"""
+
+
+def test_disk_full_stops_writing_and_keeps_written_frames(tmp_path):
+    """A real write failure (file size limit in a child process) stops writing with an error."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert not st["writing"] and "too large" in st["error"].lower(), st
+    written = st["frames_written"]
+    assert written > 10
+    with h5py.File(tmp_path / "full_000001.h5.tmp", "r", swmr=True) as f:
+        ds = f["/entry/instrument/detector/data"]
+        assert ds.shape[0] >= written
+        for i in range(written):
+            assert ds[i][0, 0] == i

@@ -415,7 +415,7 @@ class WriterEngine:
                 self._on_idle(s.id)
 
     def _fail(self, err: BaseException) -> None:
-        self.error = f"writing stopped: {type(err).__name__}: {err}"
+        self.error = f"writing stopped: {type(err).__name__}: {' '.join(str(err).split())}"
         log.error("HDF5 writer: %s", self.error)
         acq = self._acq
         if acq is not None:

@@ -205,8 +205,8 @@ class H5File:
             return
         try:
             self.close(rename=False)
-        except Exception:  # the file may be unflushable (disk full); keep what is there
-            log.exception("closing %s after an error failed", self.path)
+        except (OSError, RuntimeError, ValueError) as err:  # unflushable (disk full): keep what is there
+            log.warning("closing %s after an error failed: %s", self.path, " ".join(str(err).split()))
             self.closed = True
 
     def __enter__(self) -> H5File:
