@@ -57,7 +57,8 @@ class Launcher:
         ctrl = free_tcp_endpoint()
         logf = open(self.log_dir / f"{kind}.log", "w")
         self.procs[kind] = subprocess.Popen([sys.executable, "-m", "client.cli", kind, "--ctrl", ctrl, *args],
-                                            stdout=logf, stderr=subprocess.STDOUT)
+                                            stdout=logf, stderr=subprocess.STDOUT,
+                                            start_new_session=True)  # Ctrl-C reaches us; we stop them in order
         logf.close()
         self.clients[kind] = IpcClient(ctrl, timeout=10)
         deadline = time.monotonic() + 30

@@ -84,3 +84,31 @@ def test_run_rejects_unknown_config_keys(tmp_path, capsys):
     path.write_text(json.dumps({"receiver": {}, "processr": []}))
     assert main(["run", str(path)]) == 2
     assert "unknown key(s) ['processr']" in capsys.readouterr().err
+
+
+def test_run_ctrl_c_stops_everything_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    cfg = {"receiver": {"shared_buffer_name": f"fcctrlc_{os.getpid()}",
+                        "source": {"type": "simulated", "shape": [8, 8], "frames": 100000, "rate": 200}},
+           "processor": [{"plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
+                                     "connect": {"index": "d", "connection": "frame_receiver"}}}]}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress",
+                             "--log-dir", str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    shm = f"/dev/shm/fcctrlc_{os.getpid()}"
+    deadline = time.monotonic() + 30
+    while not os.path.exists(shm) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert "(stopped)" in out and "lost frames     0 (none)" in out
+    assert not os.path.exists(shm)
