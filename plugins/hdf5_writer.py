@@ -67,7 +67,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
         "process": Option(dict, {"number": 1, "rank": 0, "frames_per_block": 1, "blocks_per_file": 0},
                           "number of writer processes, this one's rank, frames per block, blocks per file"),
         "file": Option(dict, {"path": "", "prefix": "", "use_numbers": True, "first_number": 1, "postfix": "",
-                              "extension": "h5", "temp_suffix": ".tmp"},
+                              "extension": "h5", "temp_suffix": ".tmp", "overwrite": False},
                        "output directory and name parts (or the older {path, name})"),
         "dataset": Option(dict, {}, "{<name>: {datatype, dims, chunks, compression, blosc_compressor, "
                                     "blosc_level, blosc_shuffle}}"),
@@ -146,8 +146,9 @@ class FileWriterPlugin(FrameProcessorPlugin):
                                 d.blosc_shuffle) for n, d in cfg.datasets.items()}
         session = Session(next(_ids), cfg, dist, codecs)
         first = session.file_path("", dist.rank)
-        for path in (first, first + cfg.file.temp_suffix):
-            if os.path.exists(path):
+        paths = [first, first + cfg.file.temp_suffix] + ([session.master_path("")] if session.wants_master() else [])
+        for path in paths:
+            if os.path.exists(path) and not cfg.file.overwrite:
                 raise ConfigError(f"{self.owner}: file {path} already exists; choose another file/prefix or "
                                   "remove it (files are never overwritten)", "file")
         return session

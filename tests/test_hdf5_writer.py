@@ -328,3 +328,20 @@ def test_disk_full_stops_writing_and_keeps_written_frames(tmp_path):
         assert ds.shape[0] >= written
         for i in range(written):
             assert ds[i][0, 0] == i
+
+
+def test_overwrite_is_an_explicit_opt_in(hdf, tmp_path):
+    (tmp_path / "run_000001.h5").write_bytes(b"old")
+    hdf.configure(base(tmp_path, frames=2))
+    hdf.configure({"file": {"overwrite": True}})
+    hdf.execute("start_writing", {})
+    feed(hdf, range(2))
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        assert f["/entry/data/data"].shape[0] == 2
+
+
+def test_existing_master_file_nacks(hdf, tmp_path):
+    (tmp_path / "run_vds.h5").write_bytes(b"old")
+    hdf.configure(base(tmp_path, frames=10, process={"blocks_per_file": 1, "frames_per_block": 5}))
+    with pytest.raises(ConfigError, match="run_vds.h5 already exists"):
+        hdf.execute("start_writing", {})

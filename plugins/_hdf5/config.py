@@ -46,6 +46,7 @@ class FileSpec:
     postfix: str = ""
     extension: str = "h5"
     temp_suffix: str = ".tmp"
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,11 @@ def _process(cur: ProcessSpec, v: Any) -> ProcessSpec:
 
 def _file(cur: FileSpec, v: Any) -> FileSpec:
     v = _obj("file", v, {"path", "prefix", "name", "use_numbers", "first_number", "postfix", "extension",
-                         "temp_suffix"})
+                         "temp_suffix", "overwrite"})
     vals: dict[str, Any] = {}
     for k, x in v.items():
-        if k == "use_numbers":
-            vals[k] = _bool("file/use_numbers", x)
+        if k in ("use_numbers", "overwrite"):
+            vals[k] = _bool(f"file/{k}", x)
         elif k == "first_number":
             vals[k] = _int("file/first_number", x, 0)
         else:

@@ -82,6 +82,14 @@ class Session:
     def file_path(self, acq: str, file_index: int) -> str:
         return os.path.join(self.config.file.path, file_name(self.config, self.stem(acq), file_index))
 
+    def master_path(self, acq: str) -> str:
+        f = self.config.file
+        return os.path.join(f.path, f"{self.stem(acq)}{f.postfix}_vds.{f.extension}")
+
+    def wants_master(self) -> bool:
+        c = self.config
+        return bool(c.vds and c.frames and self.dist.rank == 0 and len(self.dist.file_indices(c.frames)) > 1)
+
     def frames_max(self) -> int:
         c = self.config
         if not c.frames:
@@ -334,17 +342,19 @@ class WriterEngine:
                      s.config.master, n, job.params,
                      {"acquisition_id": acq.id, "file_index": fi, "rank": s.dist.rank,
                       "processes": s.dist.number, "config": s.config.describe(), "versions": versions(),
-                      "writer": "framechain FileWriterPlugin"}, s.config.swmr)
+                      "writer": "framechain FileWriterPlugin"}, s.config.swmr, s.config.file.overwrite)
         self._timed("create", t0)
         self._since_flush = 0
         return h5
 
     def _write_master(self, s: Session, acq: str) -> None:
         c = s.config
-        if not (c.vds and c.frames and s.dist.rank == 0 and len(s.dist.file_indices(c.frames)) > 1):
+        if not s.wants_master():
             return
         stem = s.stem(acq)
-        path = os.path.join(c.file.path, f"{stem}{c.file.postfix}_vds.{c.file.extension}")
+        path = s.master_path(acq)
+        if os.path.exists(path) and not c.file.overwrite:
+            raise FileExistsError(f"{path} already exists; refusing to overwrite it")
         write_master(path, s.dist, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi))
         self.master_file = path
 

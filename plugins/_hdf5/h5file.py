@@ -90,11 +90,13 @@ class H5File:
 
     def __init__(self, final_path: str, temp_suffix: str, datasets: Mapping[str, tuple[DatasetSpec, Codec]],
                  master: str, frames: int, parameters: Mapping[str, Any], attrs: Mapping[str, Any],
-                 swmr: bool) -> None:
+                 swmr: bool, overwrite: bool = False) -> None:
         self.final_path = final_path
         self.path = final_path + temp_suffix
         for p in {final_path, self.path}:
-            if os.path.exists(p):
+            if os.path.exists(p) and overwrite:
+                os.remove(p)
+            elif os.path.exists(p):
                 raise FileExistsError(f"{p} already exists; refusing to overwrite it")
         self.frames = frames
         self.master = master
