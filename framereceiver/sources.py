@@ -10,6 +10,10 @@ speckle contrast is ``contrast``, and counts are Poisson with mean
 ``intensity``. Then, for lag tau >= 1 frame::
 
     g2(tau) = 1 + contrast * exp(-2 * tau / correlation_time)
+
+With ``pedestal``/``gain``/``read_noise`` set, the speckle photon counts are
+turned into raw detector ADU (``pedestal + gain * photons + noise``, per-pixel
+maps from ``detector_maps()``), so calibration has something real to undo.
 """
 
 from __future__ import annotations
@@ -69,10 +73,13 @@ class SimulatedSource(FrameSource):
 
     def __init__(self, shape: tuple[int, ...], dtype: str, frames: int, rate: float, pattern: str,
                  acquisition_id: str = "", correlation_time: float = 20.0, contrast: float = 0.3,
-                 intensity: float = 2.0, seed: int = 0) -> None:
+                 intensity: float = 2.0, seed: int = 0, pedestal: float = 0.0, gain: float = 1.0,
+                 read_noise: float = 0.0, fixed_pattern: float = 0.0) -> None:
         super().__init__(shape, dtype, frames, rate, acquisition_id)
         self.pattern = pattern
         self.correlation_time, self.contrast, self.intensity, self.seed = correlation_time, contrast, intensity, seed
+        self.pedestal, self.gain, self.read_noise, self.fixed_pattern = pedestal, gain, read_noise, fixed_pattern
+        self._raw = (pedestal, gain, read_noise) != (0.0, 1.0, 0.0)
         if pattern == "ramp":
             size = int(np.prod(shape))
             modulus = 1 << 24 if self.dtype.kind == "f" else 1 << (8 * self.dtype.itemsize)
@@ -94,6 +101,21 @@ class SimulatedSource(FrameSource):
         self._mean = np.empty(self.shape, np.float64)
         self._beta = float(np.sqrt(self.contrast))
         self._next = 0
+        if self._raw:
+            self._pedestal_map, self._gain_map = self.detector_maps()
+            self._noise_rng = np.random.default_rng(self.seed + 7919)
+            self._adu = np.empty(self.shape, np.float64)
+
+    def detector_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel pedestal (ADU) and gain (ADU per photon) this source applies to speckle counts.
+
+        ``pedestal`` and ``gain`` varied per pixel by a fixed pattern of relative spread
+        ``fixed_pattern`` (deterministic for a given seed): what a dark run and a flat field measure.
+        """
+        rng = np.random.default_rng(self.seed + 104729)
+        spread = rng.standard_normal((2,) + self.shape) * self.fixed_pattern
+        return ((self.pedestal * (1.0 + spread[0])).astype(np.float32),
+                (self.gain * (1.0 + spread[1])).astype(np.float32))
 
     def fill(self, index: int, out: np.ndarray) -> None:
         if self.pattern == "ramp":
@@ -119,17 +141,30 @@ class SimulatedSource(FrameSource):
         self._mean *= self._beta
         self._mean += 1.0 - self._beta
         self._mean *= self.intensity
+        if not self._raw:
+            out[...] = self._mean if self.dtype.kind == "f" else self._rng.poisson(self._mean)
+            return
+        # detector response: ADU = pedestal + gain * photons (+ read noise)
+        adu = self._adu
+        np.multiply(self._gain_map, self._rng.poisson(self._mean), out=adu)
+        adu += self._pedestal_map
+        if self.read_noise:
+            adu += self._noise_rng.standard_normal(self.shape) * self.read_noise
         if self.dtype.kind == "f":
-            out[...] = self._mean
+            out[...] = adu
         else:
-            out[...] = self._rng.poisson(self._mean)
+            info = np.iinfo(self.dtype)
+            np.rint(adu, out=adu)
+            np.clip(adu, info.min, info.max, out=adu)
+            out[...] = adu
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["pattern"] = self.pattern
         if self.pattern == "speckle":
             d.update(correlation_time=self.correlation_time, contrast=self.contrast, intensity=self.intensity,
-                     seed=self.seed)
+                     seed=self.seed, pedestal=self.pedestal, gain=self.gain, read_noise=self.read_noise,
+                     fixed_pattern=self.fixed_pattern)
         return d
 
 
@@ -196,7 +231,8 @@ def make_source(cfg: Any) -> FrameSource:
     rate = _number(cfg, "rate", 0.0, 0.0, 1e7)
     frames = _positive_int(cfg, "frames", 0, minimum=0)
     if kind == "simulated":
-        allowed = common | {"shape", "dtype", "pattern", "correlation_time", "contrast", "intensity", "seed"}
+        allowed = common | {"shape", "dtype", "pattern", "correlation_time", "contrast", "intensity", "seed",
+                            "pedestal", "gain", "read_noise", "fixed_pattern"}
         _no_unknown(cfg, allowed, kind)
         shape = cfg.get("shape", [512, 512])
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
@@ -215,7 +251,11 @@ def make_source(cfg: Any) -> FrameSource:
                                correlation_time=_number(cfg, "correlation_time", 20.0, 0.0, 1e9, lo_open=True),
                                contrast=_number(cfg, "contrast", 0.3, 0.0, 1.0, lo_open=True),
                                intensity=_number(cfg, "intensity", 2.0, 0.0, 1e6, lo_open=True),
-                               seed=_positive_int(cfg, "seed", 0, minimum=0))
+                               seed=_positive_int(cfg, "seed", 0, minimum=0),
+                               pedestal=_number(cfg, "pedestal", 0.0, 0.0, 1e9),
+                               gain=_number(cfg, "gain", 1.0, 0.0, 1e6, lo_open=True),
+                               read_noise=_number(cfg, "read_noise", 0.0, 0.0, 1e6),
+                               fixed_pattern=_number(cfg, "fixed_pattern", 0.0, 0.0, 0.5))
     if kind == "hdf5":
         _no_unknown(cfg, common | {"file", "dataset"}, kind)
         for key in ("file", "dataset"):
