@@ -9,7 +9,8 @@ Config file (JSON)::
     {"receiver": {<receiver configure params, incl. "source">},
      "processor": [<configure params>, ...],        # applied in order; fr_setup is added
      "start": [<processor execute params>, ...],    # e.g. {"hdf": {"command": "start_writing"}}
-     "output_dir": "output"}                        # relative paths in the config resolve here
+     "output_dir": "output",                        # created before the run
+     "prepare": "examples/prepare_demo.py"}         # optional script run first, with the config path
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .summary import summarise
 __all__ = ["Launcher", "main"]
 
 log = logging.getLogger("client.launcher")
-_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout"}
+_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "truth"}
 
 
 class LaunchError(FramechainError):
@@ -166,6 +167,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if cfg.get("output_dir"):
         Path(cfg["output_dir"]).mkdir(parents=True, exist_ok=True)
+    if cfg.get("prepare"):
+        script = Path(cfg["prepare"])
+        if not script.exists():
+            script = Path(args.config).parent / cfg["prepare"]
+        done = subprocess.run([sys.executable, str(script), args.config])
+        if done.returncode != 0:
+            print(f"framechain run: prepare script {script} failed (exit {done.returncode})", file=sys.stderr)
+            return 1
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="framechain_run_"))
     log_dir.mkdir(parents=True, exist_ok=True)
     total = cfg["receiver"].get("source", {}).get("frames", 0) or None
