@@ -24,7 +24,7 @@ import zmq
 
 from ipc.channel import IpcChannel
 from ipc.errors import ShmError
-from ipc.message import IpcMessage
+from ipc.message import IpcMessage, frame_notification
 from ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
 from .chain import PluginChain
@@ -227,7 +227,7 @@ class SharedMemoryController:
 
     # -- releases ----------------------------------------------------------------
     def _send_release(self, frame: int, bid: int) -> None:
-        self.release.send(IpcMessage("notify", "frame_release", {"frame": frame, "buffer_id": bid}))
+        self.release.socket.send(frame_notification("frame_release", frame, bid))
         self.frames_released += 1
 
     def _release_later(self, frame: int, bid: int) -> None:

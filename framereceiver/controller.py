@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from ipc.errors import ConfigError, FramechainError, ShmError
-from ipc.message import IpcMessage
+from ipc.message import IpcMessage, frame_notification
 from ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
 
 from .buffers import BufferManager
@@ -44,8 +44,10 @@ def _memory_limit() -> int:
 class ReceiverController:
     """State of one frame receiver."""
 
-    def __init__(self, publish: Callable[[IpcMessage], None], shared_buffer_name: str = "FrameReceiverBuffer") -> None:
+    def __init__(self, publish: Callable[[IpcMessage], None], publish_raw: Callable[[bytes], None],
+                 shared_buffer_name: str = "FrameReceiverBuffer") -> None:
         self.publish = publish
+        self.publish_raw = publish_raw
         self.shared_buffer_name = shared_buffer_name
         self.max_buffer_mem: int | None = None  # None: DEFAULT_BUFFERS buffers
         self.mode = "block"
@@ -299,7 +301,7 @@ class ReceiverController:
         buf.write_header(bid, header)
         src.fill(n, self._data_views[bid])
         buf.set_state(bid, STATE_READY, time.time())
-        self.publish(IpcMessage("notify", "frame_ready", {"frame": n, "buffer_id": bid}))
+        self.publish_raw(frame_notification("frame_ready", n, bid))
 
     # -- data path in ------------------------------------------------------------
     def on_release(self, msg: IpcMessage) -> None:

@@ -43,7 +43,7 @@ class FrameReceiverDaemon:
         except FramechainError:
             self.close()
             raise
-        self.controller = ReceiverController(self.ready.send)
+        self.controller = ReceiverController(self.ready.send, self.ready.socket.send)
         self.stop_requested = False
         log.info("frame receiver: control %s, ready %s, release %s", self.ctrl.endpoint, self.ready.endpoint,
                  self.release.endpoint)

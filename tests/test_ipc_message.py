@@ -103,3 +103,11 @@ def test_fuzz_bytes(raw):
         IpcMessage.decode(raw)
     except ProtocolError:
         pass
+
+
+def test_fast_frame_notification_is_a_valid_identical_message():
+    from ipc.message import frame_notification
+    raw = frame_notification("frame_release", 12345, 7)
+    msg = IpcMessage.decode(raw)
+    assert (msg.msg_type, msg.msg_val, msg.params) == ("notify", "frame_release", {"frame": 12345, "buffer_id": 7})
+    assert raw == IpcMessage("notify", "frame_release", msg.params, id=msg.id, timestamp=msg.timestamp).encode()
