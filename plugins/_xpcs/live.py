@@ -1,0 +1,85 @@
+"""LivePublisher: current g2 as one JSON message per update on a ZeroMQ PUB socket.
+
+Message (UTF-8 JSON, single frame)::
+
+    {"msg_type": "xpcs_g2", "plugin": "xpcs", "acquisition_id": "...", "final": false,
+     "frames": 1200, "frames_used": 1198, "frame_time": 0.001,
+     "bins": [1, 2, ...], "delays": [1, 2, ...], "delays_s": [...],
+     "g2": [[g2 of bin 1 at each delay], [bin 2], ...]}
+
+Delays in frames, lag 0 left out, only lags with at least one pair; NaN is sent as null.
+The socket is only used from the thread holding the plugin's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import zmq
+
+__all__ = ["LivePublisher", "clean_json"]
+
+
+def clean_json(value: Any) -> Any:
+    """Floats that JSON cannot carry (NaN, inf) become None, recursively over lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value
+
+
+class LivePublisher:
+    """A bound PUB socket. ``close()`` is safe to call twice.
+
+    Parameters
+    ----------
+    endpoint : str
+        Where to bind, e.g. ``tcp://127.0.0.1:5021``.
+    context : zmq.Context, optional
+        Defaults to the shared instance.
+    """
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self._socket: zmq.Socket | None = (context or zmq.Context.instance()).socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 16)
+        try:
+            self._socket.bind(endpoint)
+        except zmq.ZMQError:
+            self._socket.close()
+            self._socket = None
+            raise
+        self.sent = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._socket is None
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Send without blocking (a slow subscriber loses messages, never stalls the correlator)."""
+        if self._socket is None:
+            return
+        data = json.dumps(message, allow_nan=False).encode()
+        try:
+            self._socket.send(data, zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+
+    def __enter__(self) -> LivePublisher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LivePublisher {self.endpoint} {'closed' if self.closed else 'open'}>"

@@ -1,0 +1,80 @@
+"""Two-time correlation ``C_q(t1, t2) = <I_t1 I_t2>_q / (<I_t1>_q <I_t2>_q)`` for the first frames of a run.
+
+The first ``max_frames`` frames are kept as float32 copies of their labelled
+pixels (``max_frames x pixels x 4`` bytes); the matrices are computed at the end
+of the acquisition, one symmetric matrix product per bin (float64 sums).
+Bad frames give NaN rows and columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layout import PixelLayout
+
+__all__ = ["TwoTimeAccumulator"]
+
+
+class TwoTimeAccumulator:
+    """Keeps frames for the two-time correlation.
+
+    Parameters
+    ----------
+    layout : PixelLayout
+        Dynamic bins (unpadded bin-sorted pixel order is used).
+    max_frames : int
+        Frames kept; later frames are counted in ``frames_beyond``.
+    """
+
+    def __init__(self, layout: PixelLayout, max_frames: int) -> None:
+        self.layout = layout
+        self.max_frames = max_frames
+        self._data: np.ndarray | None = None
+        self.n = 0
+        self.frames_beyond = 0
+
+    def nbytes(self) -> int:
+        return self.max_frames * self.layout.num_pixels * 4
+
+    def add(self, frame: np.ndarray, good: bool) -> None:
+        if self.n >= self.max_frames:
+            self.frames_beyond += 1
+            return
+        if self._data is None:
+            self._data = np.empty((self.max_frames, self.layout.num_pixels), np.float32)
+        row = self._data[self.n]
+        if good:
+            np.take(frame.reshape(-1), self.layout.pixels, out=row) if frame.dtype == np.float32 else \
+                row.__setitem__(slice(None), frame.reshape(-1)[self.layout.pixels])
+        else:
+            row[:] = np.nan
+        self.n += 1
+
+    def compute(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(bins, C)``: 1-based labels of the non-empty bins and ``C`` of shape ``(bins, n, n)`` float32."""
+        lay, n = self.layout, self.n
+        bins = lay.active + 1
+        out = np.full((bins.size, n, n), np.nan, np.float32)
+        if self._data is None or n == 0:
+            return bins, out
+        starts = np.concatenate(([0], np.cumsum(lay.npix[lay.active])))
+        for k in range(bins.size):                 # once per run: one matrix product per bin
+            X = self._data[:n, starts[k]:starts[k + 1]].astype(np.float64)
+            G = X @ X.T / X.shape[1]
+            m = X.mean(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[k] = G / np.outer(m, m)
+        return bins, out
+
+    @staticmethod
+    def g2_from_c2(c2: np.ndarray) -> np.ndarray:
+        """g2 at lags ``1..n-1`` as the mean of each off-diagonal of every ``C``: ``(n-1, bins)``."""
+        nb, n, _ = c2.shape
+        g2 = np.full((max(n - 1, 0), nb), np.nan)
+        with np.errstate(invalid="ignore"):
+            for d in range(1, n):                   # once per run
+                diag = np.diagonal(c2, offset=d, axis1=1, axis2=2)
+                ok = np.isfinite(diag)
+                cnt = ok.sum(axis=1)
+                g2[d - 1] = np.where(cnt > 0, np.where(ok, diag, 0).sum(axis=1) / np.maximum(cnt, 1), np.nan)
+        return g2

@@ -1,0 +1,513 @@
+"""XpcsCorrelatorPlugin: online multi-tau g2 per q-bin, two-time, live results and APS result files.
+
+Logger ``frameprocessor.plugin.<index>``. The math lives in ``plugins._xpcs``
+(no threads there); this module wires it to frames, configuration, status,
+the live PUB socket and the end of acquisition. See docs/xpcs.md for the
+definitions and docs/plugins.md (section ``xpcs``) for every key.
+
+Example configuration::
+
+    {"xpcs": {"qmap": "/data/qmap.h5", "num_bufs": 8, "frame_time": 0.001,
+              "update_every": 500, "publish_endpoint": "tcp://127.0.0.1:5021",
+              "output": "/data/results/{acquisition_id}_results.hdf", "plot": true}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+from typing import Any
+
+import numpy as np
+import zmq
+
+from frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin, Option
+from ipc.errors import ConfigError
+
+from ._xpcs.aps import aps_g2
+from ._xpcs.averages import TimeAverages
+from ._xpcs.fit import fit_g2
+from ._xpcs.layout import PixelLayout
+from ._xpcs.live import LivePublisher, clean_json
+from ._xpcs.multitau import MultitauCorrelator, levels_for_frames, multitau_lags
+from ._xpcs.qmap import QMap, QMapError, load_mask, load_qmap, uniform_qmap
+from ._xpcs.result_file import XpcsResultData, write_result
+from ._xpcs.twotime import TwoTimeAccumulator
+
+__all__ = ["XpcsCorrelatorPlugin"]
+
+AUTO_LEVELS_UNKNOWN_RUN = 20     # auto levels without expected_frames: buffers are made only when reached
+MAX_GAP = 1 << 16                # a frame-number jump larger than this is rejected, not filled
+
+
+def _even_bufs(v: int) -> str | None:
+    return None if v >= 2 and v % 2 == 0 and v <= 1024 else "must be an even integer from 2 to 1024"
+
+
+def _levels(v: Any) -> str | None:
+    if isinstance(v, str):
+        return None if v == "auto" else "must be a positive integer or \"auto\""
+    return None if 1 <= v <= 40 else "must be a positive integer (at most 40) or \"auto\""
+
+
+def _nonneg(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _endpoint(v: str) -> str | None:
+    return None if v == "" or "://" in v else "must be a ZeroMQ endpoint like tcp://127.0.0.1:5021, or \"\" (off)"
+
+
+def _output(v: str) -> str | None:
+    try:
+        v.format(acquisition_id="a", run=0)
+    except (KeyError, IndexError, ValueError) as err:
+        return f"may only use the placeholders {{acquisition_id}} and {{run}} ({err})"
+    return None
+
+
+_REBUILD = {"qmap", "mask", "use_frame_mask", "num_bufs", "num_levels", "expected_frames", "normalization",
+            "twotime", "twotime_frames", "max_memory"}
+
+
+class _Run:
+    """State of one acquisition: layouts and accumulators built from the first frame."""
+
+    def __init__(self, qmap: QMap, cfg: dict[str, Any], frame: Frame, frame_mask: np.ndarray | None) -> None:
+        qm = qmap.with_mask(frame_mask)
+        self.qmap = qm
+        self.shape = frame.shape
+        self.dtype = frame.dtype
+        self.acquisition_id = frame.acquisition_id
+        self.start_time = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        self.frame_mask = frame_mask
+        self.dynamic = PixelLayout(qm.labels("dynamic"), num_bins=qmap.num_dynamic)
+        same = qm.static is qm.dynamic or np.array_equal(qm.static, qm.dynamic)
+        self.static = self.dynamic if same else PixelLayout(qm.labels("static"), num_bins=qmap.num_static)
+        B = cfg["num_bufs"]
+        levels = cfg["num_levels"]
+        if levels == "auto":
+            levels = (levels_for_frames(cfg["expected_frames"], B) if cfg["expected_frames"] > 0
+                      else AUTO_LEVELS_UNKNOWN_RUN)
+        self.aps = cfg["normalization"] == "aps"
+        need = estimate_memory(self.dynamic, B, levels, self.aps, cfg["expected_frames"],
+                               cfg["twotime_frames"] if cfg["twotime"] else 0)
+        if need > cfg["max_memory"]:
+            raise MemoryError(f"the correlator would need about {need / 2**20:.0f} MiB for {self.dynamic.num_pixels} "
+                              f"pixels, num_bufs {B}, {levels} levels (max_memory is "
+                              f"{cfg['max_memory'] / 2**20:.0f} MiB); reduce num_levels, set expected_frames, "
+                              f"or raise max_memory")
+        self.correlator = MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps)
+        self.averages = TimeAverages(self.static, self.shape)
+        self.twotime = TwoTimeAccumulator(self.dynamic, cfg["twotime_frames"]) if cfg["twotime"] else None
+        self.next_frame: int | None = None
+        self.frames = 0           # frames received for this run
+        self.frames_used = 0
+        self.frames_nan = 0
+        self.frames_missing = 0
+        self.mask_changes = 0
+
+
+def estimate_memory(layout: PixelLayout, num_bufs: int, num_levels: int, per_pixel: bool,
+                    expected_frames: int, twotime_frames: int) -> int:
+    """Bytes the correlator will hold for a run (levels actually reached when the run length is known)."""
+    levels = min(num_levels, levels_for_frames(expected_frames, num_bufs)) if expected_frames else num_levels
+    padded = layout.padded_size * 8
+    n = levels * num_bufs * padded + 4 * padded
+    if per_pixel:
+        n += 3 * multitau_lags(levels, num_bufs).size * padded
+    return n + twotime_frames * layout.num_pixels * 4 + int(np.prod(layout.shape)) * 8
+
+
+class XpcsCorrelatorPlugin(FrameProcessorPlugin):
+    """Online XPCS correlator: multi-tau g2 per dynamic q-bin (scikit-beam definitions), optional APS
+    normalisation and two-time, live g2 on a ZeroMQ PUB, an APS 8-ID-I result file at end of acquisition.
+
+    Frames are passed on unchanged. Commands: ``reset`` (start over). See docs/xpcs.md.
+    """
+
+    version = "1.0.0"
+    commands = ("reset",)
+    options = {
+        "qmap": Option(str, "", "label map: .npy integer labels (0 = excluded) or an APS qmap HDF5 "
+                                "(/qmap/dynamic_roi_map, static_roi_map, mask); \"\" = every pixel in one bin"),
+        "mask": Option(str, "", ".npy mask of the frame shape, nonzero = use (combined with the qmap's mask)"),
+        "use_frame_mask": Option(bool, True, "also exclude pixels a mask plugin marks unused in frame.mask"),
+        "num_bufs": Option(int, 8, "B: frames per multi-tau level (even)", check=_even_bufs),
+        "num_levels": Option((int, str), "auto", "multi-tau levels, or \"auto\" (from expected_frames; "
+                                                 f"{AUTO_LEVELS_UNKNOWN_RUN} made as reached when unknown)",
+                             check=_levels),
+        "expected_frames": Option(int, 0, "frames expected in a run, for num_levels auto (0 = unknown)",
+                                  check=_nonneg),
+        "frame_time": Option(float, 1.0, "seconds between frames (delays in seconds = frames * frame_time)",
+                             check=_positive),
+        "count_time": Option(float, 0.0, "exposure per frame in seconds for the result file (0 = frame_time)",
+                             check=_nonneg),
+        "normalization": Option(str, "symmetric", "symmetric (per-bin G/(P F), scikit-beam) or aps "
+                                                  "(per-pixel, averaged over static bins)",
+                                choices=("symmetric", "aps")),
+        "update_every": Option(int, 100, "publish live g2 every this many frames (0 = only at the end)",
+                               check=_nonneg),
+        "publish_endpoint": Option(str, "", "ZeroMQ PUB endpoint to bind for live g2 (\"\" = off)",
+                                   check=_endpoint),
+        "output": Option(str, "", "result file written at end of acquisition (\"\" = none); may contain "
+                                  "{acquisition_id} and {run}", check=_output),
+        "plot": Option(bool, False, "also write a PNG of g2 per bin beside the result file"),
+        "twotime": Option(bool, False, "also compute two-time correlation of the first twotime_frames frames"),
+        "twotime_frames": Option(int, 1000, "frames kept for the two-time correlation",
+                                 check=lambda v: None if 2 <= v <= 100000 else "must be from 2 to 100000"),
+        "segments": Option(int, 10, "segments of the run for scattering_1d_segments",
+                           check=lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000"),
+        "max_memory": Option(int, 4 << 30, "refuse a run whose correlator would need more bytes than this",
+                             check=_positive),
+        "beam_center_x": Option(float, 0.0, "beam centre column (pixels), for the result file"),
+        "beam_center_y": Option(float, 0.0, "beam centre row (pixels), for the result file"),
+        "detector_distance": Option(float, 5.0, "sample-detector distance (m), for the result file",
+                                    check=_positive),
+        "pixel_size": Option(float, 75e-6, "pixel size (m), for the result file", check=_positive),
+        "incident_energy": Option(float, 10.0, "X-ray energy (keV), for the result file", check=_positive),
+    }
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._lock = threading.RLock()
+        self._qmap: QMap | None = None
+        self._mask: np.ndarray | None = None
+        self._publisher: LivePublisher | None = None
+        self._run: _Run | None = None
+        self._finished = False
+        self._runs = 0
+        self._explicit: set[str] = set()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.frames_rejected = 0
+        self.last_rejection = ""
+        self.updates_published = 0
+        self.results_written = 0
+        self.result_file = ""
+        self.last_result_error = ""
+        self.fit: dict[str, Any] = {}
+        self.warnings: list[str] = []
+
+    # -- configuration --------------------------------------------------------------
+    def validate(self, params: Any) -> dict[str, Any]:
+        values = super().validate(params)
+        self._load_inputs({**self.config, **values})
+        return values
+
+    def _load_inputs(self, cfg: dict[str, Any]) -> tuple[QMap | None, np.ndarray | None]:
+        """Read qmap and mask files named in ``cfg``; ConfigError naming the key on any problem."""
+        qmap = mask = None
+        try:
+            if cfg["qmap"]:
+                qmap = load_qmap(cfg["qmap"])
+        except QMapError as err:
+            raise ConfigError(f"The 'qmap' option of {self.owner}: {err}", "qmap") from err
+        try:
+            if cfg["mask"]:
+                mask = load_mask(cfg["mask"], qmap.shape if qmap is not None else None)
+                if qmap is not None and not np.any(qmap.labels() * mask):
+                    raise QMapError(f"mask {cfg['mask']!r} removes every labelled pixel of qmap {cfg['qmap']!r}")
+        except QMapError as err:
+            raise ConfigError(f"The 'mask' option of {self.owner}: {err}", "mask") from err
+        return qmap, mask
+
+    def apply(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            cfg = {**self.config, **values}
+            qmap, mask = self._load_inputs(cfg)
+            publisher = self._publisher
+            if "publish_endpoint" in values and values["publish_endpoint"] != self.config["publish_endpoint"]:
+                publisher = None
+                if values["publish_endpoint"]:
+                    try:
+                        publisher = LivePublisher(values["publish_endpoint"])
+                    except zmq.ZMQError as err:
+                        raise ConfigError(f"The 'publish_endpoint' option of {self.owner}: cannot bind "
+                                          f"{values['publish_endpoint']!r}: {err}", "publish_endpoint") from err
+                if self._publisher is not None:
+                    self._publisher.close()
+                self._publisher = publisher
+            rebuild = any(k in _REBUILD and values[k] != self.config[k] for k in values)
+            self.config.update(values)
+            self._explicit.update(values)
+            self._qmap, self._mask = qmap, mask
+            if rebuild and self._run is not None:
+                self.log.info("%s: configuration changed; the correlation starts over with the next frame", self.name)
+                self._run = None
+
+    def execute(self, command: str, params: Any) -> None:
+        if command != "reset":
+            super().execute(command, params)
+        if params:
+            raise ConfigError(f"{self.owner} command 'reset' takes no parameters, got {sorted(params)}", "reset")
+        with self._lock:
+            self._run = None
+            self._finished = False
+            self._reset_counters()
+        self.log.info("%s: reset; the correlation starts over with the next frame", self.name)
+
+    # -- data path ----------------------------------------------------------------------
+    def process_frame(self, frame: Frame) -> None:
+        try:
+            with self._lock:
+                self._correlate(frame)
+        finally:
+            self.push(frame)
+
+    def _reject(self, why: str) -> None:
+        self.frames_rejected += 1
+        if why != self.last_rejection:
+            self.log.warning("%s: frame rejected: %s", self.name, why)
+        self.last_rejection = why
+
+    def _start_run(self, frame: Frame) -> _Run | None:
+        qmap = self._qmap if self._qmap is not None else uniform_qmap(frame.shape)
+        if qmap.shape != frame.shape:
+            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)} but qmap "
+                         f"{self.config['qmap']!r} has shape {list(qmap.shape)}")
+            return None
+        if frame.dtype.kind not in "uif":
+            self._reject(f"frame {frame.frame_number} has dtype {frame.dtype}; the correlator needs numbers")
+            return None
+        mask = self._mask
+        fmask = frame.mask if self.config["use_frame_mask"] else None
+        if fmask is not None:
+            if fmask.shape != frame.shape:
+                self._reject(f"frame {frame.frame_number} carries a mask of shape {list(fmask.shape)} for a frame "
+                             f"of shape {list(frame.shape)}")
+                return None
+            mask = fmask if mask is None else mask & fmask
+        try:
+            run = _Run(qmap, self.config, frame, mask)
+        except MemoryError as err:
+            self._reject(str(err))
+            return None
+        if not run.dynamic.num_pixels:
+            self._reject("the mask removes every labelled pixel; nothing to correlate")
+            return None
+        run.frame_mask = fmask
+        self._runs += 1
+        self._finished = False
+        self.warnings = []
+        empty = [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)]
+        if empty:
+            msg = (f"dynamic bin(s) {empty[:20]}{'...' if len(empty) > 20 else ''} have no pixel after masking; "
+                   f"they report NaN")
+            self.warnings.append(msg)
+            self.log.warning("%s: %s", self.name, msg)
+        self.log.info("%s: run %d (acquisition %r): %d pixels in %d bins, num_bufs %d, %d levels, %s",
+                      self.name, self._runs, frame.acquisition_id, run.dynamic.num_pixels, run.dynamic.num_active,
+                      run.correlator.num_bufs, run.correlator.num_levels, self.config["normalization"])
+        return run
+
+    def _correlate(self, frame: Frame) -> None:
+        run = self._run
+        if run is not None and (self._finished or frame.acquisition_id != run.acquisition_id):
+            run = None
+        if run is None:
+            run = self._run = self._start_run(frame)
+            if run is None:
+                return
+        if frame.shape != run.shape:
+            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)}; this run's frames have shape "
+                         f"{list(run.shape)} (reset or start a new acquisition to change it)")
+            return
+        n = frame.frame_number
+        if run.next_frame is not None and n != run.next_frame:
+            gap = n - run.next_frame
+            if gap < 0 or gap > MAX_GAP:
+                self._reject(f"frame {n} arrived when frame {run.next_frame} was expected (out of order or a jump "
+                             f"of more than {MAX_GAP})")
+                return
+            run.correlator.add_missing(gap)        # keep the time axis: lost frames are bad frames
+            for k in range(gap):
+                run.averages.add(frame.data, run.next_frame + k, False)
+                if run.twotime is not None:
+                    run.twotime.add(frame.data, False)
+            run.frames_missing += gap
+        fmask = frame.mask if self.config["use_frame_mask"] else None
+        if fmask is not run.frame_mask and not (fmask is not None and run.frame_mask is not None
+                                                 and np.array_equal(fmask, run.frame_mask)):
+            if run.mask_changes == 0:
+                self.log.warning("%s: frame %d carries a different mask; this run keeps its first mask", self.name, n)
+            run.mask_changes += 1
+            run.frame_mask = fmask
+        good = run.correlator.add(frame.data)
+        run.averages.add(frame.data, n, good, run.correlator.last_sum / run.dynamic.num_pixels)
+        if run.twotime is not None:
+            run.twotime.add(frame.data, good)
+        run.next_frame = n + 1
+        run.frames += 1
+        run.frames_used += good
+        run.frames_nan += not good
+        every = self.config["update_every"]
+        if every and self._publisher is not None and run.frames % every == 0:
+            self._publish(run, final=False)
+
+    def process_end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
+        with self._lock:
+            run = self._run
+            if run is None or self._finished or run.frames == 0:
+                return
+            self._finished = True
+            self._finish(run)
+
+    # -- results -----------------------------------------------------------------------------
+    def results(self) -> dict[str, Any] | None:
+        """Current results of the run: delays (frames, lag 0 left out, lags with pairs), g2 and g2_err
+        ``(lags, bins)`` over all dynamic bins (NaN for empty ones), pairs, npix. None before a run."""
+        with self._lock:
+            run = self._run
+            return None if run is None else self._results(run)
+
+    def _results(self, run: _Run) -> dict[str, Any]:
+        r = run.correlator.result()
+        keep = (r.pairs > 0) & (r.delays > 0)
+        if run.aps:
+            G2, IP, IF = run.correlator.pixel_means()
+            lay = run.dynamic
+            sb = run.qmap.labels("static").reshape(-1)[lay.pixels].astype(np.int64) - 1
+            g2, err = aps_g2(G2[keep], IP[keep], IF[keep], lay.pixel_bins, sb, lay.num_bins,
+                             max(1, run.qmap.num_static))
+        else:
+            g2, err = r.g2[keep], r.g2_err[keep]
+        return {"delays": r.delays[keep], "g2": g2, "g2_err": err, "pairs": r.pairs[keep],
+                "npix": run.dynamic.npix, "frames": run.frames, "frames_used": run.frames_used}
+
+    def _fit(self, res: dict[str, Any]) -> dict[str, Any]:
+        g2, npix = res["g2"], res["npix"].astype(np.float64)
+        cols = np.isfinite(g2).all(axis=0) & (npix > 0)
+        if not len(res["delays"]) or not cols.any():
+            return {}
+        mean = (g2[:, cols] * npix[cols]).sum(axis=1) / npix[cols].sum()
+        contrast, tau_frames = fit_g2(res["delays"], mean, weights=res["pairs"])
+        ft = self.config["frame_time"]
+        return {"contrast": contrast, "tau_c_frames": tau_frames, "tau_c": tau_frames * ft,
+                "model": "g2 = 1 + contrast * exp(-2 tau / tau_c)"}
+
+    def _message(self, run: _Run, res: dict[str, Any], final: bool) -> dict[str, Any]:
+        ft = self.config["frame_time"]
+        return {"msg_type": "xpcs_g2", "plugin": self.name, "acquisition_id": run.acquisition_id, "final": final,
+                "frames": run.frames, "frames_used": run.frames_used, "frame_time": ft,
+                "bins": list(range(1, run.dynamic.num_bins + 1)),
+                "delays": [int(d) for d in res["delays"]], "delays_s": [float(d) * ft for d in res["delays"]],
+                "g2": clean_json(res["g2"].T.tolist()), "fit": clean_json_dict(self.fit) if final else {}}
+
+    def _publish(self, run: _Run, final: bool, res: dict[str, Any] | None = None) -> None:
+        if self._publisher is None:
+            return
+        self._publisher.publish(self._message(run, res or self._results(run), final))
+        self.updates_published += 1
+
+    def _finish(self, run: _Run) -> None:
+        res = self._results(run)
+        self.fit = self._fit(res)
+        if self.fit:
+            self.log.info("%s: %d frames (%d used); fitted contrast %.4g, tau_c %.4g s (%.4g frames)", self.name,
+                          run.frames, run.frames_used, self.fit["contrast"], self.fit["tau_c"],
+                          self.fit["tau_c_frames"])
+        self._publish(run, final=True, res=res)
+        if self.config["output"]:
+            path = self.config["output"].format(acquisition_id=run.acquisition_id or "acquisition", run=self._runs)
+            try:
+                write_result(path, self._result_data(run, res))
+                if self.config["plot"]:
+                    from ._xpcs.plot import plot_g2
+                    cols = run.dynamic.active
+                    plot_g2(path.rsplit(".", 1)[0] + "_g2.png", res["delays"] * self.config["frame_time"],
+                            res["g2"][:, cols], res["g2_err"][:, cols], [f"bin {b + 1}" for b in cols],
+                            title=f"g2, {run.acquisition_id or 'acquisition'}, {run.frames_used} frames")
+            except (OSError, ValueError, RuntimeError) as err:
+                self.last_result_error = f"{path}: {type(err).__name__}: {err}"
+                self.log.error("%s: could not write result file %s: %s", self.name, path, err)
+            else:
+                self.result_file = path
+                self.results_written += 1
+                self.log.info("%s: wrote %s", self.name, path)
+
+    def _result_data(self, run: _Run, res: dict[str, Any]) -> XpcsResultData:
+        cfg = self.config
+        qm = run.qmap
+        dyn_cols = run.dynamic.active
+        sta_cols = run.static.active
+        geometry = {k: cfg[k] for k in ("beam_center_x", "beam_center_y", "detector_distance", "pixel_size",
+                                        "incident_energy")}
+        extra = dict(qm.extra)
+        for key in ("beam_center_x", "beam_center_y", "detector_distance", "pixel_size"):
+            if key not in self._explicit and key in extra:
+                geometry[key] = float(np.asarray(extra[key]).ravel()[0])
+        if "incident_energy" not in self._explicit and "energy" in extra:
+            geometry["incident_energy"] = float(np.asarray(extra["energy"]).ravel()[0])
+        twotime = None
+        if run.twotime is not None:
+            bins, c2 = run.twotime.compute()
+            twotime = {"bins": bins, "c2": c2, "g2": TwoTimeAccumulator.g2_from_c2(c2),
+                       "max_frames": run.twotime.max_frames}
+        levels = run.correlator.num_levels
+        return XpcsResultData(
+            delays=res["delays"], g2=res["g2"][:, dyn_cols], g2_err=res["g2_err"][:, dyn_cols],
+            dynamic_roi_map=qm.dynamic, static_roi_map=qm.static, mask=qm.mask,
+            dynamic_index_mapping=dyn_cols, static_index_mapping=sta_cols,
+            scattering_2d=run.averages.scattering_2d(),
+            scattering_1d=run.averages.scattering_1d()[sta_cols],
+            scattering_1d_segments=run.averages.segments(cfg["segments"])[:, sta_cols],
+            intensity_vs_time=run.averages.intensity_vs_time(),
+            frame_time=cfg["frame_time"], count_time=cfg["count_time"] or cfg["frame_time"],
+            start_time=run.start_time, geometry=geometry,
+            multitau_config={"num_bufs": run.correlator.num_bufs, "num_levels": levels,
+                             "normalization": cfg["normalization"], "frames": run.frames,
+                             "frames_used": run.frames_used},
+            qmap_extra=extra, twotime=twotime)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            run = self._run
+            st: dict[str, Any] = {
+                "state": "idle" if run is None else ("finished" if self._finished else "running"),
+                "runs": self._runs, "frames_rejected": self.frames_rejected, "last_rejection": self.last_rejection,
+                "updates_published": self.updates_published, "results_written": self.results_written,
+                "result_file": self.result_file, "last_result_error": self.last_result_error,
+                "fit": clean_json_dict(self.fit), "warnings": list(self.warnings),
+            }
+            if run is None:
+                return st
+            c = run.correlator
+            r = c.result()
+            keep = (r.pairs > 0) & (r.delays > 0)
+            lag1 = r.g2[keep][0] if keep.any() else np.full(run.dynamic.num_bins, np.nan)
+            st.update({
+                "acquisition_id": run.acquisition_id, "frames": run.frames, "frames_used": run.frames_used,
+                "frames_nan": run.frames_nan, "frames_missing": run.frames_missing,
+                "mask_changes": run.mask_changes, "num_bufs": c.num_bufs, "num_levels": c.num_levels,
+                "levels_reached": c.levels_reached, "delays": int(keep.sum()),
+                "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
+                "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
+                "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
+                "g2_lag1": clean_json([float(v) for v in lag1]),
+                "memory_bytes": c.memory_bytes(),
+                "twotime_frames": run.twotime.n if run.twotime is not None else 0,
+            })
+            return st
+
+    def reset_statistics(self) -> None:
+        with self._lock:
+            self.frames_rejected = 0
+            self.last_rejection = ""
+            self.updates_published = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+
+
+def clean_json_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: clean_json(v) if isinstance(v, (float, list)) else v for k, v in d.items()}
