@@ -178,3 +178,26 @@ def test_bad_config_file_at_start_exits_2_naming_the_item(tmp_path):
                           "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "item 1: The 'enabled' option of SumPlugin 's' expected true or false" in out.stderr
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8),
+                       lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
+                                                                                   max_size=3), max_leaves=8)
+_keys = st.sampled_from(["plugin", "fr_setup", "shared_memory", "a", "b", "load", "connect", "index", "x"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(msg_val=st.sampled_from(["configure", "execute", "status", "request_configuration", "reset_statistics",
+                                "request_commands", "frame_ready", "identity"]),
+       params=st.dictionaries(_keys, _values, max_size=3))
+def test_fuzzed_commands_always_get_exactly_one_reply(processor, raw_socket, msg_val, params):
+    """Random params for real commands: one reply with the same id, never a crash; the chain stays as it was."""
+    msg = IpcMessage("cmd", msg_val, params)
+    reply = _raw_request(raw_socket, msg.encode())
+    assert reply.id == msg.id and reply.msg_type in ("ack", "nack")
+    if reply.msg_type == "nack":
+        assert reply.error and "internal error" not in reply.error
+    assert not raw_socket.poll(0), "more than one reply"
