@@ -82,25 +82,25 @@ def _plugin(path: Path, frames: np.ndarray, n: int, compression: str) -> float:
 
 def run(quick: bool = False) -> list[Figure]:
     n = 200 if quick else 500
-    reps = 2 if quick else 3
+    reps = 2 if quick else 4
     frames = _frames()
     figures = []
     tmp = Path(tempfile.mkdtemp(prefix="fc_bench_writer_"))
     try:
         for compression in ("none", "BSLZ4"):
             times = {}
-            for rep in range(reps):  # best of several, interleaved; dirty pages synced before each timing
-                d = tmp / f"{compression}{rep}"
-                d.mkdir()
-                os.sync()
-                times.setdefault("plugin", []).append(_plugin(d, frames, n, compression))
-                os.sync()
-                times.setdefault("loop", []).append(_plain_loop(d / "loop.h5", frames, n, compression, False))
-                if compression == "BSLZ4":
+            runs = {"plugin": lambda d: _plugin(d, frames, n, compression),
+                    "loop": lambda d: _plain_loop(d / "loop.h5", frames, n, compression, False)}
+            if compression == "BSLZ4":
+                runs["serial"] = lambda d: _plain_loop(d / "serial.h5", frames, n, compression, True)
+            for rep in range(reps):  # best of several, order alternating, dirty pages synced before each
+                order = list(runs) if rep % 2 == 0 else list(reversed(runs))
+                for what in order:
+                    d = tmp / f"{compression}_{what}_{rep}"
+                    d.mkdir()
                     os.sync()
-                    times.setdefault("serial", []).append(_plain_loop(d / "serial.h5", frames, n, compression,
-                                                                      True))
-                shutil.rmtree(d)
+                    times.setdefault(what, []).append(runs[what](d))
+                    shutil.rmtree(d)
             fps = n / min(times["plugin"])
             extra = f"{fps * frames[0].nbytes / 1e9:.2f} GB/s raw"
             figures.append(Figure("writer", f"1024x1024 uint16 {compression} vs direct-chunk loop", fps,
