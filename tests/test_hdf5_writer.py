@@ -345,3 +345,29 @@ def test_existing_master_file_nacks(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=10, process={"blocks_per_file": 1, "frames_per_block": 5}))
     with pytest.raises(ConfigError, match="run_vds.h5 already exists"):
         hdf.execute("start_writing", {})
+
+
+def test_timer_flush_makes_frames_durable_without_frame_count(hdf, tmp_path):
+    from harness import wait_for
+    hdf.configure(base(tmp_path, flush_frames=1000, flush_ms=50))
+    hdf.execute("start_writing", {})
+    feed(hdf, range(3))
+    wait_for(lambda: hdf.status()["frames_flushed"] == 3, timeout=10, what="the flush timer")
+    path = hdf.status()["current_file_path"]
+    with h5py.File(path, "r", swmr=True) as f:  # another reader sees them while the file is open
+        assert f["/entry/data/data"].shape[0] == 3
+        assert list(f["/entry/instrument/detector/parameters/frame_number"][:]) == [0, 1, 2]
+
+
+def test_two_datasets_in_one_file(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=3))
+    hdf.configure({"dataset": {"mask": {"datatype": "uint8", "dims": [4, 4], "compression": "LZ4"}}})
+    hdf.execute("start_writing", {})
+    for n in range(3):
+        hdf.process_frame(Frame(np.full((4, 4), n, "u1"), n, dataset="mask"))
+    feed(hdf, range(3))
+    assert not hdf.status()["writing"]
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        det = f["/entry/instrument/detector"]
+        assert det["mask"].shape == (3, 4, 4) and det["data"].shape == (3, *SHAPE)
+        assert [int(det["mask"][i][0, 0]) for i in range(3)] == [0, 1, 2]
