@@ -33,7 +33,8 @@ from ipc.errors import ConfigError
 from ._hdf5.codecs import make_codec
 from ._hdf5.config import WriterConfig, check_path, merge
 from ._hdf5.distribution import Distribution
-from ._hdf5.engine import Job, Session, WriterEngine, file_name
+from ._hdf5.engine import Job, WriterEngine
+from ._hdf5.session import Session, file_name
 
 __all__ = ["FileWriterPlugin"]
 

@@ -11,7 +11,6 @@ import textwrap
 import h5py
 import hdf5plugin  # noqa: F401  (registers the filters for reading)
 import numpy as np
-import pytest
 from harness import Pipeline, wait_for
 
 from framereceiver.sources import SimulatedSource

@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -27,12 +26,13 @@ import numpy as np
 from frameprocessor import Frame
 
 from .codecs import Codec
-from .config import DatasetSpec, WriterConfig
-from .distribution import Distribution, frames_for_rank
+from .config import DatasetSpec
+from .distribution import frames_for_rank
 from .h5file import H5File, versions
 from .master import write_master
+from .session import Session, file_name
 
-__all__ = ["Job", "Session", "WriterEngine", "file_name"]
+__all__ = ["Job", "WriterEngine"]
 
 log = logging.getLogger("plugins.hdf5_writer.engine")
 _STOP = object()
@@ -57,51 +57,6 @@ class Job:
         self.future: Future | None = None
         self.buf: np.ndarray | None = None
         self.bufq: queue.SimpleQueue[np.ndarray] | None = None
-
-
-@dataclass
-class Session:
-    """Everything fixed between start_writing and the end of writing."""
-
-    id: int
-    config: WriterConfig
-    dist: Distribution
-    codecs: dict[str, Codec]
-
-    def stem(self, acq: str) -> str:
-        f = self.config.file
-        if f.name:
-            base = f.name.rpartition(".")[0] if "." in f.name else f.name
-        else:
-            base = f.prefix
-        acq = acq or self.config.acquisition_id
-        if acq and acq != base:
-            base = f"{base}_{acq}" if base else acq
-        return base or "data"
-
-    def file_path(self, acq: str, file_index: int) -> str:
-        return os.path.join(self.config.file.path, file_name(self.config, self.stem(acq), file_index))
-
-    def master_path(self, acq: str) -> str:
-        f = self.config.file
-        return os.path.join(f.path, f"{self.stem(acq)}{f.postfix}_vds.{f.extension}")
-
-    def wants_master(self) -> bool:
-        c = self.config
-        return bool(c.vds and c.frames and self.dist.rank == 0 and len(self.dist.file_indices(c.frames)) > 1)
-
-    def frames_max(self) -> int:
-        c = self.config
-        if not c.frames:
-            return 0
-        return frames_for_rank(c.frames, c.process.number, c.process.rank, c.process.frames_per_block)
-
-
-def file_name(cfg: WriterConfig, stem: str, file_index: int) -> str:
-    """``<stem><postfix>_%06d.<ext>`` numbered ``first_number + file_index`` (no number when use_numbers is off)."""
-    f = cfg.file
-    number = f"_{f.first_number + file_index:06d}" if f.use_numbers else ""
-    return f"{stem}{f.postfix}{number}.{f.extension}"
 
 
 class _Timing:
