@@ -186,6 +186,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
             elif data.dtype != spec.dtype or data.shape != spec.dims:
                 self._reject(frame, f"{data.dtype} {list(data.shape)} does not match dataset {spec.name!r} "
                                     f"{spec.datatype} {list(spec.dims)}")
+            elif 0 < s.config.frames <= frame.frame_number or frame.frame_number < 0:
+                self._reject(frame, f"frame number outside the acquisition's {s.config.frames} frames")
             elif not s.dist.owns(frame.frame_number):
                 self.frames_other_rank += 1
             else:

@@ -371,3 +371,13 @@ def test_two_datasets_in_one_file(hdf, tmp_path):
         det = f["/entry/instrument/detector"]
         assert det["mask"].shape == (3, 4, 4) and det["data"].shape == (3, *SHAPE)
         assert [int(det["mask"][i][0, 0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_frame_numbers_beyond_frames_are_rejected_not_fatal(hdf, tmp_path):
+    hdf.configure(base(tmp_path, frames=3))
+    hdf.execute("start_writing", {})
+    feed(hdf, [1, 2, 3])  # a source numbering from 1: frame 3 has no place in a 3-frame acquisition
+    st = hdf.status()
+    assert st["frames_rejected"] == 1 and "outside" in st["last_rejected"] and st["writing"] and not st["error"]
+    feed(hdf, [0])
+    assert hdf.status()["frames_written"] == 3 and not hdf.status()["writing"]

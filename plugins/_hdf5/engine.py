@@ -245,6 +245,9 @@ class WriterEngine:
         try:
             acq = self._acq
             if acq is not None and job.acq != acq.id:
+                if acq.frames_max and acq.written < acq.frames_max:
+                    self.error = (f"acquisition {acq.id!r}: closed by the next acquisition {job.acq!r} with "
+                                  f"{acq.written} of {acq.frames_max} frames written")
                 self._close_acquisition(acq, clean=True)
                 acq = None
             if acq is None:
