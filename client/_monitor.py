@@ -213,7 +213,7 @@ class DaemonLink:
                 if self._polls % 4 == 0 or not self._snap.connected:
                     config = self._client.request("request_configuration", timeout=self.poll_timeout)
         except IpcTimeout as err:
-            self._mark_down(f"no reply within {self.poll_timeout:g} s ({err})")
+            self._mark_down(f"no reply to status within {self.poll_timeout:g} s")
             return self._snap
         self._polls += 1
         now = time.time()

@@ -85,7 +85,7 @@ def _receiver(link: DaemonLink) -> list[Line]:
     return out
 
 
-_PLUGIN_HEAD = f"  {'plugin':<12}{'queue':>9}{'processed':>11}{'rate':>9}{'drop':>6}{'err':>5}{'mean us':>9}  notes"
+_PLUGIN_HEAD = f"  {'plugin':<10}{'queue':>8}{'processed':>10}{'rate':>8}{'drop':>5}{'err':>4}{'mean us':>8}  notes"
 
 
 def _plugin_line(index: str, st: dict, rates: dict) -> Line:
@@ -95,13 +95,13 @@ def _plugin_line(index: str, st: dict, rates: dict) -> Line:
     mean = _get(st, "timing", "mean_process")
     qfull = isinstance(qsize, int) and isinstance(qmax, int) and qmax and qsize >= 0.8 * qmax
     line: Line = [
-        (f"  {index[:11]:<12}", "bold"),
-        (f"{fmt_count(qsize) + '/' + fmt_count(qmax):>9}", "warn" if qfull else "normal"),
-        (f"{fmt_count(st.get('frames_processed')):>11}", "normal"),
-        (f"{fmt_rate(rates.get(index + '/frames_processed')):>9}", "normal"),
-        (f"{fmt_count(dropped):>6}", "bad" if dropped else "normal"),
-        (f"{fmt_count(errors):>5}", "bad" if errors else "normal"),
-        (f"{(f'{mean:.1f}' if isinstance(mean, (int, float)) else '-'):>9}", "normal"),
+        (f"  {index[:9]:<10}", "bold"),
+        (f"{fmt_count(qsize) + '/' + fmt_count(qmax):>8}", "warn" if qfull else "normal"),
+        (f"{fmt_count(st.get('frames_processed')):>10}", "normal"),
+        (f"{fmt_rate(rates.get(index + '/frames_processed')):>8}", "normal"),
+        (f"{fmt_count(dropped):>5}", "bad" if dropped else "normal"),
+        (f"{fmt_count(errors):>4}", "bad" if errors else "normal"),
+        (f"{(f'{mean:.1f}' if isinstance(mean, (int, float)) else '-'):>8}", "normal"),
     ]
     if "writing" in st:
         line.append(("  WRITING" if st["writing"] else "  not writing", "ok" if st["writing"] else "dim"))

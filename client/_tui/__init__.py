@@ -1,0 +1,1 @@
+"""Pieces of the curses control client (``framechain tui``): views, forms, menu actions, the app."""

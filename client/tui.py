@@ -1,0 +1,86 @@
+"""``framechain tui``: curses control client for receivers and processors.
+
+The successor of odin-data's ``file_writer_client.py``: live status of every
+daemon and plugin, the plugin chain as a tree, and a menu that sends load,
+connect, configure, start/stop writing, reset and shutdown messages, with
+every ack/nack shown in a response pane. See docs/clients.md for the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ._monitor import EndpointSpec, Monitor, parse_endpoints
+
+__all__ = ["add_parser", "main", "specs_from_args"]
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``tui`` subcommand to ``framechain``'s subparsers."""
+    p = sub.add_parser("tui", help="curses control client (status, plugin chain, menus)",
+                       description="Watch and control receivers and processors in a terminal "
+                                   "(80x24 or larger). Without endpoint flags it connects to the "
+                                   "default receiver tcp://127.0.0.1:5000 and processor tcp://127.0.0.1:5004.")
+    p.add_argument("--receiver", action="append", default=[], metavar="ENDPOINT",
+                   help="receiver control endpoint (repeatable)")
+    p.add_argument("--processor", action="append", default=[], metavar="ENDPOINT",
+                   help="processor control endpoint (repeatable)")
+    p.add_argument("--endpoints", help="'fr:ENDPOINT,fp:ENDPOINT,...' (as in the REST adapter's option)")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between status polls (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=0.5,
+                   help="seconds before a silent daemon is shown disconnected (default %(default)s)")
+    p.set_defaults(func=main)
+
+
+def specs_from_args(args: argparse.Namespace) -> list[EndpointSpec]:
+    """Endpoints from ``--receiver``/``--processor``/``--endpoints`` (defaults when none)."""
+    items = [f"fr:{e}" for e in args.receiver] + [f"fp:{e}" for e in args.processor]
+    if args.endpoints:
+        items += args.endpoints.replace(",", " ").split()
+    if not items:
+        items = ["fr:tcp://127.0.0.1:5000", "fp:tcp://127.0.0.1:5004"]
+    return parse_endpoints(items)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the client until 'q'; 2 on bad endpoints or when stdout is not a terminal."""
+    try:
+        specs = specs_from_args(args)
+    except ValueError as err:
+        print(f"framechain tui: {err}", file=sys.stderr)
+        return 2
+    if args.interval <= 0 or args.timeout <= 0:
+        print("framechain tui: --interval and --timeout must be > 0", file=sys.stderr)
+        return 2
+    if not sys.stdout.isatty():
+        print("framechain tui: needs a terminal (use 'framechain ctl' in scripts)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("ESCDELAY", "25")
+    import curses
+
+    from ._tui.app import App
+
+    curses.use_env(False)     # size from the terminal, not stale LINES/COLUMNS, so resizes work
+
+    with Monitor(specs, interval=args.interval, poll_timeout=args.timeout) as monitor:
+        app = App(monitor)
+        try:
+            return curses.wrapper(app.run)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            app.close()
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="framechain")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["tui", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())
