@@ -44,9 +44,10 @@ class CalibrationConstants:
         Single: float32 (N,) pedestal. Multigain: float32 (N,) G0 pedestal.
     recip : ndarray or None
         float32 (N,) ``1 / (gain * flatfield)`` (G0 for multigain).
-    ped_table, recip_table : ndarray or None
-        Multigain: float32 (N*4,) interleaved per pixel by gain code (00, 01, 10, 11);
-        code 10 (invalid) has pedestal 0 and reciprocal NaN or 0.
+    switch_table : ndarray or None
+        Multigain: complex64 (N*2,), ``P + 1j * R`` for G1 and G2 of each pixel, interleaved.
+    invalid_fill : float32
+        Output for the invalid gain code 10 (NaN or 0).
     pixel_status : ndarray or None
         uint32 (H, W), 0 = good.
     good : ndarray or None
@@ -56,8 +57,7 @@ class CalibrationConstants:
     """
 
     def __init__(self, mode: str, shape: tuple[int, ...] | None, *, pedestal: np.ndarray | None = None,
-                 recip: np.ndarray | None = None, ped_table: np.ndarray | None = None,
-                 recip_table: np.ndarray | None = None, pixel_status: np.ndarray | None = None,
+                 recip: np.ndarray | None = None, switch_table: np.ndarray | None = None, pixel_status: np.ndarray | None = None,
                  common_mode: CommonModeSettings | None = None, photonize: PhotonizeSettings | None = None,
                  output_dtype: str = "float32", invalid_gain_value: str = "nan",
                  sources: dict[str, str] | None = None, raw_pedestal: np.ndarray | None = None) -> None:
@@ -65,8 +65,8 @@ class CalibrationConstants:
         self.shape = shape
         self.pedestal = pedestal
         self.recip = recip
-        self.ped_table = ped_table
-        self.recip_table = recip_table
+        self.switch_table = switch_table
+        self.invalid_fill = np.float32(np.nan) if invalid_gain_value == "nan" else np.float32(0)
         self.pixel_status = pixel_status
         self.good = None if pixel_status is None else _readonly(pixel_status == 0)
         self.bad_pixels = 0 if pixel_status is None else int(np.count_nonzero(pixel_status))
@@ -193,14 +193,10 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
     if ff64 is not None:
         g3 = g3 * ff64.reshape(1, n)
     r3 = (1.0 / g3).astype(np.float32)
-    invalid = np.float32(np.nan) if cfg["invalid_gain_value"] == "nan" else np.float32(0)
-    ped_table = np.zeros((n, 4), np.float32)
-    recip_table = np.full((n, 4), invalid, np.float32)
-    for stage, code in enumerate(GAIN_CODES):
-        ped_table[:, code] = p3[stage]
-        recip_table[:, code] = r3[stage]
+    switch_table = np.empty((n, 2), np.complex64)
+    switch_table.real = p3[1:].T
+    switch_table.imag = r3[1:].T
     return CalibrationConstants(mode, frame_shape, pedestal=_readonly(np.ascontiguousarray(p3[0])),
                                 recip=_readonly(np.ascontiguousarray(r3[0])),
-                                ped_table=_readonly(ped_table.reshape(-1)),
-                                recip_table=_readonly(recip_table.reshape(-1)),
+                                switch_table=_readonly(switch_table.reshape(-1)),
                                 raw_pedestal=ped[0], **common)

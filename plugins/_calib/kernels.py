@@ -13,7 +13,8 @@ Multi-gain (bits 15-14 of the raw uint16: 00 G0, 01 G1, 11 G2, 10 invalid)::
 
 The G0 formula runs densely over the whole frame (for G0 pixels ``raw & 0x3FFF
 == raw``), then the gain-switched pixels, found with one compare, are
-recomputed from interleaved per-pixel tables indexed ``4 * pixel + code``.
+recomputed from one complex64 table per pixel and stage (G1, G2) holding
+``P + 1j * R``, indexed ``2 * pixel + (code >> 1)``: one gather for both.
 """
 
 from __future__ import annotations
@@ -23,22 +24,29 @@ import numpy as np
 from .constants import INVALID_CODE, CalibrationConstants
 from .scratch import Scratch
 
-__all__ = ["subtract_pedestal_single", "subtract_pedestal_multigain", "apply_gain_single",
+__all__ = ["find_switched", "subtract_pedestal_single", "subtract_pedestal_multigain", "apply_gain_single",
            "apply_gain_multigain", "photonize", "SwitchedPixels"]
 
 _ADC_MASK = np.uint16(0x3FFF)
 _SWITCH_MIN = np.uint16(0x4000)
+_EIGHT = np.arange(8)
 
 
 class SwitchedPixels:
-    """The gain-switched pixels of one multi-gain frame: flat indices, table indices, ADU after pedestal."""
+    """The gain-switched pixels of one multi-gain frame.
 
-    __slots__ = ("index", "table_index", "adu", "invalid")
+    ``index``: flat pixel indices; ``adu``: ``(raw & 0x3FFF) - P[g]``; ``recip``: ``1 / (G[g] * flatfield)``;
+    ``invalid_mask``: which of them carry the invalid code 10 (None if none); ``invalid``: how many.
+    """
 
-    def __init__(self, index: np.ndarray, table_index: np.ndarray, adu: np.ndarray, invalid: int) -> None:
+    __slots__ = ("index", "adu", "recip", "invalid_mask", "invalid")
+
+    def __init__(self, index: np.ndarray, adu: np.ndarray, recip: np.ndarray, invalid_mask: np.ndarray | None,
+                 invalid: int) -> None:
         self.index = index
-        self.table_index = table_index
         self.adu = adu
+        self.recip = recip
+        self.invalid_mask = invalid_mask
         self.invalid = invalid
 
 
@@ -55,37 +63,61 @@ def apply_gain_single(c: CalibrationConstants, out: np.ndarray) -> None:
         np.multiply(out, c.recip, out=out)
 
 
+def find_switched(raw: np.ndarray, scratch: Scratch) -> np.ndarray:
+    """Flat indices (ascending) of the pixels whose gain bits are not 00.
+
+    The compare mask is scanned eight pixels (one uint64 word) at a time first,
+    so a frame with few switched pixels costs less than a full ``flatnonzero``;
+    the full one is used when many words hold a switched pixel.
+    """
+    switched = scratch.get("switched", np.bool_)
+    np.greater_equal(raw, _SWITCH_MIN, out=switched)
+    if raw.size % 8 == 0:
+        hit = scratch.get("switched_words", np.bool_, raw.size // 8)
+        np.not_equal(switched.view(np.uint64), 0, out=hit)
+        words = np.flatnonzero(hit)
+        if words.size <= raw.size // 64:
+            cand = (words[:, None] * 8 + _EIGHT).reshape(-1)
+            return cand[switched[cand]]
+    return np.flatnonzero(switched)
+
+
 def subtract_pedestal_multigain(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray,
                                 scratch: Scratch) -> SwitchedPixels:
     """``out = raw - P0`` densely; returns the switched pixels with their own ``adc - P[g]``.
 
-    After this ``out`` is right for G0 pixels only; call ``out[sw.index] = sw.adu``
-    when every pixel must hold its ADU (common mode).
+    After this ``out`` is right for G0 pixels only (switched ones are finished by
+    ``apply_gain_multigain``).
     """
     np.copyto(out, raw, casting="unsafe")
+    index = find_switched(raw, scratch)   # while raw is still in cache
     np.subtract(out, c.pedestal, out=out)
-    switched = scratch.get("switched", np.bool_)
-    np.greater_equal(raw, _SWITCH_MIN, out=switched)
-    index = np.flatnonzero(switched)
     if index.size == 0:
-        return SwitchedPixels(index, index, np.empty(0, out.dtype), 0)
+        return SwitchedPixels(index, np.empty(0, out.dtype), np.empty(0, np.float32), None, 0)
     values = raw[index]
     codes = values >> 14
-    table_index = index << 2
-    table_index |= codes
+    table_index = index << 1
+    table_index += codes >> 1                       # 01 -> G1 slot, 11 -> G2 slot (10 -> G2 slot, then invalid)
     np.bitwise_and(values, _ADC_MASK, out=values)
-    adu = values.astype(out.dtype)
-    adu -= c.ped_table[table_index]
-    invalid = int(np.count_nonzero(codes == INVALID_CODE))
-    return SwitchedPixels(index, table_index, adu, invalid)
+    pr = c.switch_table[table_index]                # one gather: pedestal + 1j * reciprocal gain
+    if out.dtype == np.float32:
+        adu = values - pr.real
+    else:
+        adu = values.astype(out.dtype)
+        adu -= pr.real
+    invalid_mask = codes == INVALID_CODE
+    invalid = int(np.count_nonzero(invalid_mask))
+    return SwitchedPixels(index, adu, pr.imag, invalid_mask if invalid else None, invalid)
 
 
 def apply_gain_multigain(c: CalibrationConstants, out: np.ndarray, sw: SwitchedPixels) -> None:
-    """``out *= R0`` densely, then the switched pixels ``out[i] = adu * R[g]``."""
+    """``out *= R0`` densely, then the switched pixels ``out[i] = adu * R[g]`` (invalid code: NaN or 0)."""
     np.multiply(out, c.recip, out=out)
     if sw.index.size:
         adu = sw.adu
-        adu *= c.recip_table[sw.table_index]
+        adu *= sw.recip
+        if sw.invalid_mask is not None:
+            adu[sw.invalid_mask] = c.invalid_fill
         out[sw.index] = adu
 
 

@@ -19,11 +19,15 @@ class Scratch:
         self.float_dtype = np.dtype(float_dtype)
         self._arrays: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, dtype: np.dtype | str) -> np.ndarray:
-        """The flat work array ``name`` of ``size`` elements and ``dtype`` (no per-frame allocation)."""
+    def get(self, name: str, dtype: np.dtype | str, size: int | None = None) -> np.ndarray:
+        """The flat work array ``name`` of ``size`` (default: frame size) elements and ``dtype``.
+
+        Allocated on first use only (no per-frame allocation).
+        """
+        n = self.size if size is None else size
         a = self._arrays.get(name)
-        if a is None or a.dtype != np.dtype(dtype):
-            a = self._arrays[name] = np.empty(self.size, dtype)
+        if a is None or a.dtype != np.dtype(dtype) or a.size != n:
+            a = self._arrays[name] = np.empty(n, dtype)
         return a
 
     def __repr__(self) -> str:
