@@ -81,8 +81,8 @@ def _plugin(path: Path, frames: np.ndarray, n: int, compression: str) -> float:
 
 
 def run(quick: bool = False) -> list[Figure]:
-    n = 200 if quick else 500
-    reps = 2 if quick else 4
+    n = 100 if quick else 250
+    reps = 3 if quick else 6
     frames = _frames()
     figures = []
     tmp = Path(tempfile.mkdtemp(prefix="fc_bench_writer_"))
@@ -102,7 +102,8 @@ def run(quick: bool = False) -> list[Figure]:
                     times.setdefault(what, []).append(runs[what](d))
                     shutil.rmtree(d)
             fps = n / min(times["plugin"])
-            extra = f"{fps * frames[0].nbytes / 1e9:.2f} GB/s raw"
+            extra = (f"{fps * frames[0].nbytes / 1e9:.2f} GB/s raw, best of {reps}, "
+                     f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             figures.append(Figure("writer", f"1024x1024 uint16 {compression} vs direct-chunk loop", fps,
                                   "frames/s", n / min(times["loop"]),
                                   "h5py write_direct_chunk loop" + (" (pre-compressed)" if compression != "none"
