@@ -16,8 +16,8 @@ from typing import Any
 import zmq
 
 from ipc.channel import IpcChannel
-from ipc.errors import FramechainError, ProtocolError
-from ipc.message import IpcMessage, nack_for_garbage
+from ipc.errors import FramechainError
+from ipc.message import IpcMessage
 
 from .controller import ProcessorController
 
@@ -73,21 +73,12 @@ class FrameProcessorDaemon:
             if reply.msg_type == "nack":
                 raise FramechainError(f"{path} item {i}: {reply.error}")
 
-    def handle_control(self, limit: int = 64) -> None:
-        for _ in range(limit):
-            try:
-                identity, raw = self.ctrl.recv_raw(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = IpcMessage.decode(raw)
-            except ProtocolError as err:
-                reply = nack_for_garbage(raw, str(err))
-            else:
-                reply = self.controller.handle(msg)
-                if msg.msg_val == "shutdown" and reply.msg_type == "ack":
-                    self.shutdown()
-            self.ctrl.send(reply, identity)
+    def handle(self, msg: IpcMessage) -> IpcMessage:
+        """Reply to one control message; a shutdown drains the chain before it is acknowledged."""
+        reply = self.controller.handle(msg)
+        if msg.msg_val == "shutdown" and reply.msg_type == "ack":
+            self.shutdown()
+        return reply
 
     def run(self) -> None:
         """Serve until shutdown or a stop signal."""
@@ -107,7 +98,7 @@ class FrameProcessorDaemon:
         shm = self.controller.shm
         events = dict(self.poller.poll(1 if shm is not None and shm.busy else 100))
         if self.ctrl.socket in events:
-            self.handle_control()
+            self.ctrl.serve(self.handle)
         shm = self.controller.shm
         if shm is None:
             return

@@ -16,7 +16,7 @@ import zmq
 
 from ipc.channel import IpcChannel
 from ipc.errors import FramechainError, ProtocolError
-from ipc.message import IpcMessage, nack_for_garbage
+from ipc.message import IpcMessage
 
 from .controller import ReceiverController
 
@@ -47,22 +47,6 @@ class FrameReceiverDaemon:
         self.stop_requested = False
         log.info("frame receiver: control %s, ready %s, release %s", self.ctrl.endpoint, self.ready.endpoint,
                  self.release.endpoint)
-
-    def handle_control(self, limit: int = 64) -> None:
-        for _ in range(limit):
-            try:
-                identity, raw = self.ctrl.recv_raw(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = IpcMessage.decode(raw)
-            except ProtocolError as err:
-                reply = nack_for_garbage(raw, str(err))
-            else:
-                reply = self.controller.handle(msg)
-            self.ctrl.send(reply, identity)
-            if self.controller.shutdown_requested:
-                self.stop_requested = True
 
     def handle_releases(self, limit: int = 1024) -> None:
         sock = self.release.socket
@@ -111,7 +95,9 @@ class FrameReceiverDaemon:
             if self.ready.socket in events:
                 self.handle_subscriptions()
             if self.ctrl.socket in events:
-                self.handle_control()
+                self.ctrl.serve(ctl.handle)
+                if ctl.shutdown_requested:
+                    self.stop_requested = True
             ctl.produce()
         log.info("frame receiver stopping")
 

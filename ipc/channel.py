@@ -8,12 +8,13 @@ from other threads through a queue the owning thread drains.
 from __future__ import annotations
 
 import socket as _socket
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from .errors import FramechainError
-from .message import IpcMessage
+from .errors import FramechainError, ProtocolError
+from .message import IpcMessage, nack_for_garbage
 
 __all__ = ["IpcChannel", "free_tcp_endpoint"]
 
@@ -72,6 +73,25 @@ class IpcChannel:
     def recv(self, flags: int = 0) -> IpcMessage:
         """Receive and parse one message (raises ProtocolError when malformed)."""
         return IpcMessage.decode(self.recv_raw(flags)[1])
+
+    def serve(self, handle: Callable[[IpcMessage], IpcMessage], limit: int = 64) -> None:
+        """Answer up to ``limit`` waiting requests on a ROUTER: exactly one reply each.
+
+        A request that does not parse gets a nack saying why (echoing its id and
+        msg_val when readable); the others get ``handle(msg)``.
+        """
+        for _ in range(limit):
+            try:
+                identity, raw = self.recv_raw(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = IpcMessage.decode(raw)
+            except ProtocolError as err:
+                reply = nack_for_garbage(raw, str(err))
+            else:
+                reply = handle(msg)
+            self.send(reply, identity)
 
     def poll(self, timeout_ms: int) -> bool:
         return bool(self.socket.poll(timeout_ms))
