@@ -276,3 +276,17 @@ def test_output_frames_come_from_the_plugin_pool_and_return(consts):
 
 def test_gain_codes_documented_order():
     assert CODES == {0: 0, 1: 1, 2: 3}
+
+
+def test_float64_output_single_and_multigain(consts, mg, rng):
+    p = CalibrationPlugin("calib")
+    p.configure({"pedestal": consts["ped_spec"], "gain": consts["gain_spec"], "output_dtype": "float64"})
+    raw = rng.integers(0, 4096, (H, W), dtype=np.uint16)
+    (out,) = run(p, raw)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out.data, (raw - consts["ped"].astype(np.float64)) / consts["gain"], rtol=1e-6)
+    p.configure({"mode": "multigain", "pedestal": mg["ped_spec"], "gain": mg["gain_spec"]})
+    raw = multigain_raw(rng, (H, W))
+    (out,) = run(p, raw)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out.data, ref_multigain(raw, mg["p3"], mg["g3"]), rtol=1e-6, equal_nan=True)
