@@ -121,10 +121,13 @@ class Publisher:
             header = {"frame_num": n, "acquisition_id": "acq", "dtype": "uint16", "dsize": img.nbytes,
                       "dataset": "data", "compression": "none", "shape": [str(h), str(w)], "tags": {}}
             return [json.dumps(header).encode(), img.tobytes()]
+        # the XPCS plugin's message (plugins/_xpcs/live.py): g2 per bin at each delay
         delays = [1, 2, 3, 4, 6, 8, 12, 16]
-        g2 = [[1 + 0.3 * np.exp(-d / (5.0 + q)) for q in range(2)] for d in delays]
-        return [json.dumps({"delays": delays, "g2": g2, "frames": 100 + n,
-                            "g2_err": [[float("nan")] * 2] * len(delays)}).encode()]
+        g2 = [[1 + 0.3 * np.exp(-d / (5.0 + q)) for d in delays] for q in range(2)]
+        return [json.dumps({"msg_type": "xpcs_g2", "plugin": "xpcs", "acquisition_id": "", "final": False,
+                            "frames": 100 + n, "frames_used": 100 + n, "frame_time": 1.0, "bins": [1, 2],
+                            "delays": delays, "delays_s": delays, "g2": g2,
+                            "g2_err": [[float("nan")] * len(delays)] * 2}).encode()]
 
     def _run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.PUB)
