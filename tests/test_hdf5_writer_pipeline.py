@@ -148,8 +148,8 @@ READER = textwrap.dedent("""
 
 
 def test_swmr_reader_in_another_process_sees_frames_land(pipeline, tmp_path):
-    shape, n = [32, 32], 120
-    pipeline.configure_receiver({"type": "simulated", "shape": shape, "frames": n, "rate": 60, "pattern": "ramp"})
+    shape, n = [32, 32], 160  # 4 s at 40 Hz: long enough for the reader process to start on a busy machine
+    pipeline.configure_receiver({"type": "simulated", "shape": shape, "frames": n, "rate": 40, "pattern": "ramp"})
     pipeline.setup_processor([("hdf", *HDF, "frame_receiver",
                                writer_cfg(tmp_path, "swmr", shape, n, "LZ4", flush_frames=5, flush_ms=50))])
     pipeline.processor.ok("configure", {"hdf": {"write": True}})
