@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 import time
 import zlib
 
+import numpy as np
 import pytest
 
 from _clients import REPO, Publisher, RestServer, http
 from harness import Pipeline, wait_for
+from client import rest
+from client._monitor import parse_endpoints
+from client._png import colorize
+from client.rest_adapter import FramechainController
 from ipc import free_tcp_endpoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,3 +201,34 @@ def test_example_config_serves_the_web_page(tmp_path, stack):
         wait_for(lambda: connected(server, "fp0"), timeout=10, what="fp0 connected via examples/rest.cfg")
     finally:
         server.close()
+
+
+def test_rest_command_config_errors_exit_2(tmp_path, capsys):
+    args = argparse.Namespace(config=str(tmp_path / "missing.cfg"), port=None, addr=None, endpoints=None)
+    assert rest.main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    cfg = tmp_path / "noadapters.cfg"
+    cfg.write_text("[server]\nhttp_port = 1\n")
+    assert rest.main(argparse.Namespace(config=str(cfg), port=None, addr=None, endpoints=None)) == 2
+    assert "adapters" in capsys.readouterr().err
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[server]\nadapters = framechain\n[adapter.framechain]\n"
+                   "module = client.rest_adapter.FramechainAdapter\nendpoints = nonsense\n")
+    proc = subprocess.run([sys.executable, "-m", "client.rest", "--config", str(bad), "--port", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "nonsense" in proc.stderr
+
+
+def test_endpoint_parsing_and_png_rendering():
+    specs = parse_endpoints("fp:tcp://127.0.0.1:5004 receiver:tcp://127.0.0.1:5000, fp:tcp://h:1")
+    assert [(s.name, s.kind) for s in specs] == [("fp0", "processor"), ("fr0", "receiver"), ("fp1", "processor")]
+    with pytest.raises(ValueError, match="'tcp://127.0.0.1:5004'"):
+        parse_endpoints("tcp://127.0.0.1:5004")
+    with pytest.raises(ValueError, match="unknown framechain adapter option"):
+        FramechainController({"endpoint": "fp:tcp://127.0.0.1:1"})
+    img = np.array([[0, 1], [2, np.nan]])
+    rgb = colorize(img, "gray")
+    assert rgb.shape == (2, 2, 3) and rgb[0, 0].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match="2-D"):
+        colorize(np.zeros((2, 2, 2)))

@@ -3,6 +3,7 @@ against real receiver and processor daemons."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import re
@@ -15,11 +16,12 @@ import time
 import pytest
 
 from _clients import REPO
+from client import tui
+from client._tui.form import KEY_BACKSPACE, KEY_RIGHT, Field, Form
 from harness import wait_for
 from ipc import free_tcp_endpoint
 
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")]
+pytestmark = pytest.mark.timeout(120)
 
 DOWN, UP, ENTER, TAB, ESC, CTRL_U = "Down", "Up", "Enter", "Tab", "Escape", "C-u"
 HDF = ("hdf", "FileWriterPlugin", "plugins.hdf5_writer")
@@ -79,6 +81,8 @@ class Tui:
 
 @pytest.fixture
 def tui_for(pipeline):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux)")
     sessions = []
 
     def start(*extra: str, rows: int = 24, cols: int = 80) -> Tui:
@@ -189,3 +193,29 @@ def test_nack_shown_resize_and_help(pipeline, tui_for):
     tui.wait(r"q +quit")
     tui.keys("1")
     tui.wait(r"fp0 processor")
+
+
+def test_form_refuses_invalid_json_before_sending():
+    sent = []
+    form = Form("t", [Field("params", "params", "", "json"), Field("mode", "mode", "a", "choice", ["a", "b"])],
+                sent.append)
+    for ch in '{"x": ':
+        form.key(ord(ch))
+    form.key(10)
+    assert not sent and not form.done and "invalid JSON in params" in form.error
+    form.key(KEY_BACKSPACE)
+    for ch in ' 1}':
+        form.key(ord(ch))
+    form.key(9)
+    form.key(KEY_RIGHT)
+    form.key(10)
+    assert form.done and sent == [{"params": {"x": 1}, "mode": "b"}]
+
+
+def test_cli_refuses_bad_endpoints_and_no_terminal(capsys):
+    args = argparse.Namespace(receiver=[], processor=[], endpoints="xx:tcp://127.0.0.1:1", interval=0.5, timeout=0.5)
+    assert tui.main(args) == 2
+    assert "xx:tcp" in capsys.readouterr().err
+    args.endpoints = None
+    assert tui.main(args) == 2           # pytest's stdout is not a terminal
+    assert "needs a terminal" in capsys.readouterr().err
