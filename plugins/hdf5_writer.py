@@ -251,6 +251,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "error": e.error,
             "watchdog_warnings": e.watchdog_warnings,
             "last_watchdog": e.last_watchdog,
+            "stalled": e.stalled(),
             "datasets": {n: {"dimensions": list(d.dims), "type": d.datatype, "compression": d.compression}
                          for n, d in cfg.datasets.items()},
             "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,

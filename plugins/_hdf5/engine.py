@@ -112,6 +112,7 @@ class WriterEngine:
         self.error = ""
         self.last_file_path = ""
         self.master_file = ""
+        self._busy: tuple[str, float] | None = None
         self.last_written = 0
         self.frames_flushed = 0
         self.files_closed: list[str] = []
@@ -199,6 +200,7 @@ class WriterEngine:
                 self._fail(err)
             finally:
                 item = None
+                self._busy = None
             self._tick()
 
     def _wait_time(self) -> float | None:
@@ -262,7 +264,7 @@ class WriterEngine:
                 h5 = acq.files[fi] = self._open(s, acq, fi, job)
             chunk = job.future.result() if job.future is not None else job.frame.data  # type: ignore[union-attr]
             index = s.dist.index_in_file(job.offset)
-            t0 = time.perf_counter()
+            t0 = self._begin("write")
             h5.write_chunk(job.dataset, index, chunk)
             if job.dataset == h5.master:
                 h5.set_parameters(index, job.frame_number, job.timestamp, job.params)
@@ -295,7 +297,7 @@ class WriterEngine:
         path = s.file_path(acq.id, fi)
         n = s.dist.frames_in_file(s.config.frames, fi) if s.config.frames else 0
         specs: dict[str, DatasetSpec] = s.config.datasets
-        t0 = time.perf_counter()
+        t0 = self._begin("create")
         h5 = H5File(path, s.config.file.temp_suffix, {k: (specs[k], s.codecs[k]) for k in specs},
                      s.config.master, n, job.params,
                      {"acquisition_id": acq.id, "file_index": fi, "rank": s.dist.rank,
@@ -321,7 +323,7 @@ class WriterEngine:
         self._since_flush = 0
         if acq is None:
             return
-        t0 = time.perf_counter()
+        t0 = self._begin("flush")
         for h5 in acq.files.values():
             h5.flush()
         self.frames_flushed = acq.written
@@ -355,7 +357,7 @@ class WriterEngine:
         del self.files_closed[:-16]
 
     def _close_acquisition(self, acq: _Acquisition, clean: bool) -> None:
-        t0 = time.perf_counter()
+        t0 = self._begin("close")
         try:
             for fi in list(acq.files):
                 h5 = acq.files.pop(fi)
@@ -396,7 +398,23 @@ class WriterEngine:
         if s is not None:
             self._on_idle(s.id)
 
+    def _begin(self, what: str) -> float:
+        """Mark an HDF5 operation as running (the status watchdog sees one that hangs)."""
+        t0 = time.perf_counter()
+        self._busy = (what, t0)
+        return t0
+
+    def stalled(self) -> str:
+        """A sentence when an HDF5 operation has been running longer than ``watchdog_ms``, else ``""``."""
+        busy, s = self._busy, self._session
+        if busy is None:
+            return ""
+        ms = (time.perf_counter() - busy[1]) * 1000
+        limit = s.config.watchdog_ms if s is not None else 2000
+        return f"{busy[0]} running for {ms:.0f} ms (limit {limit} ms)" if ms > limit else ""
+
     def _timed(self, what: str, t0: float) -> None:
+        self._busy = None
         us = (time.perf_counter() - t0) * 1e6
         self.timing[what].add(us)
         s = self._session
