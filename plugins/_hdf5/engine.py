@@ -385,6 +385,7 @@ class WriterEngine:
                 self._on_idle(s.id)
 
     def _fail(self, err: BaseException) -> None:
+        self._busy = None
         self.error = f"writing stopped: {type(err).__name__}: {' '.join(str(err).split())}"
         log.error("HDF5 writer: %s", self.error)
         acq = self._acq
