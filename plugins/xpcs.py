@@ -338,8 +338,11 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 self.log.warning("%s: frame %d carries a different mask; this run keeps its first mask", self.name, n)
             run.mask_changes += 1
             run.frame_mask = fmask
-        good = run.correlator.add(frame.data)
-        run.averages.add(frame.data, n, good, run.correlator.last_sum / run.dynamic.num_pixels)
+        c = run.correlator
+        good = c.add(frame.data)
+        lay = run.dynamic
+        sums = lay.expand(lay.chunks_to_bins(c.last_chunk_sums), fill=0.0) if run.static is lay else None
+        run.averages.add(frame.data, n, good, c.last_sum / lay.num_pixels, sums)
         if run.twotime is not None:
             run.twotime.add(frame.data, good)
         run.next_frame = n + 1

@@ -50,22 +50,28 @@ class TimeAverages:
         self.good = 0
         self.static_sums = Growable(static.num_bins)
         self.intensity = Growable(2)          # frame number, mean intensity over used pixels
-        self._bins = static.pixel_bins
+        self._x = static.empty()
         self._total_pixels = max(1, static.num_pixels)
 
-    def add(self, frame: np.ndarray, frame_number: int, good: bool, mean_intensity: float | None = None) -> None:
-        """Add one frame; ``mean_intensity`` (over the used pixels) is computed when not given."""
+    def add(self, frame: np.ndarray, frame_number: int, good: bool, mean_intensity: float | None = None,
+            bin_sums: np.ndarray | None = None) -> None:
+        """Add one frame.
+
+        ``mean_intensity`` (over the used pixels) and ``bin_sums`` (per static bin, all bins) are
+        computed here when not given; the plugin passes them when the correlator already has them.
+        """
         if not good:
             self.intensity.append((frame_number, np.nan))
             self.static_sums.append(np.nan)
             return
         np.add(self.sum2d, frame, out=self.sum2d)
         self.good += 1
-        values = frame.reshape(-1)[self.static.pixels]
-        sums = np.bincount(self._bins, weights=values, minlength=self.static.num_bins)
-        self.static_sums.append(sums)
+        if bin_sums is None:
+            self.static.gather(frame, self._x)
+            bin_sums = self.static.expand(self.static.bin_sums(self._x), fill=0.0)
+        self.static_sums.append(bin_sums)
         if mean_intensity is None:
-            mean_intensity = float(sums.sum()) / self._total_pixels
+            mean_intensity = float(bin_sums.sum()) / self._total_pixels
         self.intensity.append((frame_number, mean_intensity))
 
     def scattering_2d(self) -> np.ndarray:

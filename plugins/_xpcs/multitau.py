@@ -138,9 +138,11 @@ class MultitauCorrelator:
         self._r = np.empty((layout.num_chunks, B, 1))
         # past slot for lag i when the newest frame sits in slot s: (s - i) % B
         self._slots = (np.arange(B)[:, None] - np.arange(B)[None, :]) % B
+        self._plans: dict[tuple[bool, int, int], tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]] = {}
         # per-pixel accumulators, one (lags of the level, chunks, chunk) triple per level, made when reached
         self._pix: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * self.num_levels
         self.last_sum = float("nan")
+        self.last_chunk_sums = np.zeros(layout.num_chunks)
         self.frames = 0
         self.frames_bad = 0
 
@@ -160,6 +162,7 @@ class MultitauCorrelator:
         x = self._x
         self.layout.gather(frame, x)
         sums = x.sum(axis=1)
+        self.last_chunk_sums = sums
         self.last_sum = float(sums.sum())
         bad = not np.isfinite(self.last_sum)
         self._cascade(x, sums, bad)
@@ -222,20 +225,23 @@ class MultitauCorrelator:
         n_avail = min(c + 1, B)
         if n_avail <= i_min:
             return
-        lags = np.arange(i_min, n_avail)
-        past = self._slots[slot, lags]
-        good = ~self._bad[level, past]
-        if not good.all():
+        key = (level > 0, slot, n_avail)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(i_min, slot, n_avail)
+        lags, past, ranges = plan
+        if self._bad[level].any():
+            good = ~self._bad[level, past]
             lags, past = lags[good], past[good]
             if not lags.size:
                 return
-        t = level * (B // 2) + lags
-        # products of x with the stored frames of the ring interval [slot-n_avail+1, slot-i_min]
+            t = level * (B // 2) + lags
+        else:                                              # the usual case: a contiguous block of lags
+            t0 = level * (B // 2) + i_min
+            t = slice(t0, t0 + lags.size)
         r = self._r
-        lo, n = (slot - n_avail + 1) % B, n_avail - i_min
-        for a, b in ((lo, min(lo + n, B)), (0, max(0, lo + n - B))):
-            if b > a:
-                np.matmul(buf[:, a:b, :], x[:, :, None], out=r[:, a:b, :])
+        for a, b in ranges:                                # x times the stored frames of those lags
+            np.matmul(buf[:, a:b, :], x[:, :, None], out=r[:, a:b, :])
         self.G[t] += r[:, past, 0].T
         self.P[t] += self._sums[level, past]
         self.F[t] += sums
@@ -250,6 +256,15 @@ class MultitauCorrelator:
             pix[0][rows] += pb * x
             pix[1][rows] += pb
             pix[2][rows] += x
+
+    def _plan(self, i_min: int, slot: int, n_avail: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """Lags, their past slots and the (at most two) contiguous slot ranges holding them."""
+        B = self.num_bufs
+        lags = np.arange(i_min, n_avail)
+        past = self._slots[slot, lags]
+        lo, n = (slot - n_avail + 1) % B, n_avail - i_min   # ring interval [slot-n_avail+1, slot-i_min]
+        ranges = [(a, b) for a, b in ((lo, min(lo + n, B)), (0, max(0, lo + n - B))) if b > a]
+        return lags, past, ranges
 
     # -- output -----------------------------------------------------------------
     def result(self) -> MultitauResult:
