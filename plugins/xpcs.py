@@ -182,6 +182,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._finished = False
         self._runs = 0
         self._explicit: set[str] = set()
+        self._last_status: dict[str, Any] = {}
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -470,34 +471,44 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
 
     # -- reporting ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        with self._lock:
-            run = self._run
-            st: dict[str, Any] = {
-                "state": "idle" if run is None else ("finished" if self._finished else "running"),
-                "runs": self._runs, "frames_rejected": self.frames_rejected, "last_rejection": self.last_rejection,
-                "updates_published": self.updates_published, "results_written": self.results_written,
-                "result_file": self.result_file, "last_result_error": self.last_result_error,
-                "fit": clean_json_dict(self.fit), "warnings": list(self.warnings),
-            }
-            if run is None:
-                return st
-            c = run.correlator
-            r = c.result()
-            keep = (r.pairs > 0) & (r.delays > 0)
-            lag1 = r.g2[keep][0] if keep.any() else np.full(run.dynamic.num_bins, np.nan)
-            st.update({
-                "acquisition_id": run.acquisition_id, "frames": run.frames, "frames_used": run.frames_used,
-                "frames_nan": run.frames_nan, "frames_missing": run.frames_missing,
-                "mask_changes": run.mask_changes, "num_bufs": c.num_bufs, "num_levels": c.num_levels,
-                "levels_reached": c.levels_reached, "delays": int(keep.sum()),
-                "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
-                "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
-                "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
-                "g2_lag1": clean_json([float(v) for v in lag1]),
-                "memory_bytes": c.memory_bytes(),
-                "twotime_frames": run.twotime.n if run.twotime is not None else 0,
-            })
+        # never keep the controller waiting behind a long end-of-acquisition (two-time, file writing)
+        if not self._lock.acquire(timeout=0.25):
+            return {**self._last_status, "busy": True}
+        try:
+            self._last_status = self._status()
+            return self._last_status
+        finally:
+            self._lock.release()
+
+    def _status(self) -> dict[str, Any]:
+        """The status dictionary (call with the lock held)."""
+        run = self._run
+        st: dict[str, Any] = {
+            "state": "idle" if run is None else ("finished" if self._finished else "running"),
+            "runs": self._runs, "frames_rejected": self.frames_rejected, "last_rejection": self.last_rejection,
+            "updates_published": self.updates_published, "results_written": self.results_written,
+            "result_file": self.result_file, "last_result_error": self.last_result_error,
+            "fit": clean_json_dict(self.fit), "warnings": list(self.warnings),
+        }
+        if run is None:
             return st
+        c = run.correlator
+        r = c.result()
+        keep = (r.pairs > 0) & (r.delays > 0)
+        lag1 = r.g2[keep][0] if keep.any() else np.full(run.dynamic.num_bins, np.nan)
+        st.update({
+            "acquisition_id": run.acquisition_id, "frames": run.frames, "frames_used": run.frames_used,
+            "frames_nan": run.frames_nan, "frames_missing": run.frames_missing,
+            "mask_changes": run.mask_changes, "num_bufs": c.num_bufs, "num_levels": c.num_levels,
+            "levels_reached": c.levels_reached, "delays": int(keep.sum()),
+            "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
+            "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
+            "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
+            "g2_lag1": clean_json([float(v) for v in lag1]),
+            "memory_bytes": c.memory_bytes(),
+            "twotime_frames": run.twotime.n if run.twotime is not None else 0,
+        })
+        return st
 
     def reset_statistics(self) -> None:
         with self._lock:

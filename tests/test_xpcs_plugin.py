@@ -275,6 +275,29 @@ def test_live_results_on_pub_and_reset():
         p.close()
 
 
+def test_status_answers_while_the_plugin_is_busy():
+    import threading
+    p = make_plugin()
+    run(p, n=20, eoa=False)
+    assert "busy" not in p.status()
+    held, release = threading.Event(), threading.Event()
+
+    def long_end_of_acquisition():                            # holds the plugin the way a long EOA does
+        with p._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=long_end_of_acquisition)
+    t.start()
+    try:
+        held.wait(5)
+        st = p.status()
+        assert st["busy"] is True and st["frames"] == 20
+    finally:
+        release.set()
+        t.join()
+
+
 def test_new_acquisition_starts_over():
     p = make_plugin()
     run(p, n=20, acq="one")
