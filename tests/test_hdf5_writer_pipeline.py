@@ -42,6 +42,7 @@ def test_every_compression_bit_exact_with_parameters(pipeline, tmp_path):
     pipeline.configure_receiver({"type": "simulated", "shape": shape, "frames": n, "pattern": "ramp"})
     plugins = [("sum", "SumPlugin", "plugins.sum", "frame_receiver")]
     plugins += [(f"hdf_{c}", *HDF, "sum", writer_cfg(out, c, shape, n, c)) for c in codecs]
+    plugins += [("after", "DummyPlugin", "plugins.dummy", "hdf_BSLZ4")]  # the writer passes frames on
     pipeline.setup_processor(plugins)
     for c in codecs:
         pipeline.processor.ok("execute", {f"hdf_{c}": {"command": "start_writing"}})
@@ -54,6 +55,7 @@ def test_every_compression_bit_exact_with_parameters(pipeline, tmp_path):
         assert st["frames_written"] == n and st["frames_max"] == n and st["error"] == "", st
         assert set(st["timing"]) >= {f"{a}_{b}" for a in ("last", "max", "mean")
                                      for b in ("create", "write", "flush", "close")}
+    wait_for(lambda: pipeline.plugin_status("after")["frames_processed"] == n, what="frames downstream")
     expect = ramp(shape, n)
     for c in codecs:
         with h5py.File(out / f"{c}_000001.h5", "r") as f:
