@@ -87,7 +87,10 @@ class Codec:
         return self.nbytes
 
     def alloc(self) -> np.ndarray:
-        return np.empty(self.bound(), np.uint8)
+        """An output buffer, touched now so its pages do not fault on the hot path."""
+        buf = np.empty(self.bound(), np.uint8)
+        buf.fill(0)
+        return buf
 
     def compress(self, data: np.ndarray, out: np.ndarray) -> np.ndarray:
         return data
