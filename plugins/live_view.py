@@ -71,8 +71,11 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._bound = ""
-        self._next: zmq.Socket | None = None  # bound on the control thread, adopted by the plugin thread
+        self._bound_req = ""  # the address as requested (the bound one may differ: port 0, host names)
+        self._cand: tuple[str, zmq.Socket, str] | None = None  # bound by validate, not yet applied
+        self._next: zmq.Socket | None = None  # applied on the control thread, adopted by the plugin thread
         self._next_addr = ""
+        self._next_req = ""
         self._lock = threading.Lock()
         self._last_sent = 0.0
         self._closed = False
@@ -82,15 +85,24 @@ class LiveViewPlugin(FrameProcessorPlugin):
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         values = super().validate(params)
         addr = values.get("live_view_socket_addr")
-        if addr is not None and addr not in (self._bound, self._next_addr):
+        current = self._next_req or self._bound_req
+        if addr is not None and addr != current and (self._cand is None or self._cand[0] != addr):
             sock = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))
+            old, self._cand = self._cand, (addr, sock, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            if old is not None:
+                old[1].close(linger=0)
+        return values
+
+    def apply(self, values: dict[str, Any]) -> None:
+        super().apply(values)
+        cand = self._cand
+        if cand is not None and cand[0] == values.get("live_view_socket_addr"):
+            self._cand = None
             with self._lock:
-                old, self._next = self._next, sock
-                self._next_addr = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                old, self._next = self._next, cand[1]
+                self._next_req, self._next_addr = cand[0], cand[2]
             if old is not None:
                 old.close(linger=0)
-            values["live_view_socket_addr"] = addr
-        return values
 
     def _bind(self, addr: str, hwm: int) -> zmq.Socket:
         sock = self._ctx.socket(zmq.PUB)
@@ -138,15 +150,17 @@ class LiveViewPlugin(FrameProcessorPlugin):
     def _socket(self) -> zmq.Socket | None:
         if self._next is not None:
             with self._lock:
-                new, addr, self._next, self._next_addr = self._next, self._next_addr, None, ""
+                new, addr, req = self._next, self._next_addr, self._next_req
+                self._next, self._next_addr, self._next_req = None, "", ""
             if new is not None:
                 if self._sock is not None:
                     self._sock.close(linger=0)
-                self._sock, self._bound = new, addr
+                self._sock, self._bound, self._bound_req = new, addr, req
         if self._sock is None and not self._closed:
             try:
                 self._sock = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
                 self._bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                self._bound_req = self.config["live_view_socket_addr"]
             except ConfigError as err:
                 self.error = str(err)
                 self.frames_dropped += 1
@@ -188,7 +202,8 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self._closed = True
         with self._lock:
             nxt, self._next = self._next, None
-        for s in (nxt, self._sock):
+        cand, self._cand = self._cand, None
+        for s in (nxt, self._sock, cand[1] if cand else None):
             if s is not None:
                 s.close(linger=0)
         self._sock = None

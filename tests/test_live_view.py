@@ -159,3 +159,27 @@ def test_live_view_through_the_daemons(pipeline, ctx):
     assert got and all(g % 3 == 0 for g in got)
     st = pipeline.plugin_status("live")
     assert st["frames_shown"] == len(got) and st["live_view_socket_addr"] == addr
+
+
+def test_validate_then_configure_binds_once(live, ctx):
+    """The processor validates a message before applying it: a host name address must not bind twice."""
+    port = free_tcp_endpoint().rsplit(":", 1)[1]
+    params = {"live_view_socket_addr": f"tcp://localhost:{port}"}
+    live.validate(params)
+    live.configure(params)
+    sub = subscriber(ctx, f"tcp://127.0.0.1:{port}")
+    join(live, sub)
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 3))
+    assert sub.poll(5000) and json.loads(sub.recv_multipart()[0])["frame_num"] == 3
+
+
+def test_rebind_to_a_new_address(live, ctx):
+    first, second = free_tcp_endpoint(), free_tcp_endpoint()
+    live.configure({"live_view_socket_addr": first})
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 0))
+    live.configure({"live_view_socket_addr": second})
+    sub = subscriber(ctx, second)
+    join(live, sub)
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 5))
+    assert sub.poll(5000) and json.loads(sub.recv_multipart()[0])["frame_num"] == 5
+    assert live.status()["live_view_socket_addr"] == second
