@@ -82,7 +82,7 @@ def _plugin(path: Path, frames: np.ndarray, n: int, compression: str) -> float:
 
 def run(quick: bool = False) -> list[Figure]:
     n = 100 if quick else 250
-    reps = 3 if quick else 6
+    reps = 3 if quick else 8
     frames = _frames()
     figures = []
     tmp = Path(tempfile.mkdtemp(prefix="fc_bench_writer_"))
