@@ -90,6 +90,7 @@ class PixelLayout:
         pad = np.ones(size, bool)
         pad[self.positions] = False
         self.pads = np.flatnonzero(pad)
+        self._pad_rc = (self.pads // self.chunk, self.pads % self.chunk)
         self.active_npix = counts.astype(np.float64)
         # pixels in each chunk and the active-bin index (0..num_active-1) of each chunk
         self.chunk_bin = np.repeat(np.arange(self.active.size), nchunks)
@@ -116,16 +117,16 @@ class PixelLayout:
         return np.zeros((self.num_chunks, self.chunk), np.float64)
 
     def gather(self, frame: np.ndarray, out: np.ndarray) -> None:
-        """Compress ``frame`` into ``out`` (float64, padding zeroed); one indexed read per pixel."""
+        """Compress ``frame`` into ``out`` (float64 ``(n_chunks, chunk)``, may be a strided view;
+        padding zeroed); one indexed read per pixel."""
         flat = frame.reshape(-1)
         scratch = self._scratch.get(flat.dtype)
         if scratch is None:
             scratch = self._scratch[flat.dtype] = np.empty(self.padded_size, flat.dtype)
         np.take(flat, self.src, out=scratch)
-        o = out.reshape(-1)
-        o[...] = scratch
+        out[...] = scratch.reshape(self.num_chunks, self.chunk)
         if self.pads.size:
-            o[self.pads] = 0.0
+            out[self._pad_rc] = 0.0
 
     def bin_sums(self, x: np.ndarray) -> np.ndarray:
         """Per active bin sums of a compressed frame (or the last axis of a stack of them)."""

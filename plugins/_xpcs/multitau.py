@@ -133,8 +133,6 @@ class MultitauCorrelator:
         self._bad = np.zeros((self.num_levels, B), bool)
         self._count = np.zeros(self.num_levels, np.int64)
         self._pending = np.zeros(self.num_levels, bool)
-        self._x = layout.empty()
-        self._avg = [layout.empty() for _ in range(2)]
         self._r = np.empty((layout.num_chunks, B, 1))
         # past slot for lag i when the newest frame sits in slot s: (s - i) % B
         self._slots = (np.arange(B)[:, None] - np.arange(B)[None, :]) % B
@@ -152,26 +150,28 @@ class MultitauCorrelator:
 
     def memory_bytes(self) -> int:
         """Bytes held in level buffers and accumulators now."""
-        n = sum(b.nbytes for b in self._buf if b is not None) + self.G.nbytes * 3 + self._x.nbytes * 3
+        n = sum(b.nbytes for b in self._buf if b is not None) + self.G.nbytes * 3
         n += sum(a[0].nbytes * 3 for a in self._pix if a is not None)
         return n
 
     # -- input ------------------------------------------------------------------
     def add(self, frame: np.ndarray) -> bool:
         """Add the next frame; return False (and count it) when it is bad (non-finite used pixel)."""
-        x = self._x
-        self.layout.gather(frame, x)
+        x = self._slot_view(0)
+        self.layout.gather(frame, x)                      # straight into its ring slot: no extra copy
+        return self._add_slot(x)
+
+    def add_compressed(self, x: np.ndarray) -> bool:
+        """Add a frame already in the layout (``(n_chunks, chunk)`` float64, padding zero)."""
+        view = self._slot_view(0)
+        view[...] = x
+        return self._add_slot(view)
+
+    def _add_slot(self, x: np.ndarray) -> bool:
         sums = x.sum(axis=1)
         self.last_chunk_sums = sums
         self.last_sum = float(sums.sum())
         bad = not np.isfinite(self.last_sum)
-        self._cascade(x, sums, bad)
-        return not bad
-
-    def add_compressed(self, x: np.ndarray) -> bool:
-        """Add a frame already in the layout (``(n_chunks, chunk)`` float64, padding zero)."""
-        sums = x.sum(axis=1)
-        bad = not np.isfinite(sums).all()
         self._cascade(x, sums, bad)
         return not bad
 
@@ -180,13 +180,19 @@ class MultitauCorrelator:
         for _ in range(count):
             self._cascade(None, None, True)
 
+    def _slot_view(self, level: int) -> np.ndarray:
+        """The ring slot the next frame of ``level`` goes to, as a ``(chunks, chunk)`` view."""
+        buf = self._buf[level]
+        if buf is None:
+            buf = self._buf[level] = np.zeros((self.layout.num_chunks, self.num_bufs, self.layout.chunk))
+        return buf[:, int(self._count[level]) % self.num_bufs, :]
+
     def _cascade(self, x: np.ndarray | None, sums: np.ndarray | None, bad: bool) -> None:
         self.frames += 1
         self.frames_bad += bad
         self._insert(0, x, sums, bad)
         cur_x = x
         B = self.num_bufs
-        flip = 0
         for level in range(1, self.num_levels):
             if not self._pending[level]:
                 self._pending[level] = True
@@ -199,16 +205,15 @@ class MultitauCorrelator:
             if bad:
                 x = sums = None
             else:
-                buf = self._buf[below]
-                x = self._avg[flip]
-                flip ^= 1
-                np.add(buf[:, prev, :], cur_x, out=x)
+                x = self._slot_view(level)                 # the average is built in its ring slot
+                np.add(self._buf[below][:, prev, :], cur_x, out=x)
                 x /= 2
                 sums = (self._sums[below, prev] + self._sums[below, cur]) / 2
             self._insert(level, x, sums, bad)
             cur_x = x
 
     def _insert(self, level: int, x: np.ndarray | None, sums: np.ndarray | None, bad: bool) -> None:
+        """Account for the frame just written to the next ring slot of ``level`` (``x`` is that slot)."""
         B = self.num_bufs
         c = int(self._count[level])
         self._count[level] = c + 1
@@ -217,9 +222,6 @@ class MultitauCorrelator:
         if bad:
             return
         buf = self._buf[level]
-        if buf is None:
-            buf = self._buf[level] = np.zeros((self.layout.num_chunks, B, self.layout.chunk))
-        buf[:, slot, :] = x
         self._sums[level, slot] = sums
         i_min = B // 2 if level else 0
         n_avail = min(c + 1, B)
