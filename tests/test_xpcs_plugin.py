@@ -213,6 +213,7 @@ def test_result_file_has_every_aps_path(tmp_path, qmap_h5):
         assert f["/entry/instrument/detector_1/frame_time"][()] == 0.01
         assert f["/entry/instrument/detector_1/count_time"][()] == 0.01
         assert f["/entry/instrument/incident_beam/incident_energy"][()] == 8.0
+        assert isinstance(f["/entry/instrument/bluesky/metadata"], h5py.Group)
         assert f["/xpcs/twotime/correlation_map/c2_00001"].shape == (20, 20)
         assert f["/xpcs/twotime/processed_bins"][()].tolist() == list(range(1, n_dyn + 1))
         assert f["/xpcs/twotime/normalized_g2"].shape == (19, n_dyn)

@@ -19,6 +19,7 @@ non-empty dynamic/static bins, ``N`` frames)::
     /xpcs/spatial_mean/intensity_vs_time       (2, N)    frame number, mean intensity
     /entry/start_time, /entry/instrument/detector_1/{frame_time, count_time},
     /entry/instrument/incident_beam/incident_energy (keV)
+    /entry/instrument/bluesky/metadata         (group; pyXPCSViewer recognises the file type by it)
     /xpcs/twotime/{correlation_map/c2_00001.., processed_bins, delay_list, normalized_g2, config/max_frames}
 """
 
@@ -124,6 +125,9 @@ def write_result(path: str, d: XpcsResultData) -> None:
         det["y_pixel_size"] = float(d.geometry["pixel_size"])
         det["distance"] = float(d.geometry["detector_distance"])
         entry.create_group("instrument/incident_beam")["incident_energy"] = float(d.geometry["incident_energy"])
+        # pyXPCSViewer tells a NeXus (APS 8-ID-I) result file by this group
+        meta = entry.create_group("instrument/bluesky/metadata")
+        meta.attrs["creator"] = "framechain xpcs plugin"
         if d.twotime is not None:
             tt = f.create_group("xpcs/twotime")
             cm = tt.create_group("correlation_map")
