@@ -45,12 +45,13 @@ def _get(tree: Any, *keys: str) -> Any:
 
 def _header(link: DaemonLink) -> Line:
     snap = link.snapshot()
-    state = ("CONNECTED", "ok") if snap.connected else ("DISCONNECTED", "bad")
+    if not snap.updated:
+        state = ("CONNECTING", "warn")
+    else:
+        state = ("CONNECTED", "ok") if snap.connected else ("DISCONNECTED", "bad")
     line: Line = [(f"{link.name} ", "head"), (f"{link.kind} {link.endpoint}  ", "bold"), state]
-    if snap.error and snap.error != "not polled yet":
+    if snap.updated and snap.error:
         line.append((f"  {snap.error}", "bad"))
-    elif not snap.connected:
-        line.append(("  waiting for first reply", "dim"))
     return line
 
 
