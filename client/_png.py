@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["COLORMAPS", "render_png", "encode_png", "colorize"]
+__all__ = ["COLORMAPS", "render_png", "encode_png", "colorize", "downsample"]
 
 # anchor colours, evenly spaced from 0 to 1
 _ANCHORS = {
@@ -54,11 +54,12 @@ def colorize(image: np.ndarray, colormap: str = "gray", log: bool = False) -> np
     """
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     if img.ndim == 3 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 2:
         raise ValueError(f"live view image must be 2-D, not shape {list(img.shape)}")
+    img = img.astype(np.float32)
     if log:
         img = np.log1p(np.clip(img, 0, None))
     finite = np.isfinite(img)
@@ -81,10 +82,23 @@ def encode_png(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 3))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
             + chunk(b"IEND", b""))
 
 
-def render_png(image: np.ndarray, colormap: str = "gray", log: bool = False) -> bytes:
-    """Colour-map ``image`` and encode it as PNG."""
-    return encode_png(colorize(image, colormap, log))
+def downsample(image: np.ndarray, max_size: int) -> np.ndarray:
+    """Block-average ``image`` by an integer factor so neither side exceeds ``max_size``."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2 or max_size <= 0 or max(img.shape) <= max_size:
+        return img
+    f = -(-max(img.shape) // max_size)
+    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
+    return img[:h, :w].astype(np.float32).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+
+
+def render_png(image: np.ndarray, colormap: str = "gray", log: bool = False, max_size: int = 0) -> bytes:
+    """Colour-map ``image`` (block-averaged to at most ``max_size`` pixels a side, 0 = full size)
+    and encode it as PNG."""
+    return encode_png(colorize(downsample(image, max_size), colormap, log))

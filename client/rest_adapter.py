@@ -110,6 +110,7 @@ class FramechainController:
         self.live = self._subscriber(LiveViewSubscriber, "live_endpoint")
         self.xpcs = self._subscriber(JsonSubscriber, "xpcs_endpoint")
         self.started = time.time()
+        self._png_cache: tuple[tuple, bytes, Any] | None = None
 
     def _subscriber(self, cls: type, key: str) -> Any:
         endpoint = self.options[key]
@@ -169,7 +170,7 @@ class FramechainController:
                             f"and live/image.png", 404) from err
 
     def image(self, query: dict[str, str]) -> bytes:
-        """The newest live frame as PNG (query ``colormap``, ``log``)."""
+        """The newest live frame as PNG (query ``colormap``, ``log``, ``max_size``); the last one is cached."""
         if self.live is None:
             raise RestError("live view is disabled (adapter option live_endpoint = none)", 404)
         latest = self.live.latest()
@@ -179,9 +180,19 @@ class FramechainController:
         colormap = query.get("colormap", "viridis")
         log_scale = query.get("log", "0").lower() in ("1", "true", "yes", "on")
         try:
-            return render_png(latest[1], colormap, log_scale)
+            max_size = int(query.get("max_size", "1024"))
+        except ValueError as err:
+            raise RestError(f"max_size={query['max_size']!r} is not an integer", 400) from err
+        key = (id(latest), colormap, log_scale, max_size)
+        cached = self._png_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            png = render_png(latest[1], colormap, log_scale, max_size)
         except ValueError as err:
             raise RestError(str(err), 400) from err
+        self._png_cache = (key, png, latest)       # keep `latest` alive so its id stays unique
+        return png
 
     # -- PUT ----------------------------------------------------------------
     def _targets(self, parts: list[str], query: dict[str, str]) -> tuple[list[DaemonLink], list[str]]:
@@ -304,7 +315,8 @@ class FramechainAdapter(AsyncApiAdapter):
     async def get(self, path: str, request: Any) -> ApiAdapterResponse:
         try:
             if path.strip("/") == "live/image.png":
-                png = self.controller.image(_query(request))
+                loop = asyncio.get_running_loop()     # rendering a big frame takes a while: not on the IOLoop
+                png = await loop.run_in_executor(None, self.controller.image, _query(request))
                 return ApiAdapterResponse(png, content_type="image/png", status_code=200)
             return _json(self.controller.get(path))
         except RestError as err:

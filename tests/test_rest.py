@@ -16,7 +16,7 @@ from _clients import REPO, Publisher, RestServer, http
 from harness import Pipeline, wait_for
 from client import rest
 from client._monitor import parse_endpoints
-from client._png import colorize
+from client._png import colorize, downsample
 from client.rest_adapter import FramechainController
 from ipc import free_tcp_endpoint
 
@@ -185,6 +185,8 @@ def test_live_image_png_and_xpcs(stack):
     assert len(zlib.decompress(idat)) == 32 * (1 + 48 * 3)
     code, ctype, body = http("GET", server.api("live/image.png?colormap=rainbowz"))
     assert code == 400 and "rainbowz" in json.loads(body)["error"]
+    code, ctype, png = http("GET", server.api("live/image.png?colormap=gray&max_size=16"))
+    assert code == 200 and int.from_bytes(png[16:20], "big") == 16      # 48x32 block-averaged by 3
     wait_for(lambda: server.get("xpcs/latest")[1].get("g2"), timeout=10, what="a g2 message")
     code, x = server.get("xpcs")
     assert x["latest"]["delays"][0] == 1 and len(x["latest"]["g2"]) == 2
@@ -232,3 +234,6 @@ def test_endpoint_parsing_and_png_rendering():
     assert rgb.shape == (2, 2, 3) and rgb[0, 0].tolist() == [0, 0, 0] and rgb[1, 0].tolist() == [255, 255, 255]
     with pytest.raises(ValueError, match="2-D"):
         colorize(np.zeros((2, 2, 2)))
+    big = np.arange(100 * 60, dtype=np.uint16).reshape(100, 60)
+    small = downsample(big, 25)
+    assert small.shape == (25, 15) and small[0, 0] == big[:4, :4].mean()
