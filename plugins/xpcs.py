@@ -452,7 +452,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         if run.twotime is not None:
             bins, c2 = run.twotime.compute()
             twotime = {"bins": bins, "c2": c2, "g2": TwoTimeAccumulator.g2_from_c2(c2),
-                       "max_frames": run.twotime.max_frames}
+                       "g2_segments": TwoTimeAccumulator.g2_segments(c2), "max_frames": run.twotime.max_frames}
         levels = run.correlator.num_levels
         return XpcsResultData(
             delays=res["delays"], g2=res["g2"][:, dyn_cols], g2_err=res["g2_err"][:, dyn_cols],

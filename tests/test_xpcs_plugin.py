@@ -214,7 +214,10 @@ def test_result_file_has_every_aps_path(tmp_path, qmap_h5):
         assert f["/entry/instrument/detector_1/count_time"][()] == 0.01
         assert f["/entry/instrument/incident_beam/incident_energy"][()] == 8.0
         assert isinstance(f["/entry/instrument/bluesky/metadata"], h5py.Group)
-        assert f["/xpcs/twotime/correlation_map/c2_00001"].shape == (20, 20)
+        half = f["/xpcs/twotime/correlation_map/c2_00001"][()]
+        assert half.shape == (20, 20) and (np.tril(half, -1) == 0).all() and np.isfinite(np.diag(half)).all()
+        assert f["/xpcs/twotime/normalized_g2_segments"].shape == (3, 5, n_dyn)
+        assert f["/xpcs/twotime/config/stride_frame"][()] == 1
         assert f["/xpcs/twotime/processed_bins"][()].tolist() == list(range(1, n_dyn + 1))
         assert f["/xpcs/twotime/normalized_g2"].shape == (19, n_dyn)
         # the time-averaged image and the static means agree with the frames

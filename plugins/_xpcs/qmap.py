@@ -70,10 +70,16 @@ class QMap:
         return np.where(self.mask, lab, 0)
 
 
-def uniform_qmap(shape: tuple[int, ...]) -> QMap:
-    """Every pixel in one bin (the default when no qmap is configured)."""
+def uniform_qmap(shape: tuple[int, ...], rings: int = 10) -> QMap:
+    """The default when no qmap is configured: every pixel in one dynamic bin, and ``rings``
+    equal-width static rings around the frame centre (so scattering_1d is a radial profile)."""
     ones = np.ones(shape, np.int32)
-    return QMap(ones, ones, np.ones(shape, bool))
+    idx = np.indices(shape, dtype=np.float64)
+    centre = (np.asarray(shape, np.float64) - 1) / 2
+    r = np.sqrt(sum((i - c) ** 2 for i, c in zip(idx, centre)))
+    rmax = float(r.max()) or 1.0
+    static = np.minimum((r / rmax * rings).astype(np.int32) + 1, rings)
+    return QMap(ones, static, np.ones(shape, bool))
 
 
 def _labels(a: Any, what: str, path: str) -> np.ndarray:

@@ -20,7 +20,9 @@ non-empty dynamic/static bins, ``N`` frames)::
     /entry/start_time, /entry/instrument/detector_1/{frame_time, count_time},
     /entry/instrument/incident_beam/incident_energy (keV)
     /entry/instrument/bluesky/metadata         (group; pyXPCSViewer recognises the file type by it)
-    /xpcs/twotime/{correlation_map/c2_00001.., processed_bins, delay_list, normalized_g2, config/max_frames}
+    /xpcs/twotime/correlation_map/c2_00001..   (n, n) float32, upper triangle of C (APS "c2_half")
+    /xpcs/twotime/{processed_bins, delay_list, normalized_g2, normalized_g2_segments,
+                   config/{max_frames, stride_frame, avg_frame}}
 """
 
 from __future__ import annotations
@@ -132,9 +134,14 @@ def write_result(path: str, d: XpcsResultData) -> None:
             tt = f.create_group("xpcs/twotime")
             cm = tt.create_group("correlation_map")
             for label, c2 in zip(d.twotime["bins"], d.twotime["c2"]):
-                cm.create_dataset(f"c2_{int(label):05d}", data=c2, compression="gzip", compression_opts=1)
+                # APS stores one triangle (C is symmetric); readers rebuild C = T + T' with the diagonal halved
+                cm.create_dataset(f"c2_{int(label):05d}", data=np.triu(c2), compression="gzip", compression_opts=1)
             tt["processed_bins"] = np.asarray(d.twotime["bins"], np.int64)
             tt["delay_list"] = np.arange(1, d.twotime["c2"].shape[1], dtype=np.float64)
             tt["normalized_g2"] = d.twotime["g2"]
-            tt.create_group("config")["max_frames"] = int(d.twotime["max_frames"])
+            tt["normalized_g2_segments"] = d.twotime["g2_segments"]
+            tcfg = tt.create_group("config")
+            tcfg["max_frames"] = int(d.twotime["max_frames"])
+            tcfg["stride_frame"] = 1
+            tcfg["avg_frame"] = 1
     os.replace(tmp, path)

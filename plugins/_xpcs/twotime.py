@@ -67,6 +67,17 @@ class TwoTimeAccumulator:
         return bins, out
 
     @staticmethod
+    def g2_segments(c2: np.ndarray, segments: int = 5) -> np.ndarray:
+        """g2 from the diagonal blocks of ``segments`` equal parts of the run: ``(len - 1, segments, bins)``."""
+        nb, n, _ = c2.shape
+        length = n // segments
+        out = np.full((max(length - 1, 0), segments, nb), np.nan)
+        for k in range(segments if length > 1 else 0):
+            s = k * length
+            out[:, k, :] = TwoTimeAccumulator.g2_from_c2(c2[:, s:s + length, s:s + length])
+        return out
+
+    @staticmethod
     def g2_from_c2(c2: np.ndarray) -> np.ndarray:
         """g2 at lags ``1..n-1`` as the mean of each off-diagonal of every ``C``: ``(n-1, bins)``."""
         nb, n, _ = c2.shape
