@@ -319,6 +319,9 @@ def test_speckle_through_receiver_and_processor(pipeline, tmp_path):
     pipeline.setup_processor([("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
                                {"num_bufs": 8, "expected_frames": 3000, "frame_time": 0.001,
                                 "output": str(out), "update_every": 500})])
+    reply = pipeline.processor.request("configure", {"xpcs": {"num_bufs": 7}})
+    assert reply.msg_type == "nack" and "num_bufs" in reply.error and "even" in reply.error
+    assert pipeline.processor.ok("request_configuration")["xpcs"]["num_bufs"] == 8
     pipeline.start()
     pipeline.wait_done(timeout=120)
     st = wait_for(lambda: (s := pipeline.plugin_status("xpcs"))["results_written"] == 1 and s, timeout=60,
