@@ -94,14 +94,17 @@ class _Run:
             levels = (levels_for_frames(cfg["expected_frames"], B) if cfg["expected_frames"] > 0
                       else AUTO_LEVELS_UNKNOWN_RUN)
         self.aps = cfg["normalization"] == "aps"
-        need = estimate_memory(self.dynamic, B, levels, self.aps, cfg["expected_frames"],
-                               cfg["twotime_frames"] if cfg["twotime"] else 0)
+        twotime_frames = cfg["twotime_frames"] if cfg["twotime"] else 0
+        need = estimate_memory(self.dynamic, B, levels, self.aps, cfg["expected_frames"], twotime_frames)
         if need > cfg["max_memory"]:
             raise MemoryError(f"the correlator would need about {need / 2**20:.0f} MiB for {self.dynamic.num_pixels} "
                               f"pixels, num_bufs {B}, {levels} levels (max_memory is "
-                              f"{cfg['max_memory'] / 2**20:.0f} MiB); reduce num_levels, set expected_frames, "
-                              f"or raise max_memory")
-        self.correlator = MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps)
+                              f"{cfg['max_memory'] / 2**20:.0f} MiB); reduce num_levels, num_bufs or "
+                              f"twotime_frames, or raise max_memory")
+        fixed = estimate_memory(self.dynamic, B, 0, False, 0, twotime_frames)   # two-time and image sums
+        self.correlator = MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps,
+                                             max_bytes=cfg["max_memory"] - fixed)
+        self.cap_warned = False
         self.averages = TimeAverages(self.static, self.shape)
         self.twotime = TwoTimeAccumulator(self.dynamic, cfg["twotime_frames"]) if cfg["twotime"] else None
         self.next_frame: int | None = None
@@ -114,11 +117,12 @@ class _Run:
 
 def estimate_memory(layout: PixelLayout, num_bufs: int, num_levels: int, per_pixel: bool,
                     expected_frames: int, twotime_frames: int) -> int:
-    """Bytes the correlator will hold for a run (levels actually reached when the run length is known)."""
-    levels = min(num_levels, levels_for_frames(expected_frames, num_bufs)) if expected_frames else num_levels
+    """Bytes a run needs at least: the levels a run of ``expected_frames`` reaches (one level when
+    unknown: further levels are made as reached, within max_memory), two-time frames, image sums."""
+    levels = min(num_levels, levels_for_frames(expected_frames, num_bufs)) if expected_frames else min(num_levels, 1)
     padded = layout.padded_size * 8
-    n = levels * num_bufs * padded + 4 * padded
-    if per_pixel:
+    n = levels * num_bufs * padded
+    if per_pixel and levels:
         n += 3 * multitau_lags(levels, num_bufs).size * padded
     return n + twotime_frames * layout.num_pixels * 4 + int(np.prod(layout.shape)) * 8
 
@@ -162,7 +166,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                                  check=lambda v: None if 2 <= v <= 100000 else "must be from 2 to 100000"),
         "segments": Option(int, 10, "segments of the run for scattering_1d_segments",
                            check=lambda v: None if 1 <= v <= 1000 else "must be from 1 to 1000"),
-        "max_memory": Option(int, 4 << 30, "refuse a run whose correlator would need more bytes than this",
+        "max_memory": Option(int, 4 << 30, "bytes: a run whose first levels, two-time frames and sums do not fit "
+                                           "is refused; beyond it no further levels are made",
                              check=_positive),
         "beam_center_x": Option(float, 0.0, "beam centre column (pixels), for the result file"),
         "beam_center_y": Option(float, 0.0, "beam centre row (pixels), for the result file"),
@@ -344,6 +349,13 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         lay = run.dynamic
         sums = lay.expand(lay.chunks_to_bins(c.last_chunk_sums), fill=0.0) if run.static is lay else None
         run.averages.add(frame.data, n, good, c.last_sum / lay.num_pixels, sums)
+        if c.capped and not run.cap_warned:
+            run.cap_warned = True
+            msg = (f"max_memory ({self.config['max_memory']} bytes) stops the correlator at {c.level_limit} levels; "
+                   f"lags from {int(c.delays[c.level_limit * (c.num_bufs // 2) + c.num_bufs // 2])} frames on "
+                   f"stay NaN")
+            self.warnings.append(msg)
+            self.log.warning("%s: %s", self.name, msg)
         if run.twotime is not None:
             run.twotime.add(frame.data, good)
         run.next_frame = n + 1
@@ -500,7 +512,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "acquisition_id": run.acquisition_id, "frames": run.frames, "frames_used": run.frames_used,
             "frames_nan": run.frames_nan, "frames_missing": run.frames_missing,
             "mask_changes": run.mask_changes, "num_bufs": c.num_bufs, "num_levels": c.num_levels,
-            "levels_reached": c.levels_reached, "delays": int(keep.sum()),
+            "levels_reached": c.levels_reached, "levels_capped": c.capped, "delays": int(keep.sum()),
             "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
             "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
             "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],

@@ -245,3 +245,20 @@ def test_physics_simulated_speckle_10000_frames():
     contrast, tau_c = fit_g2(r.delays[keep], r.g2[keep, 0], weights=r.pairs[keep])
     assert contrast == pytest.approx(truth_contrast, rel=0.05)
     assert (2 / tau_c) == pytest.approx(2 / truth_tau, rel=0.05)   # decay rate of g2 - 1
+
+
+def test_max_bytes_stops_at_the_levels_that_fit(data):
+    labels, frames = data
+    lay = PixelLayout(labels)
+    level_bytes = lay.padded_size * 8 * 4
+    accumulators = MultitauCorrelator(lay, 4, 6).memory_bytes()       # before any level buffer exists
+    capped = MultitauCorrelator(lay, 4, 6, max_bytes=accumulators + 2 * level_bytes + 1)
+    for f in frames:
+        capped.add(f)
+    assert capped.capped and capped.level_limit == 2 and capped.levels_reached == 2
+    two = online(frames, labels, 2, 4).result()
+    r = capped.result()
+    n = two.delays.size
+    np.testing.assert_array_equal(r.pairs[:n], two.pairs)
+    np.testing.assert_allclose(r.g2[:n], two.g2, rtol=1e-15)
+    assert (r.pairs[n:] == 0).all() and np.isnan(r.g2[n:]).all()

@@ -158,6 +158,20 @@ def test_frame_mask_from_a_mask_plugin_is_used():
     np.testing.assert_allclose(p.results()["g2"], want.g2[keep], rtol=1e-12)
 
 
+def test_max_memory_refuses_or_caps_a_run():
+    p = make_plugin(max_memory=1000)                          # not even the first level fits
+    run(p, n=3, eoa=False)
+    st = p.status()
+    assert st["state"] == "idle" and st["frames_rejected"] == 3 and "max_memory" in st["last_rejection"]
+    lay = PixelLayout(np.ones((16, 16), int))
+    one_level = lay.padded_size * 8 * 8
+    p = make_plugin(num_levels=6, max_memory=16 * 16 * 8 + 3 * one_level)
+    run(p, n=200, eoa=False)
+    st = p.status()
+    assert st["levels_capped"] is True and st["frames_used"] == 200 and st["levels_reached"] < 6
+    assert any("stops the correlator" in w for w in st["warnings"])
+
+
 def test_nan_and_missing_frames_are_counted():
     p = make_plugin()
     for f in frames(30):

@@ -96,6 +96,9 @@ class MultitauCorrelator:
     per_pixel : bool
         Also keep per-pixel ``G2``, ``IP``, ``IF`` (for the APS normalisation); costs
         ``3 * n_lags * pixels`` float64 and about three times the time.
+    max_bytes : int, optional
+        A level whose buffers would take the correlator past this many bytes is not made:
+        the correlation stops at the levels it has (``level_limit``, ``capped``), longer lags stay NaN.
 
     Examples
     --------
@@ -115,9 +118,12 @@ class MultitauCorrelator:
     [0, 1, 2, 3, 4, 6]
     """
 
-    def __init__(self, layout: PixelLayout, num_bufs: int = 8, num_levels: int = 8, per_pixel: bool = False) -> None:
+    def __init__(self, layout: PixelLayout, num_bufs: int = 8, num_levels: int = 8, per_pixel: bool = False,
+                 max_bytes: int | None = None) -> None:
         _check(num_bufs, num_levels)
         self.layout = layout
+        self.max_bytes = max_bytes
+        self.level_limit = int(num_levels)      # lowered when a new level would exceed max_bytes
         self.num_bufs = int(num_bufs)
         self.num_levels = int(num_levels)
         self.per_pixel = per_pixel
@@ -158,12 +164,14 @@ class MultitauCorrelator:
     def add(self, frame: np.ndarray) -> bool:
         """Add the next frame; return False (and count it) when it is bad (non-finite used pixel)."""
         x = self._slot_view(0)
+        assert x is not None                               # level 0 is always made
         self.layout.gather(frame, x)                      # straight into its ring slot: no extra copy
         return self._add_slot(x)
 
     def add_compressed(self, x: np.ndarray) -> bool:
         """Add a frame already in the layout (``(n_chunks, chunk)`` float64, padding zero)."""
         view = self._slot_view(0)
+        assert view is not None                            # level 0 is always made
         view[...] = x
         return self._add_slot(view)
 
@@ -180,11 +188,22 @@ class MultitauCorrelator:
         for _ in range(count):
             self._cascade(None, None, True)
 
-    def _slot_view(self, level: int) -> np.ndarray:
-        """The ring slot the next frame of ``level`` goes to, as a ``(chunks, chunk)`` view."""
+    @property
+    def capped(self) -> bool:
+        """True when ``max_bytes`` stopped the correlator from making all its levels."""
+        return self.level_limit < self.num_levels
+
+    def _slot_view(self, level: int) -> np.ndarray | None:
+        """The ring slot the next frame of ``level`` goes to, as a ``(chunks, chunk)`` view
+        (None when the level cannot be made within ``max_bytes``)."""
         buf = self._buf[level]
         if buf is None:
-            buf = self._buf[level] = np.zeros((self.layout.num_chunks, self.num_bufs, self.layout.chunk))
+            lay = self.layout
+            need = lay.padded_size * 8 * (self.num_bufs + (3 * self.num_bufs if self.per_pixel else 0))
+            if level and self.max_bytes is not None and self.memory_bytes() + need > self.max_bytes:
+                self.level_limit = min(self.level_limit, level)
+                return None
+            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk))
         return buf[:, int(self._count[level]) % self.num_bufs, :]
 
     def _cascade(self, x: np.ndarray | None, sums: np.ndarray | None, bad: bool) -> None:
@@ -193,7 +212,7 @@ class MultitauCorrelator:
         self._insert(0, x, sums, bad)
         cur_x = x
         B = self.num_bufs
-        for level in range(1, self.num_levels):
+        for level in range(1, self.level_limit):
             if not self._pending[level]:
                 self._pending[level] = True
                 return
@@ -206,6 +225,8 @@ class MultitauCorrelator:
                 x = sums = None
             else:
                 x = self._slot_view(level)                 # the average is built in its ring slot
+                if x is None:
+                    return                                 # max_bytes reached: no more levels
                 np.add(self._buf[below][:, prev, :], cur_x, out=x)
                 x /= 2
                 sums = (self._sums[below, prev] + self._sums[below, cur]) / 2
