@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import zmq
@@ -74,6 +75,11 @@ class LivePublisher:
         if self._socket is not None:
             self._socket.close(0)
             self._socket = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_socket", None) is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            self.close()
 
     def __enter__(self) -> LivePublisher:
         return self
