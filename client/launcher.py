@@ -139,7 +139,7 @@ class Launcher:
     @staticmethod
     def processed(fp: dict[str, Any]) -> int:
         names = fp["plugins"]["names"]
-        return min((fp[n]["frames_processed"] for n in names), default=0)
+        return min((fp[n]["frames_handled"] for n in names), default=0)
 
 
 def _load(path: str) -> dict[str, Any]:

@@ -150,7 +150,7 @@ class PluginWorker:
     def status(self) -> dict[str, Any]:
         n = self.frames_processed
         st: dict[str, Any] = {
-            "frames_received": self.frames_received, "frames_processed": n,
+            "frames_received": self.frames_received, "frames_processed": n, "frames_handled": n,
             "frames_dropped": self.frames_dropped, "errors": self.errors, "last_error": self.last_error,
             "acquisitions": self.acquisitions,
             "queue": {"size": self.queue.qsize(), "max": self.queue_size},
@@ -158,7 +158,11 @@ class PluginWorker:
                        "mean_process": (self._t_sum / n / 1000) if n else 0.0},
         }
         try:
-            st.update(self.plugin.status())
+            own = self.plugin.status()
+            timing = own.pop("timing", None)
+            st.update(own)  # a plugin may redefine a counter (the writer's odin-data frames_processed)
+            if isinstance(timing, dict):
+                st["timing"].update(timing)
         except Exception as err:
             log.exception("plugin %s status failed", self.name)
             st["status_error"] = f"{type(err).__name__}: {err}"
