@@ -164,6 +164,7 @@ class DaemonLink:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._polls = 0
+        self._config_due = False
 
     @property
     def name(self) -> str:
@@ -198,6 +199,7 @@ class DaemonLink:
                 self._mark_down(str(err))
                 raise IpcTimeout(f"{self.name} ({self.endpoint}) is not answering: {err}") from err
         if msg_val in ("configure", "execute", "reset_statistics"):
+            self._config_due = self._config_due or msg_val == "configure"
             self._wake.set()        # show the effect at once
         return reply
 
@@ -210,7 +212,8 @@ class DaemonLink:
                     return self._snap
                 status = self._client.request("status", timeout=self.poll_timeout)
                 config = None
-                if self._polls % 4 == 0 or not self._snap.connected:
+                if self._polls % 4 == 0 or not self._snap.connected or self._config_due:
+                    self._config_due = False
                     config = self._client.request("request_configuration", timeout=self.poll_timeout)
         except IpcTimeout as err:
             self._mark_down(f"no reply to status within {self.poll_timeout:g} s")
