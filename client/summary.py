@@ -7,7 +7,8 @@ from typing import Any
 
 __all__ = ["summarise", "output_files"]
 
-_FILE_KEYS = ("output_files", "files_written", "current_file_path", "file_path", "output", "result_file")
+_FILE_KEYS = ("output_files", "current_file_path", "last_file_path", "master_file", "result_file", "output",
+              "plot_file")
 
 
 def output_files(fp: dict[str, Any]) -> list[str]:
@@ -18,7 +19,7 @@ def output_files(fp: dict[str, Any]) -> list[str]:
         for key in _FILE_KEYS:
             v = st.get(key)
             for f in (v if isinstance(v, list) else [v]):
-                if isinstance(f, str) and f and f not in files and Path(f).exists():
+                if isinstance(f, str) and f and f not in files and Path(f).is_file():
                     files.append(f)
     return files
 
@@ -36,7 +37,8 @@ def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elaps
     for n in names:
         st = fp[n]
         t = st["timing"]
-        lines.append(f"plugin {n:<9} processed {st['frames_processed']}, dropped {st['frames_dropped']}, "
+        written = f", written {st['frames_written']}" if "frames_written" in st else ""
+        lines.append(f"plugin {n:<9} processed {st['frames_handled']}{written}, dropped {st['frames_dropped']}, "
                      f"errors {st['errors']}, mean {t['mean_process']:.1f} us, max {t['max_process']:.0f} us"
                      + (f"  last error: {st['last_error']}" if st.get("last_error") else ""))
     lost = fr["dropped"] + fp["frames"]["bad"] + sum(fp[n]["frames_dropped"] for n in names)
