@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,8 +22,13 @@ $(TSTAMP): pyproject.toml | $(VENV)/bin/python
 run: $(STAMP)
 	$(VENV)/bin/framechain run examples/xpcs_demo.json
 
-test: $(TSTAMP)
+test: $(TSTAMP) browser
 	$(PY) -m pytest -q tests
+
+# system packages the client tests drive: headless Chromium + chromedriver (web page), tmux (curses TUI)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -x /usr/bin/tmux || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver tmux)
 
 bench: $(STAMP)
 	$(VENV)/bin/framechain bench

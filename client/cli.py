@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import ctl
+from . import ctl, rest, tui
 
 __all__ = ["main"]
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_daemon(name))
     ctl.add_parser(sub)
+    tui.add_parser(sub)
+    rest.add_parser(sub)
     r = sub.add_parser("run", help="run a whole acquisition from one JSON config")
     r.add_argument("config", help="launcher JSON file (see examples/)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
