@@ -103,6 +103,10 @@ class Launcher:
             time.sleep(0.02)
         self.request("receiver", "execute", {"source": {"command": "start"}})
 
+    def endpoints_option(self) -> str:
+        """The control endpoints as the TUI's and REST adapter's ``endpoints`` option."""
+        return f"fr:{self.clients['receiver'].endpoint},fp:{self.clients['processor'].endpoint}"
+
     def stop_source(self) -> None:
         try:
             self.request("receiver", "execute", {"source": {"command": "stop"}}, timeout=5)
@@ -187,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         launcher.start()
         t0 = time.monotonic()
+        print(f"watch it live: framechain tui --endpoints {launcher.endpoints_option()}", file=sys.stderr)
         bar = None
         if not args.no_progress:
             from tqdm import tqdm
