@@ -6,7 +6,8 @@ pixels and, for every lag of every level reached, three ``np.bincount`` calls
 (past x future, past, future) -- the scikit-beam algorithm without its Python
 per-lag NaN test. Both must agree on g2 to 1e-9 (checked; reported in ``extra``).
 
-Frames/s are steady state: each correlator first sees frames that reach every level,
+Each case is measured with the default float64 level buffers (exact) and with
+``precision: float32`` (half the memory traffic). Frames/s are steady state: each correlator first sees frames that reach every level,
 then the next frames are timed. Peak memory of the correlator is measured with tracemalloc in a separate pass
 over the same frames; the baseline's is the size of its arrays.
 """
@@ -123,6 +124,14 @@ def run(quick: bool = False) -> list[Figure]:
         r, g2b = check.result(), base.g2()
         ok = r.pairs > 0
         diff = float(np.nanmax(np.abs(r.g2[ok] / g2b[ok] - 1)))
+        fast = MultitauCorrelator(layout, B, levels, dtype="float32")
+        _time(fast, frames, n)
+        fps32 = _time(fast, frames, n, start=n)
+        check32 = MultitauCorrelator(layout, B, levels, dtype="float32")
+        for k in range(n_base + 2 * B):
+            check32.add(frames[k % len(frames)])
+        diff32 = float(np.nanmax(np.abs(check32.result().g2[ok] / g2b[ok] - 1)))
+        del fast, check32
         tracemalloc.start()
         mem = MultitauCorrelator(PixelLayout(labels), B, levels)
         for k in range(n):
@@ -137,6 +146,9 @@ def run(quick: bool = False) -> list[Figure]:
                               extra=f"{layout.num_pixels} px, {levels} levels, {n} frames timed after {n} "
                                     f"(baseline {n_base}); "
                                     f"max |g2/g2_base - 1| = {diff:.1e}"))
+        figures.append(Figure("xpcs", f"correlator {name} precision float32", fps32, "frames/s", base_fps,
+                              "numpy bincount multi-tau",
+                              extra=f"max |g2/g2_base - 1| = {diff32:.1e} (float32 level buffers, float64 sums)"))
         figures.append(Figure("xpcs", f"peak memory {name}", peak / 2**20, "MiB (lower is better)",
                               base.nbytes() / 2**20, "baseline arrays",
                               extra="tracemalloc peak over the run, frames excluded"))

@@ -70,6 +70,17 @@ def test_g2_matches_brute_force(data, num_bufs, num_levels):
     assert np.isnan(r.g2[~ok]).all()
 
 
+def test_float32_precision_option(data):
+    labels, frames = data
+    delays, g2, *_, pairs = brute_force(frames, labels, 4, 8)
+    r = online(frames, labels, 4, 8, dtype="float32").result()
+    ok = pairs > 0
+    np.testing.assert_array_equal(r.pairs, pairs)
+    np.testing.assert_allclose(r.g2[ok], g2[ok], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="float64 or float32"):
+        MultitauCorrelator(PixelLayout(labels), 8, 4, dtype="float16")
+
+
 def test_lag_list():
     assert multitau_lags(1, 8).tolist() == list(range(8))
     assert multitau_lags(3, 8).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28]

@@ -316,6 +316,15 @@ def test_status_answers_while_the_plugin_is_busy():
         t.join()
 
 
+def test_float32_precision_agrees_with_float64(qmap_npy):
+    f64, f32 = make_plugin(qmap=qmap_npy[0]), make_plugin(qmap=qmap_npy[0], precision="float32")
+    run(f64, n=80, eoa=False)
+    run(f32, n=80, eoa=False)
+    a, b = f64.results(), f32.results()
+    np.testing.assert_allclose(b["g2"], a["g2"], rtol=1e-6)
+    assert f32.status()["memory_bytes"] < f64.status()["memory_bytes"]
+
+
 def test_new_acquisition_starts_over():
     p = make_plugin()
     run(p, n=20, acq="one")

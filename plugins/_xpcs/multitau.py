@@ -99,6 +99,10 @@ class MultitauCorrelator:
     max_bytes : int, optional
         A level whose buffers would take the correlator past this many bytes is not made:
         the correlation stops at the levels it has (``level_limit``, ``capped``), longer lags stay NaN.
+    dtype : float64 or float32
+        Storage of the level buffers and of each chunk's products. float64 (default) is exact to
+        rounding (matches scikit-beam to 1e-9); float32 halves the memory traffic (about twice the
+        speed) at about 1e-6 relative; bin sums, pairs and G, P, F accumulate in float64 either way.
 
     Examples
     --------
@@ -119,8 +123,11 @@ class MultitauCorrelator:
     """
 
     def __init__(self, layout: PixelLayout, num_bufs: int = 8, num_levels: int = 8, per_pixel: bool = False,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, dtype: np.dtype | str = np.float64) -> None:
         _check(num_bufs, num_levels)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float64 or float32, not {self.dtype}")
         self.layout = layout
         self.max_bytes = max_bytes
         self.level_limit = int(num_levels)      # lowered when a new level would exceed max_bytes
@@ -139,7 +146,7 @@ class MultitauCorrelator:
         self._bad = np.zeros((self.num_levels, B), bool)
         self._count = np.zeros(self.num_levels, np.int64)
         self._pending = np.zeros(self.num_levels, bool)
-        self._r = np.empty((layout.num_chunks, B, 1))
+        self._r = np.empty((layout.num_chunks, B, 1), self.dtype)
         # past slot for lag i when the newest frame sits in slot s: (s - i) % B
         self._slots = (np.arange(B)[:, None] - np.arange(B)[None, :]) % B
         self._plans: dict[tuple[bool, int, int], tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]] = {}
@@ -176,7 +183,7 @@ class MultitauCorrelator:
         return self._add_slot(view)
 
     def _add_slot(self, x: np.ndarray) -> bool:
-        sums = x.sum(axis=1)
+        sums = x.sum(axis=1, dtype=np.float64)
         self.last_chunk_sums = sums
         self.last_sum = float(sums.sum())
         bad = not np.isfinite(self.last_sum)
@@ -199,11 +206,12 @@ class MultitauCorrelator:
         buf = self._buf[level]
         if buf is None:
             lay = self.layout
-            need = lay.padded_size * 8 * (self.num_bufs + (3 * self.num_bufs if self.per_pixel else 0))
+            need = lay.padded_size * (self.num_bufs * self.dtype.itemsize + (3 * 8 * self.num_bufs if self.per_pixel
+                                                                              else 0))
             if level and self.max_bytes is not None and self.memory_bytes() + need > self.max_bytes:
                 self.level_limit = min(self.level_limit, level)
                 return None
-            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk))
+            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk), self.dtype)
         return buf[:, int(self._count[level]) % self.num_bufs, :]
 
     def _cascade(self, x: np.ndarray | None, sums: np.ndarray | None, bad: bool) -> None:
