@@ -294,13 +294,14 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                              f"of shape {list(frame.shape)}")
                 return None
             mask = fmask if mask is None else mask & fmask
+        if mask is not None and not np.any((qmap.labels() > 0) & mask):
+            self._reject(f"frame {frame.frame_number}: the masks (mask option and frame.mask) remove every "
+                         f"labelled pixel; nothing to correlate")
+            return None
         try:
             run = _Run(qmap, self.config, frame, mask)
         except MemoryError as err:
             self._reject(str(err))
-            return None
-        if not run.dynamic.num_pixels:
-            self._reject("the mask removes every labelled pixel; nothing to correlate")
             return None
         run.frame_mask = fmask
         self._runs += 1

@@ -172,6 +172,25 @@ def test_max_memory_refuses_or_caps_a_run():
     assert any("stops the correlator" in w for w in st["warnings"])
 
 
+def test_frame_mask_removing_everything_is_a_counted_rejection():
+    p = make_plugin()
+    f = Frame(np.ones((8, 8), np.uint16), 0, acquisition_id="a")
+    f.mask = np.zeros((8, 8), bool)
+    p.process_frame(f)
+    st = p.status()
+    assert st["frames_rejected"] == 1 and "remove every labelled pixel" in st["last_rejection"]
+
+
+@pytest.mark.parametrize("shape", [(50,), (2, 8, 8)])
+def test_one_and_three_dimensional_frames(tmp_path, shape):
+    p = make_plugin(output=str(tmp_path / "r{run}.hdf"))
+    run(p, n=40, shape=shape)
+    st = p.status()
+    assert st["frames_used"] == 40 and st["results_written"] == 1 and st["last_result_error"] == ""
+    with h5py.File(tmp_path / "r1.hdf", "r") as f:
+        assert f["/xpcs/temporal_mean/scattering_2d"].shape == (1,) + shape
+
+
 def test_nan_and_missing_frames_are_counted():
     p = make_plugin()
     for f in frames(30):

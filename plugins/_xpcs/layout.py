@@ -78,10 +78,10 @@ class PixelLayout:
         counts = self.npix[self.active]
         self.chunk = chunk or _chunk_size(int(counts.sum()), max(1, self.active.size))
         nchunks = -(-counts // self.chunk)
-        self.chunk_starts = np.concatenate(([0], np.cumsum(nchunks)[:-1])).astype(np.intp)
+        self.chunk_starts = (np.cumsum(nchunks) - nchunks).astype(np.intp)
         self.num_chunks = int(nchunks.sum())
         # position of each pixel in the padded layout
-        first_pixel = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        first_pixel = np.cumsum(counts) - counts
         rank = np.arange(self.pixels.size) - np.repeat(first_pixel, counts)
         self.positions = np.repeat(self.chunk_starts * self.chunk, counts) + rank
         size = self.num_chunks * self.chunk
