@@ -138,7 +138,8 @@ class Launcher:
     def finished(rx: dict[str, Any], fp: dict[str, Any]) -> bool:
         names = fp["plugins"]["names"]
         return (rx["source"]["state"] in ("done", "stopped") and rx["buffers"]["mapped"] == 0
-                and all(fp[n]["acquisitions"] >= 1 and fp[n]["queue"]["size"] == 0 for n in names))
+                and all(fp[n]["acquisitions"] >= 1 and fp[n]["queue"]["size"] == 0
+                        and not fp[n].get("writing", False) for n in names))  # writers close files on their own thread
 
     @staticmethod
     def processed(fp: dict[str, Any]) -> int:

@@ -43,6 +43,14 @@ def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elaps
                      + (f"  last error: {st['last_error']}" if st.get("last_error") else ""))
     lost = fr["dropped"] + fp["frames"]["bad"] + sum(fp[n]["frames_dropped"] for n in names)
     lines.append(f"lost frames     {lost} ({'none' if lost == 0 else 'see counters above'})")
+    for n in names:
+        fit = fp[n].get("fit")
+        if isinstance(fit, dict) and "contrast" in fit:
+            src = rx["source"]
+            truth = (f" (truth {src['contrast']:g}, {src['correlation_time']:g} frames)"
+                     if src.get("pattern") == "speckle" else "")
+            lines.append(f"g2 fit ({n})      contrast {fit['contrast']:.4f}, relaxation time "
+                         f"{fit.get('tau_c_frames', float('nan')):.2f} frames{truth}")
     for f in output_files(fp):
         lines.append(f"output          {f}")
     lines.append(f"daemon logs     {log_dir}")

@@ -137,13 +137,13 @@ class PluginWorker:
         if eoa is self._last_eoa:
             return  # reached us by a second path
         self._last_eoa = eoa
-        self.acquisitions += 1
         try:
             self.plugin.process_end_of_acquisition(eoa)
         except Exception as err:
             self.errors += 1
             self.last_error = f"end of acquisition: {type(err).__name__}: {err}"
             log.exception("plugin %s failed at end of acquisition", self.name)
+        self.acquisitions += 1  # after the plugin's end-of-acquisition work (result files) is done
         for worker, _blocking in self.plugin._outputs:
             worker.submit(eoa, True)
 

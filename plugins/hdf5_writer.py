@@ -227,6 +227,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
                                                               Session(0, cfg, Distribution(), {}).frames_max())
         cur = paths[0] if paths else ""
         name = os.path.basename(cur[:-len(cfg.file.temp_suffix)] if cur and cfg.file.temp_suffix else cur)
+        if not name and e.last_file_path and not self._writing:
+            name = os.path.basename(e.last_file_path)  # the file just closed, acquisition id and all
         if not name and s is not None:
             name = file_name(s.config, s.stem(""), s.dist.rank)
         return {

@@ -58,16 +58,25 @@ def test_timeout_exits_1(capsys):
 
 def test_run_launcher_end_to_end(tmp_path, capsys):
     cfg = {"receiver": {"source": {"type": "simulated", "pattern": "speckle", "shape": [16, 16],
-                                   "frames": 150, "correlation_time": 5.0}},
-           "processor": [{"plugin": {"load": {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"},
-                                     "connect": {"index": "sum", "connection": "frame_receiver"}}}]}
+                                   "frames": 150, "correlation_time": 5.0, "acquisition_id": "scan7"}},
+           "processor": [{"plugin": {"load": [{"index": "sum", "name": "SumPlugin", "library": "plugins.sum"},
+                                              {"index": "hdf", "name": "FileWriterPlugin",
+                                               "library": "plugins.hdf5_writer"}],
+                                     "connect": [{"index": "sum", "connection": "frame_receiver"},
+                                                 {"index": "hdf", "connection": "sum"}]}},
+                         {"hdf": {"file": {"path": str(tmp_path), "prefix": "run"}, "frames": 150,
+                                  "dataset": {"data": {"datatype": "uint16", "dims": [16, 16]}}}}],
+           "start": [{"hdf": {"command": "start_writing"}}]}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
     assert main(["run", str(path), "--no-progress", "--log-dir", str(tmp_path / "logs"), "--timeout", "60"]) == 0
     out = capsys.readouterr().out
     assert "frames          received 150, released 150, dropped 0" in out
     assert "plugin sum       processed 150" in out
+    assert "plugin hdf       processed 150, written 150" in out
     assert "lost frames     0 (none)" in out
+    written = tmp_path / "run_scan7_000001.h5"   # the summary names the file the writer closed
+    assert f"output          {written}" in out and written.is_file()
 
 
 def test_run_with_bad_plugin_reports_the_nack(tmp_path, capsys):

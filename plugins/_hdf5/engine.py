@@ -376,11 +376,11 @@ class WriterEngine:
     def _end_session(self, reason: str, clean: bool, notify: bool = True) -> None:
         s = self._session
         acq = self._acq
-        self._session = None
         try:
             if acq is not None:
-                self._close_acquisition(acq, clean)
+                self._close_acquisition(acq, clean)  # needs the session to name the closed files
         finally:
+            self._session = None
             if s is not None and notify:
                 self._on_idle(s.id)
 
