@@ -201,6 +201,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self.updates_published = 0
         self.results_written = 0
         self.result_file = ""
+        self.plot_file = ""
         self.last_result_error = ""
         self.fit: dict[str, Any] = {}
         self.warnings: list[str] = []
@@ -442,7 +443,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 if self.config["plot"]:
                     from ._xpcs.plot import plot_g2
                     cols = run.dynamic.active
-                    plot_g2(path.rsplit(".", 1)[0] + "_g2.png", res["delays"] * self.config["frame_time"],
+                    self.plot_file = path.rsplit(".", 1)[0] + "_g2.png"
+                    plot_g2(self.plot_file, res["delays"] * self.config["frame_time"],
                             res["g2"][:, cols], res["g2_err"][:, cols], [f"bin {b + 1}" for b in cols],
                             title=f"g2, {run.acquisition_id or 'acquisition'}, {run.frames_used} frames")
             except (OSError, ValueError, RuntimeError) as err:
@@ -505,7 +507,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "state": "idle" if run is None else ("finished" if self._finished else "running"),
             "runs": self._runs, "frames_rejected": self.frames_rejected, "last_rejection": self.last_rejection,
             "updates_published": self.updates_published, "results_written": self.results_written,
-            "result_file": self.result_file, "last_result_error": self.last_result_error,
+            "result_file": self.result_file, "plot_file": self.plot_file,
+            "last_result_error": self.last_result_error,
             "fit": clean_json_dict(self.fit), "warnings": list(self.warnings),
         }
         if run is None:

@@ -217,6 +217,7 @@ def test_result_file_has_every_aps_path(tmp_path, qmap_h5):
     file = tmp_path / "res" / "A001_results.hdf"
     assert st["result_file"] == str(file)
     assert (tmp_path / "res" / "A001_results_g2.png").stat().st_size > 1000
+    assert st["plot_file"] == str(tmp_path / "res" / "A001_results_g2.png")
     n_dyn, n_sta = int(dyn.max()), int(sta.max())
     with h5py.File(file, "r") as f:
         tau = f["/xpcs/multitau/delay_list"][()]
