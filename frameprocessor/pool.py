@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -102,6 +103,29 @@ class DataBlockPool:
             nbytes *= d
         block = self.acquire(nbytes)
         return Frame(block.view(dt, shape), frame_number, on_release=lambda: self.release(block), **meta)
+
+    def frame_like(self, frame: Frame, dtype: np.dtype | str | None = None, timeout: float = 0.0) -> Frame | None:
+        """A pooled Frame with ``frame``'s shape and metadata (parameters copied, mask shared).
+
+        When the pool is at its limit, waits up to ``timeout`` seconds for downstream
+        plugins to release frames; returns None if there is still no memory (count it as a drop).
+        """
+        deadline = None
+        while True:
+            try:
+                new = self.frame(frame.shape, frame.dtype if dtype is None else dtype, frame.frame_number,
+                                 dataset=frame.dataset, acquisition_id=frame.acquisition_id,
+                                 timestamp=frame.timestamp, parameters=dict(frame.parameters))
+            except PoolExhausted:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                if now >= deadline:
+                    return None
+                time.sleep(0.001)
+                continue
+            new.mask = frame.mask
+            return new
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option, PoolExhausted
+from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
 from ipc.errors import ConfigError
 
 from ._calib.common_mode import apply_common_mode
@@ -201,21 +201,6 @@ class CalibrationPlugin(FrameProcessorPlugin):
             s = self._scratch = Scratch(shape, np.float32)
         return s
 
-    def _output(self, frame: Frame, dtype: np.dtype) -> Frame | None:
-        deadline = 0.0
-        while True:
-            try:
-                return self.pool.frame(frame.shape, dtype, frame.frame_number, dataset=frame.dataset,
-                                       acquisition_id=frame.acquisition_id, timestamp=frame.timestamp,
-                                       parameters=dict(frame.parameters))
-            except PoolExhausted:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + _POOL_WAIT_S
-                elif now > deadline:
-                    return None
-                time.sleep(0.001)
-
     def process_frame(self, frame: Frame) -> None:
         c = self._constants
         raw = frame.data
@@ -233,7 +218,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
         flat = raw.reshape(-1)
         if self._dark_request is not None or self._dark is not None:
             self._dark_step(flat, raw, c)
-        out = self._output(frame, c.output_dtype)
+        out = self.pool.frame_like(frame, c.output_dtype, _POOL_WAIT_S)
         if out is None:
             self.frames_dropped_pool += 1
             return

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option, PoolExhausted
+from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
 from ipc.errors import ConfigError
 
 from ._calib.arrayfile import load_array
@@ -200,7 +199,7 @@ class MaskPlugin(FrameProcessorPlugin):
             np.put(data, masked, fill)
             return frame
         dtype = data.dtype if fits else np.dtype(np.float32)
-        new = self._new_frame(frame, dtype)
+        new = self.pool.frame_like(frame, dtype, _POOL_WAIT_S)
         if new is None:
             return None
         np.copyto(new.data, data, casting="unsafe")
@@ -208,19 +207,6 @@ class MaskPlugin(FrameProcessorPlugin):
         self.frames_copied += 1
         return new
 
-    def _new_frame(self, frame: Frame, dtype: np.dtype) -> Frame | None:
-        deadline = time.monotonic() + _POOL_WAIT_S
-        while True:
-            try:
-                return self.pool.frame(frame.shape, dtype, frame.frame_number, dataset=frame.dataset,
-                                       acquisition_id=frame.acquisition_id, timestamp=frame.timestamp,
-                                       parameters=dict(frame.parameters))
-            except PoolExhausted:
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(0.001)
-
-    # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         m = self._mask
         return {"masked_pixels": 0 if m is None else m.masked,

@@ -124,3 +124,18 @@ def test_plugin_exception_is_counted_not_fatal():
     assert st["errors"] == 1 and "bad pixel soup" in st["last_error"] and st["frames_processed"] == 3
     assert rec.frames == [0, 2]
     chain.stop()
+
+
+def test_frame_like_waits_for_memory_then_gives_up():
+    pool = DataBlockPool(max_memory=2 * 64)
+    src = Frame(np.arange(16, dtype="u4").reshape(4, 4), 9, acquisition_id="a", parameters={"k": 1})
+    src.mask = np.ones((4, 4), bool)
+    first = pool.frame_like(src)
+    assert (first.shape, first.dtype, first.frame_number, first.acquisition_id) == ((4, 4), np.uint32, 9, "a")
+    assert first.parameters == {"k": 1} and first.parameters is not src.parameters and first.mask is src.mask
+    held = [pool.frame_like(src)]
+    assert pool.frame_like(src, timeout=0.05) is None  # the pool is full
+    threading.Timer(0.05, held.clear).start()  # a downstream plugin lets its frame go
+    third = pool.frame_like(src, timeout=5)
+    assert third is not None
+    del first, third
