@@ -97,8 +97,16 @@ class FrameProcessorPlugin:
         """Called once per acquisition after its last frame; the marker is forwarded afterwards."""
 
     def push(self, frame: Frame) -> None:
-        """Pass ``frame`` to every connected downstream plugin."""
-        for worker, blocking in self._outputs:
+        """Pass ``frame`` to every connected downstream plugin.
+
+        A frame going to more than one plugin becomes read-only (``frame.data.flags.writeable``
+        is False), so no branch can change what another sees; a plugin that finds its frame
+        writable is its only consumer and may modify it in place.
+        """
+        outputs = self._outputs
+        if len(outputs) > 1 and frame.data.flags.writeable:
+            frame.data.flags.writeable = False
+        for worker, blocking in outputs:
             worker.submit(frame, blocking)
 
     # -- reporting ------------------------------------------------------------

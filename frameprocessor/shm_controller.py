@@ -164,6 +164,8 @@ class SharedMemoryController:
                 return
             data = block.view(dtype, shape)
             np.copyto(data, views[bid])
+            if len(self.chain.sources) > 1:
+                data.flags.writeable = False  # shared by several chains: nobody may change it
             self._send_release(number, bid)
             pool = self.pool
             frame = Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
@@ -187,6 +189,8 @@ class SharedMemoryController:
             return problem
         dtype = np.dtype(hdr.dtype)
         views = [buf.data(i, dtype, hdr.shape) for i in range(buf.num_buffers)]
+        for v in views:
+            v.flags.writeable = False  # receiver memory: plugins read it, never write it
         self._layout_key = key
         self._layout_value = (dtype, hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, views)
         return self._layout_value

@@ -139,3 +139,24 @@ def test_frame_like_waits_for_memory_then_gives_up():
     third = pool.frame_like(src, timeout=5)
     assert third is not None
     del first, third
+
+
+def test_shared_frames_are_read_only_exclusive_ones_writable():
+    class Probe(Recorder):
+        def process_frame(self, frame):
+            self.writeable = frame.data.flags.writeable
+            super().process_frame(frame)
+
+    chain = PluginChain()
+    a, b, c, d = Probe("a"), Probe("b"), Probe("c"), Probe("d")
+    for p in (a, b, c, d):
+        chain.add(p, "tests")
+    chain.connect("a", FRAME_RECEIVER)
+    chain.connect("d", "c")
+    chain.connect("b", "a")
+    chain.connect("c", "a")  # a fans out to b and c; c passes on to d alone
+    chain.workers["a"].submit(Frame(np.zeros(4), 0), True)
+    assert chain.drain(10)
+    assert a.writeable is True             # only a had it
+    assert b.writeable is False and c.writeable is False and d.writeable is False  # shared downstream of a
+    chain.stop()

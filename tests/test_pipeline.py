@@ -24,7 +24,7 @@ CHECKER = textwrap.dedent("""
 
         def __init__(self, name):
             super().__init__(name)
-            self.good = self.bad = self.eoa = 0
+            self.good = self.bad = self.eoa = self.writable = 0
             self.seen = set()
             self.index = None
 
@@ -32,6 +32,7 @@ CHECKER = textwrap.dedent("""
             if self.config["delay"]:
                 time.sleep(self.config["delay"])
             d = frame.data
+            self.writable += bool(d.flags.writeable)
             if self.index is None or self.index.shape != d.shape:
                 self.index = (np.arange(d.size, dtype=np.uint64) % 65536).astype(np.uint16).reshape(d.shape)
             expected = self.index + np.uint16(frame.frame_number % 65536)
@@ -47,6 +48,7 @@ CHECKER = textwrap.dedent("""
 
         def status(self):
             return {"good": self.good, "bad": self.bad, "unique": len(self.seen), "eoa": self.eoa,
+                    "writable": self.writable,
                     "first": min(self.seen, default=-1), "last": max(self.seen, default=-1)}
 
         def close(self):
@@ -80,8 +82,11 @@ def test_every_pixel_of_1000_ramp_frames_reaches_a_plugin_loaded_by_path(pipelin
     assert rx["frames"]["dropped"] == 0 and rx["buffers"]["consistent"]
     assert st["frames"]["received"] == st["frames"]["released"] == n
     assert st["frames"]["bad"] == st["frames"]["unrouted"] == 0
-    if copy:
+    if copy:  # a private copy for the one chain: writable
         assert st["pool"]["blocks_in_use"] == 0 and st["pool"]["blocks_reused"] > 0
+        assert chk["writable"] == n
+    else:     # the receiver's own memory: read-only
+        assert chk["writable"] == 0
 
 
 def test_drop_mode_with_slow_plugin_accounts_for_every_frame(pipeline, checker):
