@@ -9,6 +9,8 @@ Config file (JSON)::
     {"receiver": {<receiver configure params, incl. "source">},
      "processor": [<configure params>, ...],        # applied in order; fr_setup is added
      "start": [<processor execute params>, ...],    # e.g. {"hdf": {"command": "start_writing"}}
+     "endpoints": {"receiver": "tcp://127.0.0.1:5000", "ready": ..., "release": ..., "processor": ...},
+                                                    # optional fixed endpoints (default: free loopback ports)
      "output_dir": "output",                        # created before the run
      "prepare": "examples/prepare_demo.py"}         # optional script run first, with the config path
 """
@@ -32,10 +34,17 @@ from ipc.errors import FramechainError, IpcTimeout
 
 from .summary import summarise
 
-__all__ = ["Launcher", "main"]
+__all__ = ["Launcher", "main", "control_endpoints"]
 
 log = logging.getLogger("client.launcher")
-_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "truth"}
+_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints"}
+ENDPOINT_KEYS = ("receiver", "ready", "release", "processor")
+
+
+def control_endpoints(cfg: dict[str, Any]) -> dict[str, str]:
+    """The fixed control endpoints a run config names (``receiver``, ``processor``), for clients to attach."""
+    eps = cfg.get("endpoints") or {}
+    return {k: eps[k] for k in ("receiver", "processor") if k in eps}
 
 
 class LaunchError(FramechainError):
@@ -51,11 +60,13 @@ class Launcher:
         self.procs: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, IpcClient] = {}
         self.shm_name = f"framechain_run_{os.getpid()}"
-        self.ready, self.release = free_tcp_endpoint(), free_tcp_endpoint()
+        eps = config.get("endpoints") or {}
+        self.endpoints = {k: eps.get(k) or free_tcp_endpoint() for k in ENDPOINT_KEYS}
+        self.ready, self.release = self.endpoints["ready"], self.endpoints["release"]
 
     # -- daemons ---------------------------------------------------------------
     def _spawn(self, kind: str, args: list[str]) -> None:
-        ctrl = free_tcp_endpoint()
+        ctrl = self.endpoints[kind]
         logf = open(self.log_dir / f"{kind}.log", "w")
         self.procs[kind] = subprocess.Popen([sys.executable, "-m", "client.cli", kind, "--ctrl", ctrl, *args],
                                             stdout=logf, stderr=subprocess.STDOUT,
@@ -160,6 +171,11 @@ def _load(path: str) -> dict[str, Any]:
     unknown = set(cfg) - _KEYS
     if unknown:
         raise LaunchError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
+    eps = cfg.get("endpoints", {})
+    if not isinstance(eps, dict) or set(eps) - set(ENDPOINT_KEYS) or not all(
+            isinstance(v, str) and "://" in v for v in eps.values()):
+        raise LaunchError(f"{path}: 'endpoints' must map some of {list(ENDPOINT_KEYS)} to ZeroMQ endpoints "
+                          "like tcp://127.0.0.1:5000")
     return cfg
 
 

@@ -121,3 +121,22 @@ def test_run_ctrl_c_stops_everything_cleanly(tmp_path):
     assert "interrupted" in err
     assert "(stopped)" in out and "lost frames     0 (none)" in out
     assert not os.path.exists(shm)
+
+
+def test_run_with_fixed_endpoints(tmp_path, capsys):
+    from client.launcher import control_endpoints
+    eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
+    cfg = {"endpoints": eps,
+           "receiver": {"source": {"type": "simulated", "shape": [8, 8], "frames": 20}},
+           "processor": [{"plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
+                                     "connect": {"index": "d", "connection": "frame_receiver"}}}]}
+    path = tmp_path / "fixed.json"
+    path.write_text(json.dumps(cfg))
+    assert control_endpoints(cfg) == {"receiver": eps["receiver"], "processor": eps["processor"]}
+    assert main(["run", str(path), "--no-progress", "--log-dir", str(tmp_path / "logs")]) == 0
+    captured = capsys.readouterr()
+    assert f"fr:{eps['receiver']},fp:{eps['processor']}" in captured.err
+    assert "received 20, released 20" in captured.out
+    path.write_text(json.dumps({**cfg, "endpoints": {"recever": "tcp://127.0.0.1:1"}}))
+    assert main(["run", str(path)]) == 2
+    assert "'endpoints' must map some of" in capsys.readouterr().err
