@@ -273,3 +273,28 @@ def test_max_bytes_stops_at_the_levels_that_fit(data):
     np.testing.assert_array_equal(r.pairs[:n], two.pairs)
     np.testing.assert_allclose(r.g2[:n], two.g2, rtol=1e-15)
     assert (r.pairs[n:] == 0).all() and np.isnan(r.g2[n:]).all()
+
+
+def test_g2_err_is_the_standard_error_over_chunks():
+    """docs/xpcs.md: g2_err = std(g2_chunk, ddof=1) / sqrt(n_chunks), g2_chunk from the chunk's own G, P, F."""
+    rng = np.random.default_rng(1)
+    labels = np.ones((16, 16), np.int64)
+    labels[8:] = 2
+    lay = PixelLayout(labels, chunk=32)                       # 4 chunks of 32 pixels per bin
+    frames = rng.poisson(2.0, (120, 16, 16)).astype(np.float64)
+    c = MultitauCorrelator(lay, num_bufs=4, num_levels=3)
+    for f in frames:
+        c.add(f)
+    r = c.result()
+    X = frames.reshape(len(frames), -1)[:, lay.pixels].reshape(len(frames), lay.num_chunks, lay.chunk)
+    t = 0
+    for lev in range(3):
+        for i in (range(4) if lev == 0 else range(2, 4)):
+            past, fut = X[:len(X) - i], X[i:]
+            g2c = (past * fut).mean(axis=(0, 2)) / (past.mean(axis=(0, 2)) * fut.mean(axis=(0, 2)))
+            for b in (0, 1):
+                per_chunk = g2c[lay.chunk_bin == b]
+                want = per_chunk.std(ddof=1) / np.sqrt(per_chunk.size)
+                assert r.g2_err[t, b] == pytest.approx(want, rel=1e-7), (lev, i, b)
+            t += 1
+        X = (X[0:len(X) // 2 * 2:2] + X[1:len(X) // 2 * 2:2]) / 2

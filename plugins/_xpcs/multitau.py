@@ -309,7 +309,8 @@ class MultitauCorrelator:
             norm = self.pairs[:, None] * lay.active_npix[None, :]
             G, P, F = (lay.chunks_to_bins(a) / norm for a in (self.G, self.P, self.F))
             g2 = G / (P * F)
-            g2c = self.G * lay.chunk_npix / (self.P * self.F)
+            # per chunk c: G_c / (P_c F_c) with G_c = G_sum / (pairs npix_c), likewise P_c and F_c
+            g2c = self.G * (self.pairs[:, None] * lay.chunk_npix) / (self.P * self.F)
             ok = np.isfinite(g2c)
             g2c = np.where(ok, g2c, 0.0)
             n = lay.chunks_to_bins(ok.astype(np.float64))
