@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,9 @@ class Option:
             elif t in (int, float):
                 ok = isinstance(value, (int, float) if t is float else int) and not isinstance(value, bool)
                 if ok and t is float:
+                    if isinstance(value, float) and not math.isfinite(value) or abs(value) > 1e308:
+                        raise ConfigError(f"The '{key}' option of {owner} must be a finite number, not "
+                                          f"{value if isinstance(value, float) else 'an integer that large'}", key)
                     value = float(value)
             else:
                 ok = isinstance(value, t)

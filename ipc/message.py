@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -65,15 +66,19 @@ class IpcMessage:
 
     # -- encoding -------------------------------------------------------
     def encode(self) -> bytes:
-        """Serialise to the wire form."""
-        return _ENCODER.encode({"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
-                                "timestamp": self.timestamp, "params": self.params}).encode()
+        """Serialise to the wire form (standard JSON: a NaN or infinite number in params is sent as null)."""
+        obj = {"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
+               "timestamp": self.timestamp, "params": self.params}
+        try:
+            return _ENCODER.encode(obj).encode()
+        except ValueError:  # a non-finite float somewhere (e.g. a NaN statistic): rare, so sanitise only then
+            return _ENCODER.encode(_finite(obj)).encode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> IpcMessage:
         """Parse and validate the wire form; raise ProtocolError naming the problem."""
         try:
-            obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+            obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw, parse_constant=_no_constant)
         except UnicodeDecodeError as err:
             raise ProtocolError(f"message is not UTF-8 text: {err}") from err
         except json.JSONDecodeError as err:
@@ -163,6 +168,25 @@ def nack_for_garbage(raw: bytes, error: str) -> IpcMessage:
     return IpcMessage("nack", msg_val, {"error": error}, id=msg_id)
 
 
+def _no_constant(name: str) -> Any:
+    """``json.loads`` hook for the non-standard constants Python would otherwise accept."""
+    raise ProtocolError(f"message contains {name}, which is not standard JSON; numbers must be finite")
+
+
+def _finite(obj: Any) -> Any:
+    """A copy of a params tree with non-finite floats replaced by None (numpy values turned into lists first)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (str, int)) or obj is None:
+        return obj
+    tolist = getattr(obj, "tolist", None)
+    return _finite(tolist()) if tolist is not None else obj
+
+
 def _json_default(obj: Any) -> Any:
     """Let numpy scalars and arrays travel in params."""
     tolist = getattr(obj, "tolist", None)
@@ -171,4 +195,4 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-_ENCODER = json.JSONEncoder(default=_json_default)
+_ENCODER = json.JSONEncoder(default=_json_default, allow_nan=False)

@@ -111,3 +111,31 @@ def test_fast_frame_notification_is_a_valid_identical_message():
     msg = IpcMessage.decode(raw)
     assert (msg.msg_type, msg.msg_val, msg.params) == ("notify", "frame_release", {"frame": 12345, "buffer_id": 7})
     assert raw == IpcMessage("notify", "frame_release", msg.params, id=msg.id, timestamp=msg.timestamp).encode()
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_constants_are_refused(constant):
+    raw = json.dumps({**GOOD, "params": {"hdf": {"close_file_timeout": 0}}}).replace("0}}", constant + "}}")
+    assert constant in raw
+    with pytest.raises(ProtocolError, match=f"contains {constant}, which is not standard JSON"):
+        IpcMessage.decode(raw)
+
+
+def test_non_finite_params_are_sent_as_null():
+    import numpy as np
+    msg = IpcMessage("ack", "status", {"g2": float("nan"), "arr": np.array([1.0, np.inf]), "ok": [1, 2.5]})
+    raw = msg.encode()
+    assert b"NaN" not in raw and b"Infinity" not in raw
+    assert IpcMessage.decode(raw).params == {"g2": None, "arr": [1.0, None], "ok": [1, 2.5]}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 10 ** 400],
+                         ids=["nan", "inf", "-inf", "1e400"])
+def test_option_refuses_non_finite_numbers(value):
+    # a plugin's float option is the last guard for numbers that reach it from a JSON file read by Python
+    from frameprocessor.options import Option
+    from ipc.errors import ConfigError
+    with pytest.raises(ConfigError, match="'close_file_timeout' option of hdf must be a finite number") as err:
+        Option(float, 1.0, "seconds").coerce("hdf", "close_file_timeout", value)
+    assert err.value.key == "close_file_timeout"
+    assert Option(float, 1.0, "seconds").coerce("hdf", "close_file_timeout", 3) == 3.0
