@@ -288,6 +288,10 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             self._reject(f"frame {frame.frame_number} has dtype {frame.dtype}; the correlator needs numbers")
             return None
         mask = self._mask
+        if mask is not None and mask.shape != frame.shape:
+            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)} but the mask "
+                         f"{self.config['mask']!r} has shape {list(mask.shape)}")
+            return None
         fmask = frame.mask if self.config["use_frame_mask"] else None
         if fmask is not None:
             if fmask.shape != frame.shape:

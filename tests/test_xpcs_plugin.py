@@ -377,3 +377,12 @@ def test_speckle_through_receiver_and_processor(pipeline, tmp_path):
         assert f["/xpcs/multitau/normalized_g2"].shape[1] == 1
         assert f["/xpcs/spatial_mean/intensity_vs_time"].shape == (2, 3000)
         assert f["/xpcs/temporal_mean/scattering_1d"].shape == (1, 10)      # default: 10 static rings
+
+
+def test_mask_of_another_shape_than_the_frames_is_a_counted_rejection(tmp_path):
+    np.save(tmp_path / "mask.npy", np.ones((4, 4), bool))
+    p = make_plugin(mask=str(tmp_path / "mask.npy"), num_levels=2)
+    run(p, n=3, shape=(8, 8), eoa=False)
+    st = p.status()
+    assert st["state"] == "idle" and st["frames_rejected"] == 3
+    assert "shape [8, 8]" in st["last_rejection"] and "mask" in st["last_rejection"] and "[4, 4]" in st["last_rejection"]
