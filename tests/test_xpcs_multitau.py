@@ -298,3 +298,25 @@ def test_g2_err_is_the_standard_error_over_chunks():
                 assert r.g2_err[t, b] == pytest.approx(want, rel=1e-7), (lev, i, b)
             t += 1
         X = (X[0:len(X) // 2 * 2:2] + X[1:len(X) // 2 * 2:2]) / 2
+
+
+def test_aps_g2_err_leaves_out_pixels_that_never_saw_a_photon():
+    rng = np.random.default_rng(3)
+    dyn = np.ones((8, 8), np.int64)
+    dyn[4:] = 2
+    frames = rng.poisson(2.0, (50, 8, 8)).astype(np.float64)
+    frames[:, 0, 0] = 0.0                                     # a dead pixel: IP = IF = 0, no g2 of its own
+    frames[:, 5, :7] = 0.0                                    # bin 2 keeps 25 lit pixels
+    c = online(frames, dyn, 1, 4, per_pixel=True)
+    lay = c.layout
+    G2, IP, IF = c.pixel_means()
+    g2, err = aps_g2(G2, IP, IF, lay.pixel_bins, lay.pixel_bins, 2, 2)
+    for i in (1, 2, 3):
+        past, fut = frames[:-i], frames[i:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_pixel = (past * fut).mean(0) / (past.mean(0) * fut.mean(0))
+        for d in (1, 2):
+            v = per_pixel[(dyn == d) & np.isfinite(per_pixel)]
+            assert v.size == (31 if d == 1 else 25)
+            assert err[i, d - 1] == pytest.approx(v.std(ddof=1) / np.sqrt(v.size), rel=1e-7)
+            assert np.isfinite(g2[i, d - 1])
