@@ -386,3 +386,13 @@ def test_mask_of_another_shape_than_the_frames_is_a_counted_rejection(tmp_path):
     st = p.status()
     assert st["state"] == "idle" and st["frames_rejected"] == 3
     assert "shape [8, 8]" in st["last_rejection"] and "mask" in st["last_rejection"] and "[4, 4]" in st["last_rejection"]
+
+
+def test_failed_result_write_leaves_no_part_file(tmp_path):
+    out = tmp_path / "res.hdf"
+    out.mkdir()                                               # the final rename onto a directory fails
+    p = make_plugin(output=str(out), num_levels=2)
+    run(p, n=20)
+    st = p.status()
+    assert st["results_written"] == 0 and "res.hdf" in st["last_result_error"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["res.hdf"]

@@ -1,7 +1,7 @@
 """XPCS result file in the APS 8-ID-I layout (the one pyXPCSViewer opens as a Multitau result).
 
 Written once at the end of an acquisition, to ``<path>.part`` then renamed, so a
-reader never sees half a file. Paths (shapes; ``T`` lags without lag 0, ``D``/``S``
+reader never sees half a file; a failed write removes the ``.part`` file. Paths (shapes; ``T`` lags without lag 0, ``D``/``S``
 non-empty dynamic/static bins, ``N`` frames)::
 
     /xpcs/multitau/delay_list              (T,)      float64, frames
@@ -85,6 +85,15 @@ def write_result(path: str, d: XpcsResultData) -> None:
     n_dyn = int(d.dynamic_roi_map.max(initial=0))
     n_sta = int(d.static_roi_map.max(initial=0))
     ex = d.qmap_extra
+    try:
+        _write(tmp, d, n_dyn, n_sta, ex)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                           # the write failed: leave no half file behind
+            os.remove(tmp)
+
+
+def _write(tmp: str, d: XpcsResultData, n_dyn: int, n_sta: int, ex: dict[str, Any]) -> None:
     with h5py.File(tmp, "w") as f:
         mt = f.create_group("xpcs/multitau")
         mt["delay_list"] = np.asarray(d.delays, np.float64)
@@ -144,4 +153,3 @@ def write_result(path: str, d: XpcsResultData) -> None:
             tcfg["max_frames"] = int(d.twotime["max_frames"])
             tcfg["stride_frame"] = 1
             tcfg["avg_frame"] = 1
-    os.replace(tmp, path)
