@@ -146,12 +146,10 @@ class FileWriterPlugin(FrameProcessorPlugin):
         codecs = {n: make_codec(d.compression, d.dtype, d.dims, d.blosc_compressor, d.blosc_level,
                                 d.blosc_shuffle) for n, d in cfg.datasets.items()}
         session = Session(next(_ids), cfg, dist, codecs)
-        first = session.file_path("", dist.rank)
-        paths = [first, first + cfg.file.temp_suffix] + ([session.master_path("")] if session.wants_master() else [])
-        for path in paths:
-            if os.path.exists(path) and not cfg.file.overwrite:
-                raise ConfigError(f"{self.owner}: file {path} already exists; choose another file/prefix or "
-                                  "remove it (files are never overwritten)", "file")
+        path = session.existing("")  # with the configured acquisition_id; ids frames carry are checked at open
+        if path:
+            raise ConfigError(f"{self.owner}: file {path} already exists; choose another file/prefix or "
+                              "acquisition_id, or remove it (files are never overwritten)", "file")
         return session
 
     def _start(self, session: Session) -> None:
@@ -241,6 +239,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "last_rejected": self.last_rejected,
             "frames_other_rank": self.frames_other_rank,
             "frames_discarded": e.frames_discarded,
+            "frames_lost": e.frames_lost,
             "file_name": name or os.path.basename(e.last_file_path),
             "file_path": cfg.file.path,
             "current_file_path": cur,

@@ -142,6 +142,79 @@ def test_existing_file_is_never_overwritten(hdf, tmp_path):
     assert not hdf.status()["writing"]
 
 
+def test_existing_file_with_configured_acquisition_id_or_later_file_nacks(hdf, tmp_path):
+    """start_writing checks every name it will use: configured acquisition id, every file of the rank."""
+    (tmp_path / "run_acq1_000001.h5").write_bytes(b"precious")
+    hdf.configure(base(tmp_path, frames=3, acquisition_id="acq1"))
+    with pytest.raises(ConfigError, match="run_acq1_000001.h5 already exists"):
+        hdf.execute("start_writing", {})
+    hdf.configure({"acquisition_id": "", "frames": 6, "process": {"frames_per_block": 2, "blocks_per_file": 1},
+                   "vds": False})
+    (tmp_path / "run_000003.h5.tmp").write_bytes(b"another writer's file")  # the third of three files
+    with pytest.raises(ConfigError, match=r"run_000003.h5.tmp already exists"):
+        hdf.execute("start_writing", {})
+    assert not hdf.status()["writing"]
+    assert (tmp_path / "run_acq1_000001.h5").read_bytes() == b"precious"
+    assert sorted(os.listdir(tmp_path)) == ["run_000003.h5.tmp", "run_acq1_000001.h5"]
+
+
+def accounted(st) -> bool:
+    """Every frame handed to the writer is written, lost or discarded -- none vanishes."""
+    return st["frames_processed"] == st["frames_written"] + st["frames_lost"] + st["frames_discarded"]
+
+
+def test_existing_file_for_frames_acquisition_id_counts_every_frame(hdf, tmp_path):
+    """Acquisition ids that arrive with the frames are checked when the file opens: the file is kept,
+    every frame of that acquisition is counted in frames_lost, and the next acquisition is written."""
+    (tmp_path / "run_a1_000001.h5").write_bytes(b"precious")
+    hdf.configure(base(tmp_path, frames=3))
+    hdf.execute("start_writing", {})
+    pool = DataBlockPool(1 << 26)
+    feed(hdf, range(3), pool, acq="a1")
+    st = hdf.status()
+    assert (st["frames_written"], st["frames_lost"], st["writing"]) == (0, 3, False), st
+    assert "run_a1_000001.h5 already exists" in st["error"] and "frames_lost" in st["error"]
+    assert accounted(st), st
+    assert (tmp_path / "run_a1_000001.h5").read_bytes() == b"precious"
+    hdf.execute("start_writing", {})
+    feed(hdf, range(3), pool, acq="a2")
+    st = hdf.status()
+    assert (st["frames_written"], st["frames_lost"], st["error"]) == (3, 3, ""), st
+    with h5py.File(tmp_path / "run_a2_000001.h5") as f:
+        assert f["/entry/data/data"].shape[0] == 3
+
+
+def test_refused_acquisition_does_not_stop_an_unbounded_session(hdf, tmp_path):
+    (tmp_path / "run_a1_000001.h5.tmp").write_bytes(b"a crashed writer's frames")
+    hdf.configure(base(tmp_path, frames=0))
+    hdf.execute("start_writing", {})
+    pool = DataBlockPool(1 << 26)
+    feed(hdf, range(4), pool, acq="a1")
+    feed(hdf, range(2), pool, acq="a2")
+    hdf.execute("stop_writing", {})
+    assert hdf.sync()
+    st = hdf.status()
+    assert (st["frames_lost"], st["frames_written"], st["frames_processed"]) == (4, 2, 6), st
+    assert accounted(st), st
+    assert sorted(os.listdir(tmp_path)) == ["run_a1_000001.h5.tmp", "run_a2_000001.h5"]
+
+
+def test_later_file_that_exists_loses_only_its_frames(hdf, tmp_path):
+    """With frames 0 later file names are unknown at start_writing: the one that exists is refused at open."""
+    (tmp_path / "run_000002.h5").write_bytes(b"precious")
+    hdf.configure(base(tmp_path, frames=0, process={"frames_per_block": 2, "blocks_per_file": 1}))
+    hdf.execute("start_writing", {})
+    feed(hdf, range(6))
+    hdf.execute("stop_writing", {})
+    assert hdf.sync()
+    st = hdf.status()
+    assert (st["frames_written"], st["frames_lost"]) == (2, 4), st
+    assert "run_000002.h5 (or its temporary name) already exists" in st["error"] and accounted(st)
+    assert (tmp_path / "run_000002.h5").read_bytes() == b"precious"
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        assert list(f["/entry/instrument/detector/parameters/frame_number"][:]) == [0, 1]
+
+
 def test_config_frozen_while_writing(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=5))
     hdf.execute("start_writing", {})

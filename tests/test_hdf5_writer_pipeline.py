@@ -81,6 +81,22 @@ def test_bad_requests_nack_over_the_wire(pipeline, tmp_path):
     assert pipeline.processor.ok("request_configuration")["hdf"]["dataset"] == {}
 
 
+def test_existing_file_for_receivers_acquisition_id_counts_every_frame(pipeline, tmp_path):
+    """The receiver's acquisition id names the file; an existing one is kept and every frame reported lost."""
+    (tmp_path / "run_scan7_000001.h5").write_bytes(b"precious")
+    n = 20
+    pipeline.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": n, "acquisition_id": "scan7"})
+    pipeline.setup_processor([("hdf", *HDF, "frame_receiver", writer_cfg(tmp_path, "run", [8, 8], n))])
+    pipeline.processor.ok("execute", {"hdf": {"command": "start_writing"}})  # the id is not known yet
+    pipeline.start()
+    pipeline.wait_done()
+    st = wait_for(lambda: (s := pipeline.plugin_status("hdf"))["frames_lost"] == n and not s["writing"] and s,
+                  what="every frame counted lost")
+    assert st["frames_written"] == 0 and st["frames_processed"] == n, st
+    assert "run_scan7_000001.h5 already exists" in st["error"], st
+    assert (tmp_path / "run_scan7_000001.h5").read_bytes() == b"precious"
+
+
 def test_four_writer_processes_and_vds(tmp_path):
     """Four processor processes each write their rank's share; rank 0's VDS reads all 1141 in order."""
     shape, n = [16, 24], 1141

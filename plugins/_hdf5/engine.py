@@ -79,8 +79,15 @@ class _Acquisition:
         self.id = acq
         self.frames_max = frames_max
         self.written = 0
+        self.lost = 0  # master-dataset frames not written (their file could not be created)
+        self.failed = ""  # why this acquisition's frames are not written
         self.files: dict[int, H5File] = {}
         self.deadline: float | None = None
+
+    @property
+    def done(self) -> int:
+        """Master-dataset frames dealt with: written or counted lost."""
+        return self.written + self.lost
 
 
 class WriterEngine:
@@ -126,6 +133,7 @@ class WriterEngine:
         self.timing = {k: _Timing() for k in _TIMINGS}
         self.frames_written_total = 0
         self.frames_discarded = 0
+        self.frames_lost = 0
         self.watchdog_warnings = 0
         self.last_watchdog = ""
 
@@ -223,9 +231,10 @@ class WriterEngine:
             if acq.deadline is not None and now >= acq.deadline:
                 cfg = self._session.config if self._session else None
                 timeout = cfg.close_file_timeout if cfg else 0
-                self.error = (f"acquisition {acq.id!r}: closed after close_file_timeout {timeout:g} s with "
-                              f"{acq.written} of {acq.frames_max} frames written")
-                log.warning("%s", self.error)
+                if not acq.failed:  # a refused acquisition keeps the error saying why
+                    self.error = (f"acquisition {acq.id!r}: closed after close_file_timeout {timeout:g} s "
+                                  f"with {acq.written} of {acq.frames_max} frames written")
+                    log.warning("%s", self.error)
                 self._end_session("", clean=True)
         except Exception as err:
             self._fail(err)
@@ -244,45 +253,78 @@ class WriterEngine:
             self.frames_discarded += 1
             self._release(job)
             return
+        written = False
         try:
-            acq = self._acq
-            if acq is not None and job.acq != acq.id:
-                if acq.frames_max and acq.written < acq.frames_max:
-                    self.error = (f"acquisition {acq.id!r}: closed by the next acquisition {job.acq!r} with "
-                                  f"{acq.written} of {acq.frames_max} frames written")
-                self._close_acquisition(acq, clean=True)
-                acq = None
-            if acq is None:
-                acq = self._acq = _Acquisition(job.acq, s.frames_max())
-                self._write_master(s, job.acq)
-            fi = s.dist.file_index(job.offset)
-            h5 = acq.files.get(fi)
-            if h5 is None:
-                for other in list(acq.files):
-                    acq.files.pop(other).close()
-                    self._closed_file(acq, other)
-                h5 = acq.files[fi] = self._open(s, acq, fi, job)
-            chunk = job.future.result() if job.future is not None else job.frame.data  # type: ignore[union-attr]
-            index = s.dist.index_in_file(job.offset)
-            t0 = self._begin("write")
-            h5.write_chunk(job.dataset, index, chunk)
-            if job.dataset == h5.master:
-                h5.set_parameters(index, job.frame_number, job.timestamp, job.params)
-            self._timed("write", t0)
+            acq = self._acquisition_for(s, job)
+            h5 = None if acq.failed else self._file_for(s, acq, job)
+            if h5 is not None:
+                chunk = job.future.result() if job.future is not None else job.frame.data  # type: ignore[union-attr]
+                index = s.dist.index_in_file(job.offset)
+                t0 = self._begin("write")
+                h5.write_chunk(job.dataset, index, chunk)
+                if job.dataset == h5.master:
+                    h5.set_parameters(index, job.frame_number, job.timestamp, job.params)
+                self._timed("write", t0)
+                written = True
         finally:
+            if not written:  # also when writing raised: that frame is lost, and counted
+                self.frames_lost += 1
             self._release(job)
         if job.dataset != s.config.master:
             return
-        acq.written += 1
-        self.last_written = acq.written
-        self.frames_written_total += 1
-        self._since_flush += 1
-        if self._since_flush == 1:
-            self._next_flush = time.monotonic() + s.config.flush_ms / 1000
-        if self._since_flush >= s.config.flush_frames:
-            self._flush()
-        if acq.frames_max and acq.written >= acq.frames_max:
+        if written:
+            acq.written += 1
+            self.last_written = acq.written
+            self.frames_written_total += 1
+            self._since_flush += 1
+            if self._since_flush == 1:
+                self._next_flush = time.monotonic() + s.config.flush_ms / 1000
+            if self._since_flush >= s.config.flush_frames:
+                self._flush()
+        else:
+            acq.lost += 1
+        if acq.frames_max and acq.done >= acq.frames_max:
             self._end_session("", clean=True)
+
+    def _acquisition_for(self, s: Session, job: Job) -> _Acquisition:
+        """The job's acquisition: a new id closes the current one and starts the next (checking its names)."""
+        acq = self._acq
+        if acq is not None and job.acq != acq.id:
+            if acq.frames_max and acq.done < acq.frames_max and not acq.failed:
+                self.error = (f"acquisition {acq.id!r}: closed by the next acquisition {job.acq!r} with "
+                              f"{acq.written} of {acq.frames_max} frames written")
+            self._close_acquisition(acq, clean=True)
+            acq = None
+        if acq is None:
+            acq = self._acq = _Acquisition(job.acq, s.frames_max())
+            path = s.existing(job.acq)
+            if path:
+                self._refuse(acq, f"{path} already exists")
+            else:
+                self._write_master(s, job.acq)
+        return acq
+
+    def _file_for(self, s: Session, acq: _Acquisition, job: Job) -> H5File | None:
+        """The open file for the job's frame, opening it (and closing the previous one) when needed."""
+        fi = s.dist.file_index(job.offset)
+        h5 = acq.files.get(fi)
+        if h5 is None:
+            for other in list(acq.files):
+                acq.files.pop(other).close()
+                self._closed_file(acq, other)
+            try:
+                h5 = acq.files[fi] = self._open(s, acq, fi, job)
+            except FileExistsError:  # a later file of an unbounded acquisition (checked up front otherwise)
+                self._refuse(acq, f"{s.file_path(acq.id, fi)} (or its temporary name) already exists")
+                return None
+        return h5
+
+    def _refuse(self, acq: _Acquisition, why: str) -> None:
+        """Never overwrite: the acquisition's remaining frames are counted in ``frames_lost``, not written."""
+        acq.failed = why
+        self.error = (f"acquisition {acq.id!r}: {why} and files are never overwritten; its frames are "
+                      "not written (counted in frames_lost)")
+        log.error("HDF5 writer: %s", self.error)
 
     def _release(self, job: Job) -> None:
         if job.buf is not None:
@@ -341,8 +383,8 @@ class WriterEngine:
         c = s.config
         total = min(c.frames, frames) if c.frames and frames else (c.frames or frames)
         expected = frames_for_rank(total, c.process.number, c.process.rank, c.process.frames_per_block)
-        if acq.written >= expected or c.close_file_timeout == 0:
-            if acq.written < expected:
+        if acq.done >= expected or c.close_file_timeout == 0:
+            if acq.done < expected and not acq.failed:
                 self.error = (f"acquisition {acq.id!r}: ended with {acq.written} of {expected} frames written")
             self._end_session("", clean=True)
         else:

@@ -39,6 +39,31 @@ class Session:
         f = self.config.file
         return os.path.join(f.path, f"{self.stem(acq)}{f.postfix}_vds.{f.extension}")
 
+    def paths(self, acq: str) -> list[str]:
+        """Every name this rank creates for acquisition ``acq``: data files, their temp names, the VDS master.
+
+        With ``frames`` 0 only the first file is known in advance (later ones, with
+        ``blocks_per_file``, are checked when they open).
+        """
+        c, d = self.config, self.dist
+        if c.frames:
+            indices = [fi for fi in d.file_indices(c.frames) if fi % d.number == d.rank]
+        else:
+            indices = [d.rank]
+        out = []
+        for fi in indices:
+            path = self.file_path(acq, fi)
+            out += [path, path + c.file.temp_suffix] if c.file.temp_suffix else [path]
+        if self.wants_master():
+            out.append(self.master_path(acq))
+        return out
+
+    def existing(self, acq: str) -> str:
+        """The first name of :meth:`paths` that already exists (``""`` if none, or when overwriting)."""
+        if self.config.file.overwrite:
+            return ""
+        return next((p for p in self.paths(acq) if os.path.exists(p)), "")
+
     def wants_master(self) -> bool:
         c = self.config
         return bool(c.vds and c.frames and self.dist.rank == 0 and len(self.dist.file_indices(c.frames)) > 1)
