@@ -9,9 +9,13 @@ status there) is combined with it by AND.
 
 ``action: "fill"`` writes ``fill_value`` (0 or NaN) into masked pixels and
 also attaches the combined ``frame.mask``; ``action: "attach"`` only attaches
-it for downstream plugins (the correlator). Filling is done in place when the
-frame is writable and can hold the fill value, else into a new frame from
-the plugin's own pool (integer frames filled with NaN become float32).
+it for downstream plugins (the correlator). Filling is done in place only when
+``frame.data`` is writable (the processor leaves a frame writable only for its
+sole consumer), C-contiguous and can hold the fill value, and ``copy`` is
+false; otherwise into a new frame from the plugin's own pool (float32 when an
+integer dtype cannot hold the fill value: NaN, a fraction, out of range). A read-only (shared) frame is never changed:
+when only ``frame.mask`` is set on one, it is set on a new Frame over the same
+pixels, so sibling branches do not see it.
 
 Logger ``frameprocessor.plugin.<index>``.
 
@@ -83,6 +87,11 @@ def load_mask(spec: str, convention: str, bits: int | None) -> StaticMask:
     field = arr.astype(np.int64).astype(np.uint64)
     masked = field != 0 if bits is None else (field & np.uint64(bits)) != 0
     return StaticMask(~masked, str(loc))
+
+
+def _view(frame: Frame) -> Frame:
+    """A new Frame over ``frame``'s pixels (no copy) that keeps ``frame``, and so its memory, alive."""
+    return frame.derive(frame.data, on_release=lambda: frame)
 
 
 class MaskPlugin(FrameProcessorPlugin):
@@ -185,6 +194,8 @@ class MaskPlugin(FrameProcessorPlugin):
             if frame is None:
                 self.frames_dropped_pool += 1
                 return
+        if frame.mask is not use and not frame.data.flags.writeable:
+            frame = _view(frame)  # shared frame: its siblings must not see our mask
         frame.mask = use
         self.frames_masked += 1
         self.push(frame)

@@ -11,6 +11,34 @@ from frameprocessor import Frame
 
 CODES = {0: 0, 1: 1, 2: 3}  # gain stage -> gain bits
 
+#: A plugin for the daemon tests, loaded from a .py file written to tmp_path: it saves every frame (and its
+#: mask) to <dir>/<index>_<frame>.npy (<dir>/<index>_mask_<frame>.npy). With ``after`` set it first waits
+#: until <dir>/<after>_<frame>.npy exists, i.e. until that capture (on a sibling branch) has seen the frame,
+#: so what it saves shows whether the sibling branch changed the shared frame.
+CAPTURE = '''
+import os
+import time
+
+import numpy as np
+from frameprocessor import FrameProcessorPlugin, Option
+
+
+class CapturePlugin(FrameProcessorPlugin):
+    options = {"dir": Option(str, "", "output directory"),
+               "after": Option(str, "", "index of a capture whose file for this frame must exist first")}
+
+    def process_frame(self, frame):
+        out = self.config["dir"]
+        if self.config["after"]:
+            other = f"{out}/{self.config['after']}_{frame.frame_number}.npy"
+            give_up = time.monotonic() + 30
+            while not os.path.exists(other) and time.monotonic() < give_up:
+                time.sleep(0.002)
+        np.save(f"{out}/{self.name}_{frame.frame_number}.npy", frame.data)
+        if frame.mask is not None:
+            np.save(f"{out}/{self.name}_mask_{frame.frame_number}.npy", frame.mask)
+'''
+
 
 class Sink:
     """A downstream stand-in that keeps what a plugin pushes (what a PluginWorker.submit receives)."""

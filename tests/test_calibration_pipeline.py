@@ -4,24 +4,10 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-from calib_helpers import multigain_raw, ref_multigain, save_h5, save_npy
+from calib_helpers import CAPTURE, multigain_raw, ref_multigain, save_h5, save_npy
 from harness import wait_for
 
 H, W, N = 64, 64, 6
-
-CAPTURE = '''
-import numpy as np
-from frameprocessor import FrameProcessorPlugin, Option
-
-class CapturePlugin(FrameProcessorPlugin):
-    """Writes every frame (and its mask) to <dir>/<index>_<frame>.npy for the test to read back."""
-    options = {"dir": Option(str, "", "output directory")}
-
-    def process_frame(self, frame):
-        np.save(f"{self.config['dir']}/{self.name}_{frame.frame_number}.npy", frame.data)
-        if frame.mask is not None:
-            np.save(f"{self.config['dir']}/{self.name}_mask_{frame.frame_number}.npy", frame.mask)
-'''
 
 
 def test_multigain_calib_and_mask_in_the_processor(pipeline, tmp_path):

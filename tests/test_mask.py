@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calib_helpers import attach, save_h5, save_npy
+from calib_helpers import CAPTURE, attach, save_h5, save_npy
+from harness import wait_for
 
 from frameprocessor import Frame
 from ipc.errors import ConfigError
@@ -74,6 +75,26 @@ def test_read_only_frame_is_copied_and_attach_only_leaves_data(use_mask):
     assert sink.frames[1].data is data2 and np.all(data2 == 1) and np.array_equal(sink.frames[1].mask, m == 1)
 
 
+def test_shared_frame_attach_sets_the_mask_on_a_new_frame_over_the_same_pixels(use_mask):
+    m, spec = use_mask
+    p = MaskPlugin("mask")
+    p.configure({"mask": spec, "action": "attach"})
+    sink = attach(p)
+    data = np.ones((H, W), np.float32)
+    data.flags.writeable = False          # shared: a sibling branch holds the same Frame
+    released = []
+    frame = Frame(data, 4, parameters={"k": 1}, on_release=lambda: released.append(4))
+    p.process_frame(frame)
+    (out,) = sink.frames
+    assert out is not frame and out.data is data and out.frame_number == 4 and out.parameters == {"k": 1}
+    assert frame.mask is None and np.array_equal(out.mask, m == 1)   # the sibling does not see the mask
+    assert p.status()["frames_copied"] == 0
+    del frame, sink.frames[:]
+    assert released == []                 # the new frame still holds the pixels
+    del out
+    assert released == [4]                # the pixels stayed alive as long as the new frame, then went back
+
+
 def test_combined_with_calibration_pixel_status(tmp_path, use_mask):
     m, spec = use_mask
     status = np.zeros((H, W), np.uint32)
@@ -141,3 +162,35 @@ def test_wrong_shape_frame_is_counted_and_dropped(use_mask):
     p.process_frame(Frame(np.ones((H, W), np.float32), 1))
     assert [f.frame_number for f in sink.frames] == [1]
     assert p.status()["frames_wrong_shape"] == 1
+
+
+@pytest.mark.parametrize("copy", [True, False], ids=["copy", "zero_copy"])
+def test_fill_leaves_the_frame_a_sibling_on_frame_receiver_shares_untouched(pipeline, tmp_path, copy):
+    """mask fills while a writer-like capture on frame_receiver saves the same frames after mask saw them."""
+    n, fill = 5, 60000
+    m = np.ones((H, W), np.uint8)
+    m[0, :] = 0
+    m[5, 7] = 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "capture.py").write_text(CAPTURE)
+    lib = str(tmp_path / "capture.py")
+    pipeline.configure_receiver({"type": "simulated", "pattern": "ramp", "shape": [H, W], "frames": n})
+    pipeline.setup_processor([
+        ("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": save_npy(tmp_path / "m.npy", m),
+                                                                   "fill_value": fill}),
+        ("cap", "CapturePlugin", lib, "mask", {"dir": str(out)}),
+        ("rawcap", "CapturePlugin", lib, "frame_receiver", {"dir": str(out), "after": "cap"}),
+    ], copy=copy)
+    pipeline.start()
+    pipeline.wait_done()
+    wait_for(lambda: pipeline.plugin_status("rawcap")["frames_processed"] == n, what="raw captures")
+    ramp = np.arange(H * W).reshape(H, W)
+    for i in range(n):
+        raw = (ramp + i).astype(np.uint16)
+        assert np.array_equal(np.load(out / f"rawcap_{i}.npy"), raw)       # the sibling saw the raw frame
+        assert not (out / f"rawcap_mask_{i}.npy").exists()                 # ... without mask's frame.mask
+        assert np.array_equal(np.load(out / f"cap_{i}.npy"), np.where(m == 1, raw, fill))
+        assert np.array_equal(np.load(out / f"cap_mask_{i}.npy"), m == 1)
+    st = pipeline.plugin_status("mask")
+    assert st["frames_masked"] == n and st["frames_copied"] == n
