@@ -29,6 +29,7 @@ __all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS"]
 log = logging.getLogger("framereceiver.controller")
 VERSION = "0.1.0"
 DEFAULT_BUFFERS = 64
+MIN_BUFFERS = 4  # the default pool shrinks to fit memory, but not below this
 _KEYS = {"shared_buffer_name", "max_buffer_mem", "mode", "source"}
 _MAX_WARNINGS = 5
 
@@ -39,6 +40,19 @@ def _memory_limit() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError):
         return 16 << 30
+
+
+def _shm_free() -> int | None:
+    """Bytes free for unprivileged users on /dev/shm (where POSIX shared memory lives), None if unknown."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 class ReceiverController:
@@ -159,12 +173,17 @@ class ReceiverController:
         if mem is not None and mem > _memory_limit():
             raise ConfigError(f"max_buffer_mem {mem} bytes is more than half this machine's memory "
                               f"({_memory_limit()} bytes); ask for less", "max_buffer_mem")
+        budget, budget_why = self._buffer_budget()
+        if mem is not None and mem > budget:
+            raise ConfigError(f"max_buffer_mem {mem} bytes is more than {budget_why}; ask for less",
+                              "max_buffer_mem")
         source = make_source(params["source"]) if "source" in params else None
         try:
-            frame_bytes = (source or self.source).frame_bytes if (source or self.source) else None
+            src = source or self.source
+            frame_bytes = src.frame_bytes if src else None
             if frame_bytes is not None:
                 size = buffer_size_for(frame_bytes)
-                num = (mem // size) if mem is not None else DEFAULT_BUFFERS
+                num = (mem // size) if mem is not None else self._default_count(src, size, budget, budget_why)
                 if num < 1:
                     raise ConfigError(f"max_buffer_mem {mem} bytes cannot hold one buffer of {size} bytes "
                                       f"(a {frame_bytes}-byte frame plus header)", "max_buffer_mem")
@@ -174,7 +193,7 @@ class ReceiverController:
                     raise ConfigError(f"{len(self.buffers.mapped)} buffers are still held by the processor; "
                                       "wait for their release before changing the buffer layout")
                 if rebuild:
-                    self._build(name, num, size)
+                    self._build(name, num, size, explicit=mem is not None)
         except FramechainError:
             if source is not None:
                 source.close()
@@ -189,12 +208,40 @@ class ReceiverController:
             self.next_frame = 0
         return {}
 
+    def _buffer_budget(self) -> tuple[int, str]:
+        """The most bytes a buffer pool may take, and a phrase saying which limit that is.
+
+        Half the physical memory, and what /dev/shm has free (counting the segment this receiver holds now,
+        which a rebuild gives back).
+        """
+        limit, why = _memory_limit(), f"half this machine's memory ({_gib(_memory_limit())})"
+        free = _shm_free()
+        if free is not None:
+            free += self.buffer.num_buffers * self.buffer.buffer_size if self.buffer is not None else 0
+            if free < limit:
+                limit, why = free, f"what /dev/shm has free ({_gib(free)})"
+        return limit, why
+
+    @staticmethod
+    def _default_count(src: FrameSource, size: int, budget: int, why: str) -> int:
+        """DEFAULT_BUFFERS, or fewer (at least MIN_BUFFERS) when that many do not fit in ``budget``."""
+        num = min(DEFAULT_BUFFERS, budget // size)
+        frame = f"a {list(src.shape)} {src.dtype.name} frame ({src.frame_bytes} bytes, {size}-byte buffers)"
+        if num < MIN_BUFFERS:
+            raise ConfigError(f"{frame}: the default pool of {DEFAULT_BUFFERS} buffers needs "
+                              f"{_gib(DEFAULT_BUFFERS * size)} and even {MIN_BUFFERS} buffers "
+                              f"({_gib(MIN_BUFFERS * size)}) are more than {why}; use a smaller frame", "source")
+        if num < DEFAULT_BUFFERS:
+            log.warning("%s: the default pool of %d buffers (%s) is more than %s; using %d buffers (%s)",
+                        frame, DEFAULT_BUFFERS, _gib(DEFAULT_BUFFERS * size), why, num, _gib(num * size))
+        return num
+
     def effective_buffer_mem(self) -> int | None:
         if self.buffer is None:
             return self.max_buffer_mem
         return self.max_buffer_mem or self.buffer.num_buffers * self.buffer.buffer_size
 
-    def _build(self, name: str, num: int, size: int) -> None:
+    def _build(self, name: str, num: int, size: int, explicit: bool) -> None:
         try:
             new, note = SharedBuffer.create(name, num, size)
         except ShmError as err:
@@ -207,7 +254,7 @@ class ReceiverController:
             if old.name != name:
                 old.unlink()
         self.buffer, self.buffers = new, BufferManager(num)
-        how = "" if self.max_buffer_mem else f" (default: {DEFAULT_BUFFERS} buffers for this frame size)"
+        how = "" if explicit else f" (default: {num} buffers for this frame size)"
         log.info("shared buffer %s: %d buffers of %d bytes = %.1f MiB%s", name, num, size,
                  num * size / 2**20, how)
         self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))

@@ -80,16 +80,22 @@ class SimulatedSource(FrameSource):
         self.correlation_time, self.contrast, self.intensity, self.seed = correlation_time, contrast, intensity, seed
         self.pedestal, self.gain, self.read_noise, self.fixed_pattern = pedestal, gain, read_noise, fixed_pattern
         self._raw = (pedestal, gain, read_noise) != (0.0, 1.0, 0.0)
-        if pattern == "ramp":
-            size = int(np.prod(shape))
-            modulus = 1 << 24 if self.dtype.kind == "f" else 1 << (8 * self.dtype.itemsize)
-            self._modulus = modulus
-            self._index = (np.arange(size, dtype=np.uint64) % modulus).astype(self.dtype).reshape(shape)
-        else:
-            self.reset()
+        self._modulus = 1 << 24 if self.dtype.kind == "f" else 1 << (8 * self.dtype.itemsize)
+        # Frame-sized state is built on first use (reset or fill), not here: configuring a source must not
+        # allocate, so the receiver can refuse a frame too big for memory before touching any of it.
+        self._index: np.ndarray | None = None
+        self._field: np.ndarray | None = None
+        self._next = 0
+
+    def _ramp_index(self) -> np.ndarray:
+        if self._index is None:
+            size = int(np.prod(self.shape))
+            self._index = (np.arange(size, dtype=np.uint64) % self._modulus).astype(self.dtype).reshape(self.shape)
+        return self._index
 
     def reset(self) -> None:
         if self.pattern != "speckle":
+            self._ramp_index()
             return
         self._rng = np.random.default_rng(self.seed)
         self._rho = float(np.exp(-1.0 / self.correlation_time))
@@ -119,14 +125,15 @@ class SimulatedSource(FrameSource):
 
     def fill(self, index: int, out: np.ndarray) -> None:
         if self.pattern == "ramp":
+            ramp = self._index if self._index is not None else self._ramp_index()
             if self.dtype.kind == "f":
-                np.add(self._index, np.float32(index % self._modulus), out=out)
+                np.add(ramp, np.float32(index % self._modulus), out=out)
                 np.fmod(out, np.float32(self._modulus), out=out)
             else:
-                np.add(self._index, self.dtype.type(index % self._modulus), out=out)
+                np.add(ramp, self.dtype.type(index % self._modulus), out=out)
             return
         # speckle: advance the field to frame `index` (frames are produced in order)
-        if index < self._next - 1 or index == 0 and self._next > 0:
+        if self._field is None or index < self._next - 1 or index == 0 and self._next > 0:
             self.reset()
         while self._next <= index:
             if self._next > 0:

@@ -105,3 +105,35 @@ def test_default_pool_is_64_buffers_and_buffer_config(receiver):
     cfg = receiver.ok("request_buffer_config")
     assert cfg["num_buffers"] == 64 and cfg["buffer_size"] >= 128 + 16 * 16 * 2
     assert "default: 64 buffers" in receiver.log()
+
+
+def _budget() -> int:
+    """What the receiver may spend on buffers here: half the memory, and no more than /dev/shm has free."""
+    st = os.statvfs("/dev/shm")
+    return min(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2, st.f_bavail * st.f_frsize)
+
+
+def test_default_pool_too_big_for_memory_is_nacked_naming_the_frame(receiver):
+    # a 2 TiB frame: a configured source allocates nothing, so this touches no memory at all
+    shape = [1 << 20, 1 << 20]
+    reply = receiver.request("configure", {"shared_buffer_name": unique_shm_name(),
+                                           "source": {**SOURCE, "shape": shape}})
+    assert reply.msg_type == "nack", reply
+    assert f"a {shape} uint16 frame ({2 << 40} bytes" in reply.error
+    assert "the default pool of 64 buffers needs" in reply.error and "use a smaller frame" in reply.error
+    assert receiver.status()["shared_memory"]["num_buffers"] == 0
+    assert receiver.ok("request_configuration")["source"] == {}
+
+
+def test_default_pool_shrinks_to_fit_memory(receiver):
+    # frames of a tenth of the budget: 64 of them cannot fit, about 10 can. The segment is created but
+    # only its headers are written (tmpfs is sparse), and the source is never started.
+    rows = _budget() // 10 // 2048
+    name = unique_shm_name()
+    receiver.ok("configure", {"shared_buffer_name": name, "source": {**SOURCE, "shape": [rows, 1024]}})
+    shm = receiver.status()["shared_memory"]
+    assert 4 <= shm["num_buffers"] < 64
+    assert shm["num_buffers"] * shm["buffer_size"] <= _budget() * 11 // 10  # /dev/shm's free space moves a little
+    log = receiver.log()
+    assert "the default pool of 64 buffers" in log and f"using {shm['num_buffers']} buffers" in log
+    assert f"default: {shm['num_buffers']} buffers for this frame size" in log
