@@ -96,7 +96,6 @@ class CalibrationPlugin(FrameProcessorPlugin):
         self._scratch: Scratch | None = None
         self._dark_request: DarkRequest | None = None
         self._dark: DarkCollector | None = None
-        self._dark_cancel = False
         self._dark_state: dict[str, Any] = {"state": "idle", "frames": 0, "frames_collected": 0, "file": "",
                                              "error": ""}
         self.reloads = 0
@@ -136,17 +135,22 @@ class CalibrationPlugin(FrameProcessorPlugin):
     # -- commands -------------------------------------------------------------------
     def execute(self, command: str, params: Mapping[str, Any]) -> None:
         if command == "collect_dark":
-            self._dark_request = self._check_dark(params)
-            self._dark_cancel = False
-            self._dark_state = {"state": "requested", "frames": self._dark_request.frames, "frames_collected": 0,
-                                "file": self._dark_request.file, "error": ""}
-            self.log.info("dark collection requested: %d frames to %s", self._dark_request.frames,
-                          self._dark_request.file)
+            with self._lock:
+                req = self._check_dark(params)
+                self._dark_request = req
+                self._dark_state = {"state": "requested", "frames": req.frames, "frames_collected": 0,
+                                    "file": req.file, "error": ""}
+            self.log.info("dark collection requested: %d frames to %s", req.frames, req.file)
         elif command == "cancel_dark":
-            if self._dark_request is None and self._dark is None:
-                raise ConfigError(f"{self.owner}: no dark collection is running", "command")
-            self._dark_request = None
-            self._dark_cancel = True
+            with self._lock:  # the plugin thread starts and updates a collection under this lock too
+                if self._dark_request is None and self._dark is None:
+                    if self._dark_state["state"] == "collecting":
+                        raise ConfigError(f"{self.owner}: the dark collection has all its frames and is being "
+                                          f"written to {self._dark_state['file']}; too late to cancel", "command")
+                    raise ConfigError(f"{self.owner}: no dark collection is running", "command")
+                self._dark_request = self._dark = None
+                self._dark_state = {**self._dark_state, "state": "cancelled"}
+            self.log.info("dark collection to %s cancelled", self._dark_state["file"])
         elif command == "reload":
             if params:
                 raise ConfigError(f"{self.owner} reload takes no parameters, got {sorted(params)}", "reload")
@@ -160,7 +164,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
         bad = sorted(set(params) - allowed)
         if bad:
             raise ConfigError(f"unknown collect_dark parameter(s) {bad}; known: {sorted(allowed)}", bad[0])
-        if self._dark is not None or self._dark_request is not None:
+        if self._dark is not None or self._dark_request is not None or self._dark_state["state"] == "collecting":
             raise ConfigError(f"{self.owner}: a dark collection is already running "
                               f"({self._dark_state['frames_collected']} of {self._dark_state['frames']} frames); "
                               f"wait for it or send cancel_dark", "collect_dark")
@@ -216,11 +220,14 @@ class CalibrationPlugin(FrameProcessorPlugin):
             self.frames_wrong_shape += 1
             return
         flat = raw.reshape(-1)
+        finished = None
         if self._dark_request is not None or self._dark is not None:
-            self._dark_step(flat, raw, c)
+            finished = self._dark_step(frame.frame_number, flat, raw, c)
         out = self.pool.frame_like(frame, c.output_dtype, _POOL_WAIT_S)
         if out is None:
             self.frames_dropped_pool += 1
+            if finished is not None:
+                self._finish_dark(finished)
             return
         dst = out.data.reshape(-1)
         work = dst if c.output_dtype.kind == "f" else scratch.get("energy", np.float32)
@@ -246,8 +253,8 @@ class CalibrationPlugin(FrameProcessorPlugin):
             out.mask = frame.mask
         self.frames_calibrated += 1
         self.push(out)
-        if self._dark is not None and self._dark.done:
-            self._finish_dark()
+        if finished is not None:
+            self._finish_dark(finished)
 
     def _common_mode(self, values: np.ndarray, shape: tuple[int, ...], c: CalibrationConstants, scratch: Scratch,
                      exclude: np.ndarray | None) -> None:
@@ -267,20 +274,45 @@ class CalibrationPlugin(FrameProcessorPlugin):
         return combined
 
     # -- dark collection (plugin thread) ---------------------------------------------------
-    def _dark_step(self, flat: np.ndarray, raw: np.ndarray, c: CalibrationConstants) -> None:
-        if self._dark_cancel:
-            self._dark, self._dark_request, self._dark_cancel = None, None, False
-            self._dark_state = {**self._dark_state, "state": "cancelled"}
-            return
-        if self._dark is None:
-            req, self._dark_request = self._dark_request, None
-            self._dark = DarkCollector(req, raw.shape, raw.dtype, c.mode == "multigain")
-            self._dark_state = {**self._dark_state, "state": "collecting"}
-        self._dark.add(flat)
-        self._dark_state["frames_collected"] = self._dark.frames
+    def _dark_step(self, number: int, flat: np.ndarray, raw: np.ndarray,
+                   c: CalibrationConstants) -> DarkCollector | None:
+        """Add one raw frame to the dark being collected; return the collector when it has all its frames.
 
-    def _finish_dark(self) -> None:
-        collector, self._dark = self._dark, None
+        The start, the bookkeeping and the end of a collection run under ``self._lock``, as does
+        ``cancel_dark`` on the control thread, so a cancelled collection is never continued or written.
+        """
+        d = self._dark
+        if d is None:
+            with self._lock:
+                req, self._dark_request = self._dark_request, None
+                if req is None:
+                    return None  # cancelled before this frame
+                d = self._dark = DarkCollector(req, raw.shape, raw.dtype, c.mode == "multigain")
+                self._dark_state = {**self._dark_state, "state": "collecting"}
+        if raw.shape != d.shape or raw.dtype != d.raw_dtype:
+            self._fail_dark(d, f"frame {number} has shape {raw.shape} and dtype {raw.dtype}, but "
+                               f"the dark collection started with shape {d.shape} and dtype {d.raw_dtype}; "
+                               f"dark discarded after {d.frames} of {d.request.frames} frames")
+            return None
+        d.add(flat)
+        with self._lock:
+            if self._dark is not d:
+                return None  # cancelled while this frame was added
+            self._dark_state["frames_collected"] = d.frames
+            if not d.done:
+                return None
+            self._dark = None  # claimed: from here on it is finished (or failed), never cancelled
+            return d
+
+    def _fail_dark(self, d: DarkCollector, why: str) -> None:
+        with self._lock:
+            if self._dark is not d:
+                return
+            self._dark = None
+            self._dark_state = {**self._dark_state, "state": "failed", "error": why}
+        self.log.warning("dark collection to %s failed: %s", d.request.file, why)
+
+    def _finish_dark(self, collector: DarkCollector) -> None:
         req = collector.request
         try:
             result = collector.finish()
@@ -308,11 +340,13 @@ class CalibrationPlugin(FrameProcessorPlugin):
                 constants = build_constants(merged)
                 self.config = merged
                 self._swap(constants)
-            self._dark_state = {**self._dark_state, "state": "done", "bad_pixels": int(np.count_nonzero(status))}
+                self._dark_state = {**self._dark_state, "state": "done",
+                                    "bad_pixels": int(np.count_nonzero(status))}
             self.log.info("dark collection of %d frames written to %s and in use (%d bad pixels)", result.frames,
                           req.file, np.count_nonzero(status))
-        except (ConfigError, OSError, ValueError) as err:
-            self._dark_state = {**self._dark_state, "state": "failed", "error": str(err)}
+        except Exception as err:  # noqa: BLE001 -- any failure to derive or write the dark is reported, not raised
+            with self._lock:
+                self._dark_state = {**self._dark_state, "state": "failed", "error": str(err) or repr(err)}
             self.log.warning("dark collection to %s failed: %s", req.file, err)
 
     # -- reporting ------------------------------------------------------------------------

@@ -107,3 +107,48 @@ def test_collect_dark_bad_requests(tmp_path):
     assert p.status()["dark"]["state"] == "cancelled" and not (tmp_path / "d.h5").exists()
     with pytest.raises(ConfigError, match="commands: collect_dark"):
         p.execute("fly", {})
+
+
+def test_cancel_before_the_first_frame_ends_the_request(tmp_path):
+    p = CalibrationPlugin("calib")
+    sink = attach(p)
+    path = tmp_path / "d.h5"
+    p.execute("collect_dark", {"frames": 3, "file": str(path)})
+    p.execute("cancel_dark", {})
+    assert p.status()["dark"]["state"] == "cancelled"
+    for i in range(5):
+        p.process_frame(Frame(np.full((4, 4), i, np.uint16), i))
+    assert p.status()["dark"]["state"] == "cancelled" and p.status()["dark"]["frames_collected"] == 0
+    assert not path.exists() and len(sink.frames) == 5
+    with pytest.raises(ConfigError, match="no dark collection"):
+        p.execute("cancel_dark", {})
+    # a new collection after the cancelled one runs normally
+    p.execute("collect_dark", {"frames": 3, "file": str(path)})
+    for i in range(3):
+        p.process_frame(Frame(np.full((4, 4), 10 + i, np.uint16), i))
+    assert p.status()["dark"]["state"] == "done"
+    with h5py.File(path) as f:
+        assert np.all(f["pedestal"][()] == 11)
+
+
+def test_frame_shape_change_fails_the_collection_and_frames_go_on(tmp_path, caplog):
+    p = CalibrationPlugin("calib")   # no constants: frames of any shape are calibrated
+    sink = attach(p)
+    path = tmp_path / "d.h5"
+    p.execute("collect_dark", {"frames": 5, "file": str(path)})
+    p.process_frame(Frame(np.ones((4, 4), np.uint16), 0))
+    p.process_frame(Frame(np.ones((4, 4), np.uint16), 1))
+    with caplog.at_level("WARNING"):
+        for i in range(2, 8):
+            p.process_frame(Frame(np.full((4, 5), 3, np.uint16), i))
+    assert [f.frame_number for f in sink.frames] == list(range(8))   # every frame calibrated and passed on
+    assert np.all(sink.frames[-1].data == 3)
+    dark = p.status()["dark"]
+    assert dark["state"] == "failed" and dark["frames_collected"] == 2
+    assert "frame 2" in dark["error"] and "(4, 5)" in dark["error"] and "(4, 4)" in dark["error"]
+    assert len([r for r in caplog.records if "dark collection" in r.getMessage()]) == 1  # logged once
+    assert not path.exists()
+    p.execute("collect_dark", {"frames": 2, "file": str(path)})     # not stuck: a new one can start
+    for i in range(2):
+        p.process_frame(Frame(np.full((4, 5), 3, np.uint16), 10 + i))
+    assert p.status()["dark"]["state"] == "done" and path.exists()

@@ -70,6 +70,7 @@ class DarkCollector:
     def __init__(self, request: DarkRequest, shape: tuple[int, ...], raw_dtype: np.dtype, multigain: bool) -> None:
         self.request = request
         self.shape = shape
+        self.raw_dtype = np.dtype(raw_dtype)
         self.multigain = multigain
         self.frames = 0
         n = int(np.prod(shape))
