@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -44,11 +45,19 @@ from ._calib.settings import OUTPUT_DTYPES
 __all__ = ["CalibrationPlugin"]
 
 _SPEC_HELP = "as 'file.npy' or 'file.h5:/dataset'; null for none"
+#: the keys build_constants reads: only a change of one of these reloads the constants
+_CONSTANT_KEYS = ("mode", "pedestal", "gain", "flatfield", "pixel_status", "common_mode", "photonize", "output_dtype",
+                  "invalid_gain_value")
 _POOL_WAIT_S = 2.0
 
 
 def _mib(v: int) -> str | None:
     return None if 1 <= v <= 1 << 20 else "must be 1 to 1048576 MiB"
+
+
+def _constants_key(cfg: Mapping[str, Any]) -> str:
+    """The part of a configuration the constants depend on, as a comparable string."""
+    return json.dumps([cfg[k] for k in _CONSTANT_KEYS], sort_keys=True, default=repr)
 
 
 class CalibrationPlugin(FrameProcessorPlugin):
@@ -103,23 +112,30 @@ class CalibrationPlugin(FrameProcessorPlugin):
 
     # -- configuration ------------------------------------------------------------
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check types, then load and check every constant the new configuration names."""
+        """Check types, then, if a constant, mode or setting changes, load and check the new constants.
+
+        A configure of other keys only (``pool_memory``, ``dark_file``, ``attach_mask``) or with
+        unchanged values reads no file; ``reload`` re-reads files rewritten under the same name.
+        """
         values = super().validate(params)
         merged = {**self.config, **values}
-        key = repr(sorted(merged.items()))
-        if self._checked is None or self._checked[0] != key:
+        key = _constants_key(merged)
+        if key != _constants_key(self.config) and (self._checked is None or self._checked[0] != key):
             self._checked = (key, build_constants(merged))
         return values
 
     def apply(self, values: dict[str, Any]) -> None:
         with self._lock:
             merged = {**self.config, **values}
-            key = repr(sorted(merged.items()))
-            checked = self._checked
-            constants = checked[1] if checked is not None and checked[0] == key else build_constants(merged)
+            key = _constants_key(merged)
+            if key != _constants_key(self.config):
+                checked = self._checked
+                constants = checked[1] if checked is not None and checked[0] == key else build_constants(merged)
+                self.config = merged
+                self._swap(constants)
+            else:
+                self.config = merged
             self._checked = None
-            self.config = merged
-            self._swap(constants)
         if "pool_memory" in values:
             self.pool.max_memory = values["pool_memory"] << 20
 

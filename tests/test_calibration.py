@@ -214,6 +214,34 @@ def test_reload_takes_effect_on_next_frame(consts, tmp_path, rng):
     assert np.array_equal(sink.frames[2].data, sink.frames[0].data)
 
 
+def test_configure_rebuilds_constants_only_when_a_constant_key_changes(consts, tmp_path, caplog):
+    p = CalibrationPlugin("calib")
+    ped_file = tmp_path / "moved_ped.npy"
+    ped_spec = save_npy(ped_file, consts["ped"])
+    with caplog.at_level("INFO", logger="frameprocessor.plugin"):
+        p.configure({"pedestal": ped_spec, "gain": consts["gain_spec"]})
+    loads, before = p.status()["constants"]["loads"], p._constants
+    in_use = [r for r in caplog.records if "constants in use" in r.getMessage()]
+    assert len(in_use) == 1
+    ped_file.unlink()   # a constant file moved away after it was loaded: other settings must still work
+    caplog.clear()
+    with caplog.at_level("INFO", logger="frameprocessor.plugin"):
+        p.configure({"pool_memory": 64})
+        p.configure({"dark_file": str(tmp_path / "dark.h5")})
+        p.configure({"attach_mask": False})
+        p.configure({"pedestal": ped_spec, "mode": "single"})   # same values: nothing changes
+    assert p._constants is before and p.status()["constants"]["loads"] == loads
+    assert not [r for r in caplog.records if "constants in use" in r.getMessage()]
+    assert p.config["pool_memory"] == 64 and p.pool.max_memory == 64 << 20 and p.config["attach_mask"] is False
+    # a changed setting rebuilds from the files, so now the missing pedestal is a nack and nothing changes
+    _nack(p, {"common_mode": {"mode": "row"}}, "moved_ped.npy", "does not exist")
+    assert p._constants is before and p.config["common_mode"] is None
+    save_npy(ped_file, consts["ped"] + 1)
+    p.configure({"common_mode": {"mode": "row"}})
+    assert p._constants is not before and p.status()["constants"]["loads"] == loads + 1
+    assert np.array_equal(p._constants.pedestal, (consts["ped"] + 1).reshape(-1))
+
+
 def test_pixel_status_attached_as_mask(consts, tmp_path):
     status = np.zeros((H, W), np.uint8)
     status[2, 3] = 8
