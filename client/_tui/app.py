@@ -76,7 +76,8 @@ class App:
         self.menu_pos = 0
         self.form: Form | None = None
         self.responses: deque[tuple[str, str]] = deque(maxlen=200)
-        self.pending = 0
+        self._pending = 0
+        self._pending_lock = threading.Lock()     # send() runs on the UI thread, _work() on the worker
         self._jobs: queue.Queue[tuple[DaemonLink, str, dict] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="tui-requests", daemon=True)
         self._worker.start()
@@ -84,10 +85,20 @@ class App:
         self._attrs: dict[str, int] = {}
 
     # -- requests -------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Requests queued or in flight (read by the UI thread; changed under a lock by both threads)."""
+        with self._pending_lock:
+            return self._pending
+
+    def _count(self, delta: int) -> None:
+        with self._pending_lock:
+            self._pending += delta
+
     def send(self, targets: list[DaemonLink], msg_val: str, params: dict[str, Any]) -> None:
         """Queue ``cmd/msg_val`` to each target; the reply shows in the response pane."""
         for link in targets:
-            self.pending += 1
+            self._count(+1)
             self.respond("dim", f"{link.name} <- {msg_val} {json.dumps(params)}")
             self._jobs.put((link, msg_val, params))
 
@@ -111,7 +122,7 @@ class App:
                 else:
                     self.respond("bad", f"{link.name} {msg_val} nack: {reply.error}")
             finally:
-                self.pending -= 1
+                self._count(-1)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -266,7 +277,8 @@ class App:
         if self.scroll < max_scroll:
             self._put(win, body_top + body_rows - 1, w - 12, " (more: Dn) ", "dim")
         sep = h - nresp - 1
-        pending = f" ({self.pending} pending)" if self.pending else ""
+        n = self.pending
+        pending = f" ({n} pending)" if n else ""
         self._put(win, sep, 0, f"-- responses{pending} " + "-" * w, "dim")
         wrapped: list[tuple[str, str]] = []
         for style, text in list(self.responses)[-nresp:]:
