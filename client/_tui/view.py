@@ -11,7 +11,7 @@ from typing import Any
 
 from .._monitor import DaemonLink
 
-__all__ = ["Line", "status_lines", "chain_lines", "fmt_count", "fmt_rate"]
+__all__ = ["Line", "status_lines", "chain_lines", "fmt_count", "fmt_rate", "drop_counters"]
 
 Line = list[tuple[str, str]]
 
@@ -86,13 +86,30 @@ def _receiver(link: DaemonLink) -> list[Line]:
     return out
 
 
-_PLUGIN_HEAD = f"  {'plugin':<10}{'queue':>8}{'processed':>10}{'rate':>8}{'drop':>5}{'err':>4}{'mean us':>8}  notes"
+_PLUGIN_HEAD = f"  {'plugin':<10}{'queue':>8}{'processed':>10}{'rate':>8}{'drops':>6}{'err':>4}{'mean us':>8}  notes"
+
+
+def _is_drop_counter(key: str) -> bool:
+    return key.startswith(("frames_dropped", "frames_wrong_")) or key == "frames_rejected"
+
+
+def drop_counters(st: dict) -> dict[str, int]:
+    """Every frame a plugin did not pass on, by status key.
+
+    ``frames_dropped`` (the worker's full-queue drops, or the plugin's own when
+    it reports one), ``frames_dropped_*`` (e.g. ``frames_dropped_pool``),
+    ``frames_wrong_*`` (shape, dtype) and ``frames_rejected``; integer values only.
+    """
+    return {k: v for k, v in st.items()
+            if _is_drop_counter(k) and isinstance(v, int) and not isinstance(v, bool)}
 
 
 def _plugin_line(index: str, st: dict, rates: dict) -> Line:
     queue = st.get("queue", {}) or {}
     qsize, qmax = queue.get("size"), queue.get("max")
-    dropped, errors = st.get("frames_dropped", 0) or 0, st.get("errors", 0) or 0
+    errors = st.get("errors", 0) or 0
+    drops = drop_counters(st)
+    total = sum(drops.values())
     mean = _get(st, "timing", "mean_process")
     qfull = isinstance(qsize, int) and isinstance(qmax, int) and qmax and qsize >= 0.8 * qmax
     line: Line = [
@@ -100,13 +117,16 @@ def _plugin_line(index: str, st: dict, rates: dict) -> Line:
         (f"{fmt_count(qsize) + '/' + fmt_count(qmax):>8}", "warn" if qfull else "normal"),
         (f"{fmt_count(st.get('frames_processed')):>10}", "normal"),
         (f"{fmt_rate(rates.get(index + '/frames_processed')):>8}", "normal"),
-        (f"{fmt_count(dropped):>5}", "bad" if dropped else "normal"),
+        (f"{total:>6}", "bad" if total else "normal"),
         (f"{fmt_count(errors):>4}", "bad" if errors else "normal"),
         (f"{(f'{mean:.1f}' if isinstance(mean, (int, float)) else '-'):>8}", "normal"),
     ]
     if "writing" in st:
         line.append(("  WRITING" if st["writing"] else "  not writing", "ok" if st["writing"] else "dim"))
         line.append((f" {fmt_count(st.get('frames_written'))} written", "normal"))
+    reasons = [f"{k.removeprefix('frames_')}={v}" for k, v in drops.items() if v]
+    if reasons:     # which counters make up the drops column
+        line.append((f"  {' '.join(reasons)}", "bad"))
     if st.get("last_error"):
         line.append((f"  {st['last_error']}", "bad"))
     elif st.get("error"):
