@@ -9,35 +9,70 @@ every ack/nack shown in a response pane. See docs/clients.md for the keys.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
 
 from ._monitor import EndpointSpec, Monitor, parse_endpoints
 
-__all__ = ["add_parser", "main", "specs_from_args"]
+__all__ = ["add_parser", "main", "specs_from_args", "run_config_items"]
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``tui`` subcommand to ``framechain``'s subparsers."""
     p = sub.add_parser("tui", help="curses control client (status, plugin chain, menus)",
                        description="Watch and control receivers and processors in a terminal "
-                                   "(80x24 or larger). Without endpoint flags it connects to the "
+                                   "(80x24 or larger). Without endpoint flags or --config it connects to the "
                                    "default receiver tcp://127.0.0.1:5000 and processor tcp://127.0.0.1:5004.")
     p.add_argument("--receiver", action="append", default=[], metavar="ENDPOINT",
                    help="receiver control endpoint (repeatable)")
     p.add_argument("--processor", action="append", default=[], metavar="ENDPOINT",
                    help="processor control endpoint (repeatable)")
     p.add_argument("--endpoints", help="'fr:ENDPOINT,fp:ENDPOINT,...' (as in the REST adapter's option)")
+    p.add_argument("--config", metavar="RUN.json",
+                   help="a 'framechain run' config with fixed \"endpoints\": attach to its receiver and processor")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between status polls (default %(default)s)")
     p.add_argument("--timeout", type=float, default=0.5,
                    help="seconds before a silent daemon is shown disconnected (default %(default)s)")
     p.set_defaults(func=main)
 
 
+def run_config_items(path: str) -> list[str]:
+    """``fr:``/``fp:`` items for the fixed control endpoints of a ``framechain run`` config.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read, is not a JSON object, or does not fix both the
+        receiver's and the processor's control endpoint (then the user is told
+        to use the ``--endpoints`` line ``framechain run`` prints).
+    """
+    from .launcher import control_endpoints
+
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except OSError as err:
+        raise ValueError(f"cannot read run config {path!r}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"run config {path!r} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict):
+        raise ValueError(f"run config {path!r} is not a JSON object")
+    eps = control_endpoints(cfg)
+    missing = [k for k in ("receiver", "processor") if not isinstance(eps.get(k), str)]
+    if missing:
+        raise ValueError(f"run config {path!r} fixes no {' or '.join(missing)} control endpoint "
+                         f"(its \"endpoints\" lacks {', '.join(repr(k) for k in missing)}), so 'framechain run' "
+                         "picks free ports each time; attach with the line it prints: "
+                         "'watch it live: framechain tui --endpoints fr:...,fp:...'")
+    return [f"fr:{eps['receiver']}", f"fp:{eps['processor']}"]
+
+
 def specs_from_args(args: argparse.Namespace) -> list[EndpointSpec]:
-    """Endpoints from ``--receiver``/``--processor``/``--endpoints`` (defaults when none)."""
-    items = [f"fr:{e}" for e in args.receiver] + [f"fp:{e}" for e in args.processor]
+    """Endpoints from ``--config``/``--receiver``/``--processor``/``--endpoints`` (defaults when none)."""
+    items = run_config_items(args.config) if getattr(args, "config", None) else []
+    items += [f"fr:{e}" for e in args.receiver] + [f"fp:{e}" for e in args.processor]
     if args.endpoints:
         items += args.endpoints.replace(",", " ").split()
     if not items:

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from _clients import REPO
 from client import tui
+from client._monitor import Monitor, parse_endpoints
+from client._tui.app import App
 from client._tui.form import KEY_BACKSPACE, KEY_RIGHT, Field, Form
 from harness import wait_for
 from ipc import free_tcp_endpoint
@@ -79,10 +85,14 @@ class Tui:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
 
 
-@pytest.fixture
-def tui_for(pipeline):
+def need_tmux() -> None:
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed (apt-get install tmux)")
+
+
+@pytest.fixture
+def tui_for(pipeline):
+    need_tmux()
     sessions = []
 
     def start(*extra: str, rows: int = 24, cols: int = 80) -> Tui:
@@ -213,10 +223,113 @@ def test_form_refuses_invalid_json_before_sending():
     assert form.done and sent == [{"params": {"x": 1}, "mode": "b"}]
 
 
-def test_cli_refuses_bad_endpoints_and_no_terminal(capsys):
-    args = argparse.Namespace(receiver=[], processor=[], endpoints="xx:tcp://127.0.0.1:1", interval=0.5, timeout=0.5)
+def test_cli_refuses_bad_endpoints_and_no_terminal(capsys, tmp_path):
+    args = argparse.Namespace(receiver=[], processor=[], endpoints="xx:tcp://127.0.0.1:1", interval=0.5, timeout=0.5,
+                              config=None)
     assert tui.main(args) == 2
     assert "xx:tcp" in capsys.readouterr().err
     args.endpoints = None
     assert tui.main(args) == 2           # pytest's stdout is not a terminal
     assert "needs a terminal" in capsys.readouterr().err
+    # a run config without fixed endpoints: told to use the line 'framechain run' prints
+    run_cfg = tmp_path / "run.json"
+    run_cfg.write_text(json.dumps({"receiver": {"source": {"type": "simulated"}}, "processor": []}))
+    args.config = str(run_cfg)
+    assert tui.main(args) == 2
+    err = capsys.readouterr().err
+    assert "fixes no receiver or processor control endpoint" in err and "tui --endpoints fr:...,fp:..." in err
+    run_cfg.write_text(json.dumps({"receiver": {}, "endpoints": {"receiver": "tcp://127.0.0.1:1"}}))
+    assert tui.main(args) == 2
+    assert "fixes no processor control endpoint" in capsys.readouterr().err
+    args.config = str(tmp_path / "missing.json")
+    assert tui.main(args) == 2
+    assert "cannot read run config" in capsys.readouterr().err
+
+
+def test_attaches_to_the_daemons_of_a_framechain_run_config(tmp_path):
+    need_tmux()
+    eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
+    cfg = {"endpoints": eps,
+           "receiver": {"source": {"type": "simulated", "shape": [16, 16], "frames": 1000000, "rate": 100}},
+           "processor": [{"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "plugins.dummy"},
+                                     "connect": {"index": "dummy", "connection": "frame_receiver"}}}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    run_log = open(tmp_path / "run.log", "w")
+    run = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress", "--timeout", "90",
+                            "--log-dir", str(tmp_path / "logs")], cwd=REPO, stdout=run_log, stderr=subprocess.STDOUT)
+    t = None
+    try:
+        wait_for(lambda: "watch it live" in (tmp_path / "run.log").read_text() or run.poll() is not None,
+                 timeout=30, what="framechain run to start its daemons")
+        assert run.poll() is None, (tmp_path / "run.log").read_text()
+        t = Tui(["--config", str(path)])
+        t.wait(rf"fr0 receiver {re.escape(eps['receiver'])} +CONNECTED")
+        t.wait(rf"fp0 processor {re.escape(eps['processor'])} +CONNECTED")
+        t.wait(r"source running")
+        t.wait(r"dummy +\d+/64 +[1-9]\d* ")
+        assert t.quit() == "0"
+    finally:
+        if t is not None:
+            t.close()
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)      # the launcher stops the source, drains and shuts both daemons down
+            try:
+                run.wait(30)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait(5)
+        run_log.close()
+
+
+def test_killed_daemon_shown_disconnected_within_2s_and_requests_fail_fast(pipeline, tui_for):
+    pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
+    pipeline.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    tui = tui_for()
+    tui.wait(r"fp0 processor \S+ +CONNECTED")
+    tui.wait(r"dummy +0/64")
+    pipeline.processor.proc.send_signal(signal.SIGKILL)
+    pipeline.processor.proc.wait(10)
+    tui.wait(r"fp0 processor \S+ +DISCONNECTED +no reply to status", timeout=2)
+    tui.wait(r"fr0 receiver \S+ +CONNECTED")
+    tui.keys("r")                                   # reset statistics on every daemon
+    tui.wait(r"fr0 reset_statistics ack")
+    tui.wait(r"fp0 reset_statistics FAILED: fp0 \(tcp://[\d.:]+\) is not\s+answering", timeout=2)
+    tui.wait(r"-- responses -")                     # nothing left pending
+    assert tui.quit() == "0"
+
+
+def test_plugin_table_sums_every_drop_counter(pipeline, tui_for, tmp_path):
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((8, 8), dtype=bool))      # frames are 16x16: every frame has the wrong shape
+    pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
+    pipeline.setup_processor([("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)})])
+    pipeline.start()
+    pipeline.wait_done()
+    assert pipeline.plugin_status("mask")["frames_wrong_shape"] == 10
+    assert pipeline.plugin_status("mask")["frames_dropped"] == 0
+    tui = tui_for()
+    tui.wait(r"plugin +queue +processed +rate +drops +err +mean us")
+    tui.wait(r"mask +0/64 +10 +\S+ +10 +0 +\S+ +wrong_shape=10\n")
+
+
+def test_pending_count_is_exact_under_concurrent_sends_and_replies(pipeline):
+    monitor = Monitor(parse_endpoints([f"fp:{pipeline.processor.ctrl}"]))
+    app = App(monitor)
+    link = monitor.links["fp0"]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                     # switch threads as often as CPython allows
+    try:
+        senders = [threading.Thread(target=lambda: [app.send([link], "status", {}) for _ in range(150)])
+                   for _ in range(2)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        wait_for(lambda: app.pending == 0, timeout=30, what="pending to drop back to 0")
+    finally:
+        sys.setswitchinterval(old)
+        app.close()
+        monitor.close()
+    assert app.pending == 0
+    assert not [text for _, text in app.responses if "FAILED" in text or "nack" in text]
