@@ -96,13 +96,21 @@ class _Run:
         self.aps = cfg["normalization"] == "aps"
         twotime_frames = cfg["twotime_frames"] if cfg["twotime"] else 0
         itemsize = np.dtype(cfg["precision"]).itemsize
-        need = estimate_memory(self.dynamic, B, levels, self.aps, cfg["expected_frames"], twotime_frames, itemsize)
+        num_static = self.static.num_bins
+        need = estimate_memory(self.dynamic, B, levels, self.aps, cfg["expected_frames"], twotime_frames, itemsize,
+                               num_static)
         if need > cfg["max_memory"]:
-            raise MemoryError(f"the correlator would need about {need / 2**20:.0f} MiB for {self.dynamic.num_pixels} "
-                              f"pixels, num_bufs {B}, {levels} levels (max_memory is "
+            tt = TwoTimeAccumulator.bytes_for(self.dynamic, twotime_frames)
+            sums = TimeAverages.bytes_for(self.shape, num_static)
+            parts = (f"levels {(need - tt - sums) / 2**20:.0f} MiB, image and segment sums {sums / 2**20:.0f} MiB"
+                     + (f", two-time {tt / 2**20:.0f} MiB ({twotime_frames} frames of {self.dynamic.num_pixels} "
+                        f"pixels and {self.dynamic.num_active} matrices of {twotime_frames}^2 float32)"
+                        if twotime_frames else ""))
+            raise MemoryError(f"the correlator would need about {need / 2**20:.0f} MiB ({parts}) for "
+                              f"{self.dynamic.num_pixels} pixels, num_bufs {B}, {levels} levels (max_memory is "
                               f"{cfg['max_memory'] / 2**20:.0f} MiB); reduce num_levels, num_bufs or "
                               f"twotime_frames, or raise max_memory")
-        fixed = estimate_memory(self.dynamic, B, 0, False, 0, twotime_frames)   # two-time and image sums
+        fixed = estimate_memory(self.dynamic, B, 0, False, 0, twotime_frames, num_static=num_static)
         self.correlator = MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps,
                                              max_bytes=cfg["max_memory"] - fixed, dtype=cfg["precision"])
         self.cap_warned = False
@@ -117,15 +125,17 @@ class _Run:
 
 
 def estimate_memory(layout: PixelLayout, num_bufs: int, num_levels: int, per_pixel: bool,
-                    expected_frames: int, twotime_frames: int, itemsize: int = 8) -> int:
+                    expected_frames: int, twotime_frames: int, itemsize: int = 8, num_static: int = 1) -> int:
     """Bytes a run needs at least: the levels a run of ``expected_frames`` reaches (one level when
-    unknown: further levels are made as reached, within max_memory), two-time frames, image sums."""
+    unknown: further levels are made as reached, within max_memory), two-time frames and the
+    matrices computed from them at the end, image sums and segment sums of ``num_static`` bins."""
     levels = min(num_levels, levels_for_frames(expected_frames, num_bufs)) if expected_frames else min(num_levels, 1)
     padded = layout.padded_size * 8
     n = levels * num_bufs * layout.padded_size * itemsize
     if per_pixel and levels:
         n += 3 * multitau_lags(levels, num_bufs).size * padded
-    return n + twotime_frames * layout.num_pixels * 4 + int(np.prod(layout.shape)) * 8
+    return (n + TwoTimeAccumulator.bytes_for(layout, twotime_frames)
+            + TimeAverages.bytes_for(layout.shape, num_static))
 
 
 class XpcsCorrelatorPlugin(FrameProcessorPlugin):
@@ -227,7 +237,27 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                     raise QMapError(f"mask {cfg['mask']!r} removes every labelled pixel of qmap {cfg['qmap']!r}")
         except QMapError as err:
             raise ConfigError(f"The 'mask' option of {self.owner}: {err}", "mask") from err
+        if cfg["twotime"]:
+            self._check_twotime(cfg, qmap, mask)
         return qmap, mask
+
+    def _check_twotime(self, cfg: dict[str, Any], qmap: QMap | None, mask: np.ndarray | None) -> None:
+        """Nack a twotime_frames whose matrices alone (known bins, or one bin without a qmap) pass max_memory."""
+        n = cfg["twotime_frames"]
+        if qmap is not None:
+            labels = qmap.labels() * mask if mask is not None else qmap.labels()
+            npix = np.bincount(labels.reshape(-1))[1:]
+            bins, pixels, biggest = int(np.count_nonzero(npix)), int(npix.sum()), int(npix.max(initial=0))
+        else:
+            bins, pixels, biggest = 1, 0, 0                  # the default map: one dynamic bin, frame size unknown
+        need = n * pixels * 4 + TwoTimeAccumulator.matrix_bytes(n, bins, biggest)
+        if need > cfg["max_memory"]:
+            raise ConfigError(f"The 'twotime_frames' option of {self.owner}: {n} two-time frames need about "
+                              f"{need / 2**20:.0f} MiB ({bins} matrices of {n} x {n} float32 = "
+                              f"{bins * n * n * 4 / 2**20:.0f} MiB, plus a {n} x {n} float64 product"
+                              + (f" and {n} frames of {pixels} pixels" if pixels else "")
+                              + f"), more than max_memory ({cfg['max_memory'] / 2**20:.0f} MiB); lower "
+                              f"twotime_frames or raise max_memory", "twotime_frames")
 
     def apply(self, values: dict[str, Any]) -> None:
         with self._lock:
@@ -451,7 +481,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                     plot_g2(self.plot_file, res["delays"] * self.config["frame_time"],
                             res["g2"][:, cols], res["g2_err"][:, cols], [f"bin {b + 1}" for b in cols],
                             title=f"g2, {run.acquisition_id or 'acquisition'}, {run.frames_used} frames")
-            except (OSError, ValueError, RuntimeError) as err:
+            except (OSError, ValueError, RuntimeError, MemoryError) as err:
                 self.last_result_error = f"{path}: {type(err).__name__}: {err}"
                 self.log.error("%s: could not write result file %s: %s", self.name, path, err)
             else:
@@ -474,9 +504,16 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             geometry["incident_energy"] = float(np.asarray(extra["energy"]).ravel()[0])
         twotime = None
         if run.twotime is not None:
-            bins, c2 = run.twotime.compute()
-            twotime = {"bins": bins, "c2": c2, "g2": TwoTimeAccumulator.g2_from_c2(c2),
-                       "g2_segments": TwoTimeAccumulator.g2_segments(c2), "max_frames": run.twotime.max_frames}
+            try:
+                bins, c2 = run.twotime.compute()
+                twotime = {"bins": bins, "c2": c2, "g2": TwoTimeAccumulator.g2_from_c2(c2),
+                           "g2_segments": TwoTimeAccumulator.g2_segments(c2), "max_frames": run.twotime.max_frames}
+            except MemoryError as err:                 # keep the multi-tau results: write them without two-time
+                twotime = None
+                n, bins_n = run.twotime.n, run.dynamic.num_active
+                self.last_result_error = (f"two-time left out of the result file: MemoryError computing {bins_n} "
+                                          f"matrices of {n} x {n} ({bins_n * n * n * 4 / 2**20:.0f} MiB): {err}")
+                self.log.error("%s: %s", self.name, self.last_result_error)
         levels = run.correlator.num_levels
         return XpcsResultData(
             delays=res["delays"], g2=res["g2"][:, dyn_cols], g2_err=res["g2_err"][:, dyn_cols],

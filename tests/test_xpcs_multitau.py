@@ -320,3 +320,25 @@ def test_aps_g2_err_leaves_out_pixels_that_never_saw_a_photon():
             assert v.size == (31 if d == 1 else 25)
             assert err[i, d - 1] == pytest.approx(v.std(ddof=1) / np.sqrt(v.size), rel=1e-7)
             assert np.isfinite(g2[i, d - 1])
+
+
+def test_segment_sums_stay_bounded_and_exact_on_block_edges():
+    from plugins._xpcs.averages import TimeAverages
+    rng = np.random.default_rng(5)
+    static = rng.integers(1, 4, (6, 7))
+    lay = PixelLayout(static)
+    frames = rng.poisson(3.0, (64, 6, 7)).astype(np.float64)
+    avg = TimeAverages(lay, (6, 7), blocks=8)
+    size = avg.static_sums.nbytes()
+    for k, f in enumerate(frames):
+        avg.add(f, k, k != 13)                                # frame 13 is bad: left out
+    assert avg.static_sums.nbytes() == size and avg.static_sums.block == 8
+    good = np.ones(64, bool)
+    good[13] = False
+    per_frame = np.array([[f[static == b].mean() for b in (1, 2, 3)] for f in frames])
+    np.testing.assert_allclose(avg.scattering_1d(), per_frame[good].mean(axis=0), rtol=1e-12)
+    seg = avg.segments(4)                                     # edges 16, 32, 48 fall on block edges
+    for k in range(4):
+        part = slice(16 * k, 16 * k + 16)
+        np.testing.assert_allclose(seg[k], per_frame[part][good[part]].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(TimeAverages(lay, (6, 7)).segments(1), np.full((1, 3), np.nan))

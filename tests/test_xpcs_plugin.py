@@ -165,7 +165,8 @@ def test_max_memory_refuses_or_caps_a_run():
     assert st["state"] == "idle" and st["frames_rejected"] == 3 and "max_memory" in st["last_rejection"]
     lay = PixelLayout(np.ones((16, 16), int))
     one_level = lay.padded_size * 8 * 8
-    p = make_plugin(num_levels=6, max_memory=16 * 16 * 8 + 3 * one_level)
+    sums = 16 * 16 * 8 + 2048 * (10 + 1) * 8                 # image sum, segment sums of the 10 default rings
+    p = make_plugin(num_levels=6, max_memory=sums + 3 * one_level)
     run(p, n=200, eoa=False)
     st = p.status()
     assert st["levels_capped"] is True and st["frames_used"] == 200 and st["levels_reached"] < 6
@@ -396,3 +397,61 @@ def test_failed_result_write_leaves_no_part_file(tmp_path):
     st = p.status()
     assert st["results_written"] == 0 and "res.hdf" in st["last_result_error"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["res.hdf"]
+
+
+def test_twotime_matrices_count_in_max_memory_at_configure(qmap_npy):
+    p = make_plugin(qmap=qmap_npy[0])
+    with pytest.raises(ConfigError) as err:
+        p.configure({"twotime": True, "twotime_frames": 100000, "max_memory": 1 << 30})
+    assert err.value.key == "twotime_frames"
+    assert "3 matrices of 100000 x 100000 float32" in str(err.value) and "max_memory" in str(err.value)
+    assert p.config["twotime"] is False                       # nothing changed
+
+
+def test_twotime_matrices_count_in_max_memory_at_run_start():
+    n = 1000                                                  # one bin: 12 MB of matrices pass the configure check
+    p = make_plugin(twotime=True, twotime_frames=n, max_memory=13 * 10**6)
+    run(p, n=3, eoa=False)                                    # + 1000 frames of 256 pixels do not fit
+    st = p.status()
+    assert st["state"] == "idle" and st["frames_rejected"] == 3
+    assert "two-time" in st["last_rejection"] and "1 matrices of 1000^2 float32" in st["last_rejection"]
+
+
+MEMORY_ERROR_AT_END = r"""
+import json, resource, sys
+import numpy as np
+from frameprocessor import EndOfAcquisition, Frame
+from plugins.xpcs import XpcsCorrelatorPlugin
+labels = np.repeat(np.arange(1, 9), 8).reshape(8, 8)
+np.save(sys.argv[2], labels)
+p = XpcsCorrelatorPlugin("xpcs")
+p.configure({"qmap": sys.argv[2], "num_levels": 6, "twotime": True, "twotime_frames": 3000,
+             "output": sys.argv[1], "max_memory": 1 << 40})
+rng = np.random.default_rng(0)
+for k in range(3000):
+    p.process_frame(Frame(rng.poisson(2.0, (8, 8)).astype(np.float32), k, acquisition_id="a"))
+vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (150 << 20), resource.RLIM_INFINITY))   # 8 x 3000^2 x 4 = 288 MB
+p.process_end_of_acquisition(EndOfAcquisition("a", 3000))
+st = p.status()
+print(json.dumps({k: st[k] for k in ("results_written", "result_file", "last_result_error", "state")}))
+"""
+
+
+def test_memory_error_in_two_time_keeps_the_multitau_result(tmp_path):
+    """A real MemoryError (address space limited in a child process) while computing the two-time matrices."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "res.hdf"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", MEMORY_ERROR_AT_END, str(out), str(tmp_path / "q.npy")],
+                          cwd=root, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert st["state"] == "finished" and st["results_written"] == 1 and st["result_file"] == str(out)
+    assert "MemoryError" in st["last_result_error"] and "two-time" in st["last_result_error"]
+    with h5py.File(out, "r") as f:
+        assert f["/xpcs/multitau/normalized_g2"].shape[1] == 8 and "xpcs/twotime" not in f
+    assert not (tmp_path / "res.hdf.part").exists()

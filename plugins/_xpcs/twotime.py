@@ -1,8 +1,9 @@
 """Two-time correlation ``C_q(t1, t2) = <I_t1 I_t2>_q / (<I_t1>_q <I_t2>_q)`` for the first frames of a run.
 
 The first ``max_frames`` frames are kept as float32 copies of their labelled
-pixels (``max_frames x pixels x 4`` bytes); the matrices are computed at the end
-of the acquisition, one symmetric matrix product per bin (float64 sums).
+pixels (``max_frames x pixels x 4`` bytes); the matrices (``bins x n^2 x 4`` bytes,
+plus one ``n^2`` float64 product at a time, see :meth:`TwoTimeAccumulator.matrix_bytes`)
+are computed at the end of the acquisition, one symmetric matrix product per bin (float64 sums).
 Bad frames give NaN rows and columns.
 """
 
@@ -34,7 +35,23 @@ class TwoTimeAccumulator:
         self.frames_beyond = 0
 
     def nbytes(self) -> int:
+        """Bytes of the kept frames."""
         return self.max_frames * self.layout.num_pixels * 4
+
+    @staticmethod
+    def matrix_bytes(frames: int, num_bins: int, max_bin_pixels: int = 0) -> int:
+        """Bytes :meth:`compute` needs at its peak for ``frames`` frames: the float32 matrices
+        (``bins x frames^2 x 4``) plus one bin's float64 product and pixel copy."""
+        return frames * frames * (4 * num_bins + 8) + frames * max_bin_pixels * 8
+
+    @staticmethod
+    def bytes_for(layout: PixelLayout, frames: int) -> int:
+        """Bytes a run keeping ``frames`` frames needs in all: kept frames plus :meth:`matrix_bytes`."""
+        if not frames:
+            return 0
+        npix = layout.npix[layout.active]
+        return (frames * layout.num_pixels * 4
+                + TwoTimeAccumulator.matrix_bytes(frames, layout.num_active, int(npix.max(initial=0))))
 
     def add(self, frame: np.ndarray, good: bool) -> None:
         if self.n >= self.max_frames:
@@ -60,10 +77,14 @@ class TwoTimeAccumulator:
         starts = np.concatenate(([0], np.cumsum(lay.npix[lay.active])))
         for k in range(bins.size):                 # once per run: one matrix product per bin
             X = self._data[:n, starts[k]:starts[k + 1]].astype(np.float64)
-            G = X @ X.T / X.shape[1]
+            G = X @ X.T                            # the one (n, n) float64 temporary (see matrix_bytes)
             m = X.mean(axis=1)
+            del X
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[k] = G / np.outer(m, m)
+                G /= starts[k + 1] - starts[k]           # pixels of the bin
+                G /= m[:, None]
+                G /= m[None, :]
+            out[k] = G
         return bins, out
 
     @staticmethod
