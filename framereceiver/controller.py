@@ -87,6 +87,7 @@ class ReceiverController:
         self.frames_released = 0
         self.frames_dropped = 0
         self.frames_timedout = 0
+        self.frames_reclaimed = 0
         self.bad_releases = 0
 
     # -- control -----------------------------------------------------------------
@@ -112,7 +113,7 @@ class ReceiverController:
                                                                      "consistent": True},
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "dropped": self.frames_dropped, "timedout": self.frames_timedout,
-                       "bad_releases": self.bad_releases},
+                       "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases},
             "source": {"state": self.state, "frame": self.next_frame, **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
                        if self.started_at else 0.0},
@@ -139,6 +140,33 @@ class ReceiverController:
     def _on_reset_statistics(self, params: Mapping[str, Any]) -> dict[str, Any]:
         self.reset_statistics()
         return {}
+
+    def _on_reset(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Take back every mapped buffer, e.g. after the processor holding them died."""
+        if params:
+            raise ConfigError(f"reset takes no params, not {sorted(params)}")
+        if self.state == "running":
+            raise ConfigError("the source is running; stop it (execute source stop) before reset")
+        return {"reclaimed": self.reclaim("reset")}
+
+    def reclaim(self, why: str) -> int:
+        """Return every mapped buffer to the empty queue; count and log them. Returns how many."""
+        if self.buffers is None or not self.buffers.mapped:
+            return 0
+        held = sorted(self.buffers.mapped)
+        for bid in held:
+            self.buffers.release(bid)
+            self.buffer.set_state(bid, STATE_EMPTY)
+        self.frames_reclaimed += len(held)
+        log.warning("%s: reclaimed %d buffers that no processor released (%d processors subscribed); "
+                    "a processor that still holds one will have its release counted as a bad release",
+                    why, len(held), self.subscribers)
+        return len(held)
+
+    def _reclaim_orphans(self, why: str) -> None:
+        """With no processor subscribed to frame_ready, nobody can release the mapped buffers: take them back."""
+        if self.subscribers == 0:
+            self.reclaim(f"{why} with no processor subscribed")
 
     def _on_shutdown(self, params: Mapping[str, Any]) -> dict[str, Any]:
         self.shutdown_requested = True
@@ -189,6 +217,7 @@ class ReceiverController:
                                       f"(a {frame_bytes}-byte frame plus header)", "max_buffer_mem")
                 rebuild = (self.buffer is None or name != self.shared_buffer_name or num != self.buffer.num_buffers
                            or size != self.buffer.buffer_size)
+                self._reclaim_orphans("configure")
                 if rebuild and self.buffers is not None and self.buffers.mapped:
                     raise ConfigError(f"{len(self.buffers.mapped)} buffers are still held by the processor; "
                                       "wait for their release before changing the buffer layout")
@@ -271,6 +300,7 @@ class ReceiverController:
             raise ConfigError("no source configured: configure {\"source\": {...}} first")
         if self.state == "running":
             raise ConfigError("the source is already running")
+        self._reclaim_orphans("source start")
         self.source.reset()
         src = self.source
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)

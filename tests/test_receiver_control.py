@@ -4,7 +4,7 @@ import os
 import signal
 
 import pytest
-from harness import Daemon, unique_shm_name, wait_for
+from harness import Daemon, Pipeline, unique_shm_name, wait_for
 
 from ipc import free_tcp_endpoint
 
@@ -137,3 +137,61 @@ def test_default_pool_shrinks_to_fit_memory(receiver):
     log = receiver.log()
     assert "the default pool of 64 buffers" in log and f"using {shm['num_buffers']} buffers" in log
     assert f"default: {shm['num_buffers']} buffers for this frame size" in log
+
+
+def test_buffers_orphaned_by_a_killed_processor_are_reclaimed(tmp_path):
+    with Pipeline(tmp_path) as p:
+        p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 0, "rate": 2000})
+        p.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")], copy=False)
+        p.start()
+        wait_for(lambda: p.plugin_status("dummy")["frames_processed"] > 20, what="frames to flow")
+        os.kill(p.processor.proc.pid, signal.SIGKILL)  # dies holding buffers it mapped (zero-copy)
+        p.processor.proc.wait(10)
+        rx = p.receiver
+        wait_for(lambda: rx.status()["ready_subscribers"] == 0, timeout=10, what="the unsubscription")
+        wait_for(lambda: rx.status()["buffers"]["mapped"] == 64, timeout=10, what="block mode to fill every buffer")
+        assert "source is running" in rx.request("reset").error
+        rx.ok("execute", {"source": {"command": "stop"}})
+        assert rx.status()["buffers"]["mapped"] == 64  # nobody will ever release them
+
+        # configure with no processor subscribed takes them back (it used to nack "64 buffers are still held")
+        rx.ok("configure", {"source": {"type": "simulated", "shape": [32, 32], "frames": 0, "rate": 2000}})
+        st = rx.status()
+        assert st["buffers"] == {"total": 64, "empty": 64, "mapped": 0, "consistent": True}
+        assert st["frames"]["reclaimed"] == 64
+        assert "configure with no processor subscribed: reclaimed 64 buffers" in rx.log()
+
+        # so does a source start
+        rx.ok("execute", {"source": {"command": "start"}})
+        wait_for(lambda: rx.status()["buffers"]["mapped"] == 64, timeout=10, what="every buffer to be mapped")
+        rx.ok("execute", {"source": {"command": "stop"}})
+        rx.ok("execute", {"source": {"command": "start"}})
+        assert rx.status()["frames"]["reclaimed"] == 128
+        assert "source start with no processor subscribed: reclaimed 64 buffers" in rx.log()
+
+        # and reset, explicitly
+        wait_for(lambda: rx.status()["buffers"]["mapped"] == 64, timeout=10, what="every buffer to be mapped")
+        rx.ok("execute", {"source": {"command": "stop"}})
+        assert rx.ok("reset") == {"reclaimed": 64}
+        st = rx.status()
+        assert st["buffers"]["mapped"] == 0 and st["frames"]["reclaimed"] == 192
+        assert rx.ok("reset") == {"reclaimed": 0}
+        assert "takes no params" in rx.request("reset", {"x": 1}).error
+
+
+def test_buffers_held_by_a_live_processor_are_not_reclaimed(tmp_path):
+    from test_pipeline import CHECKER
+    (tmp_path / "checker.py").write_text(CHECKER)
+    with Pipeline(tmp_path) as p:
+        p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
+        p.setup_processor([("slow", "RampChecker", str(tmp_path / "checker.py"), "frame_receiver",
+                            {"delay": 0.2})], copy=False)
+        p.start()
+        wait_for(lambda: p.receiver.status()["source"]["state"] == "done", what="the source to finish")
+        assert p.receiver.status()["buffers"]["mapped"] > 0  # the slow plugin still holds most of the frames
+        reply = p.receiver.request("configure", {"source": {"type": "simulated", "shape": [128, 128], "frames": 10}})
+        assert "buffers are still held by the processor" in reply.error
+        st = p.wait_done()
+        assert st["frames"]["reclaimed"] == 0 and st["frames"]["bad_releases"] == 0
+        assert st["frames"]["released"] == 10
+        assert p.plugin_status("slow")["good"] == 10
