@@ -72,3 +72,43 @@ def test_multigain_calib_and_mask_in_the_processor(pipeline, tmp_path):
         np.testing.assert_allclose(f["pedestal"][0], expect, rtol=1e-6)
         assert np.array_equal(f["pedestal"][1:], p3[1:])
     assert pipeline.plugin_status("calib")["constants"]["pedestal"] == f"{dark}:/pedestal"
+
+
+def test_dark_from_the_simulated_source_recovers_its_pedestal_within_noise(pipeline, tmp_path):
+    """collect_dark through the daemons on a dark-like speckle stream (almost no photons, read noise).
+
+    Each raw pixel is rint(P + 5 * normal) with a per-pixel pedestal P (1000 ADU with a 5 % fixed
+    pattern, known from SimulatedSource.detector_maps()), so one frame has noise sigma = sqrt(5**2 + 1/12)
+    (read noise plus the rounding to integer ADU, uniform since 5 ADU >> 1 ADU) and the mean of N frames
+    has sigma / sqrt(N). At 1e-9 photons per pixel per frame the expected number of photons in the whole
+    run is 1e-9 * N * H * W < 1e-3, so no photon biases the mean.
+    """
+    from framereceiver.sources import SimulatedSource
+
+    n, shape = 200, (H, W)
+    src = {"type": "simulated", "pattern": "speckle", "shape": list(shape), "dtype": "uint16", "frames": n,
+           "seed": 5, "intensity": 1e-9, "pedestal": 1000.0, "gain": 40.0, "read_noise": 5.0, "fixed_pattern": 0.05}
+    truth = SimulatedSource(shape, "uint16", n, 0.0, "speckle", seed=5, intensity=1e-9, pedestal=1000.0,
+                            gain=40.0, read_noise=5.0, fixed_pattern=0.05).detector_maps()[0].astype(np.float64)
+    sigma = np.sqrt(5.0 ** 2 + 1 / 12)
+    dark = tmp_path / "dark.h5"
+    pipeline.configure_receiver(src)
+    pipeline.setup_processor([("calib", "CalibrationPlugin", "plugins.calibration", "frame_receiver", {})])
+    pipeline.processor.ok("execute", {"calib": {"command": "collect_dark", "frames": n, "file": str(dark)}})
+    pipeline.start()
+    pipeline.wait_done()
+    wait_for(lambda: pipeline.plugin_status("calib")["dark"]["state"] in ("done", "failed"), what="dark collection")
+    st = pipeline.plugin_status("calib")
+    assert st["dark"]["state"] == "done" and st["dark"]["frames_collected"] == n, st["dark"]
+    assert st["frames_calibrated"] == n and st["constants"]["pedestal"] == f"{dark}:/pedestal"
+    with h5py.File(dark) as f:
+        est, rms = f["pedestal"][()].astype(np.float64), f["rms"][()].astype(np.float64)
+        status = f["pixel_status"][()]
+    assert np.ptp(truth) > 100 * sigma / np.sqrt(n)    # the fixed pattern is far larger than the bound
+    z = (est - truth) / (sigma / np.sqrt(n))           # standard normal per pixel if the dark is right
+    # every pixel within 5 sigma/sqrt(N): for 4096 pixels P(any beyond) ~ 4096 * 5.7e-7 = 0.2 %
+    assert np.abs(z).max() < 5, np.abs(z).max()
+    # and noise-limited as a whole: no bias, spread 1 (sampling errors 1/64 and 1/sqrt(2*4096); 6 of them)
+    assert abs(z.mean()) < 6 / 64 and abs(z.std() - 1) < 6 / np.sqrt(2 * z.size), (z.mean(), z.std())
+    assert abs(np.median(rms) / sigma - 1) < 0.02      # rms of one frame; the median over 4096 pixels
+    assert np.count_nonzero(status) <= 2               # 6-sigma cuts on a clean dark flag (almost) nothing
