@@ -39,7 +39,7 @@ class PluginChain:
         cls = load_plugin_class(library, name)
         try:
             return cls(index)
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise PluginError(f"{cls.__name__}({index!r}) failed to initialise: {err}", index) from err
 
     def add(self, plugin: FrameProcessorPlugin, library: str, queue_size: int = 64) -> None:
@@ -113,6 +113,7 @@ class PluginChain:
                 outputs[up].append((self.workers[index], blocking))
         for index, worker in self.workers.items():
             worker.plugin._outputs = tuple(outputs[index])  # atomic swap; threads read the tuple
+            worker.inputs = len(self.inputs.get(index, ()))
         self.sources = tuple(outputs[FRAME_RECEIVER])
 
     # -- life cycle -----------------------------------------------------------
@@ -174,5 +175,5 @@ class PluginChain:
                 if blocking or item.__class__ is EndOfAcquisition:
                     left.append((worker, blocking))
                 else:
-                    worker.frames_dropped += 1
+                    worker.count_drop()
         return left

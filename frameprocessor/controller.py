@@ -23,7 +23,7 @@ from ipc.message import IpcMessage
 from .chain import PluginChain
 from .plugin import FrameProcessorPlugin
 from .pool import DataBlockPool
-from .shm_controller import SharedMemoryController
+from .shm_controller import ReleaseQueue, SharedMemoryController
 
 __all__ = ["ProcessorController", "VERSION"]
 
@@ -49,6 +49,7 @@ class ProcessorController:
         self.chain = PluginChain()
         self.pool = DataBlockPool(max_pool_memory)
         self.shm: SharedMemoryController | None = None
+        self.releases = ReleaseQueue()  # lives as long as the processor: plugin threads write to it
         self.copy = True
         self.fr_setup: dict[str, str] = {}
         self.started = time.time()
@@ -68,7 +69,7 @@ class ProcessorController:
             return msg.ack(handler(msg.params))
         except FramechainError as err:
             return msg.nack(str(err))
-        except Exception as err:  # a bug must still produce a reply
+        except (Exception, SystemExit) as err:  # a bug, or a plugin calling sys.exit: still a reply
             log.exception("'%s' failed", msg.msg_val)
             return msg.nack(f"internal error while handling '{msg.msg_val}': {type(err).__name__}: {err}")
 
@@ -142,13 +143,19 @@ class ProcessorController:
         for index, value in params.items():
             if index in self.chain.workers:
                 self.chain.get(index).plugin.validate(value)
-        # apply: plugin graph first (rolled back as a whole on error), then settings
-        if "plugin" in params:
-            self._configure_plugins(params["plugin"], {k: v for k, v in params.items() if k in loading})
+        # connect the new data path before changing anything, so a bad endpoint changes nothing
+        new_shm = self._connect(setup) if setup is not None else None
+        try:
+            if "plugin" in params:  # rolled back as a whole on error
+                self._configure_plugins(params["plugin"], {k: v for k, v in params.items() if k in loading})
+        except BaseException:
+            if new_shm is not None:
+                new_shm.close()
+            raise
         if shm_cfg is not None:
             self._apply_shared_memory(shm_cfg)
-        if setup is not None:
-            self._apply_fr_setup(setup)
+        if new_shm is not None:
+            self._swap_shm(new_shm, setup)
         for index, value in params.items():
             if index in self.chain.workers and index not in loading:
                 self.chain.get(index).plugin.configure(value)
@@ -174,6 +181,12 @@ class ProcessorController:
                                   f"got {ep!r}", key)
         if "fr_shared_mem" in value and not isinstance(value["fr_shared_mem"], str):
             raise ConfigError("fr_setup fr_shared_mem must be a string (the shared buffer name)", "fr_shared_mem")
+        if self.shm is not None and self.shm.busy:
+            raise ConfigError("cannot change fr_setup while a frame is waiting for a plugin; retry when idle",
+                              "fr_setup")
+        if self.shm is not None and self.shm.outstanding:
+            raise ConfigError(f"cannot change fr_setup while plugins still hold {self.shm.outstanding} zero-copy "
+                              "frames of the current receiver; retry when they are released", "fr_setup")
         return dict(value)
 
     def _check_shared_memory(self, value: Any) -> dict[str, Any]:
@@ -198,14 +211,16 @@ class ProcessorController:
             if self.shm is not None:
                 self.shm.copy = self.copy
 
-    def _apply_fr_setup(self, setup: dict[str, str]) -> None:
-        if self.shm is not None:
-            if self.shm.busy:
-                raise ConfigError("cannot change fr_setup while a frame is waiting for a plugin; retry when idle")
-            self.shm.close()
-        self.fr_setup = setup
-        self.shm = SharedMemoryController(setup["fr_ready_cnxn"], setup["fr_release_cnxn"], self.chain, self.pool,
-                                          setup.get("fr_shared_mem"), self.copy, self.context)
+    def _connect(self, setup: dict[str, str]) -> SharedMemoryController:
+        """A data path to the receiver ``setup`` names (not yet in use)."""
+        return SharedMemoryController(setup["fr_ready_cnxn"], setup["fr_release_cnxn"], self.chain, self.pool,
+                                      self.releases, setup.get("fr_shared_mem"), self.copy, self.context)
+
+    def _swap_shm(self, new: SharedMemoryController, setup: dict[str, str]) -> None:
+        new.copy = self.copy  # shared_memory settings of the same message apply to the new path
+        old, self.shm, self.fr_setup = self.shm, new, setup
+        if old is not None:
+            old.close()
         log.info("connected to receiver: ready %s, release %s", setup["fr_ready_cnxn"], setup["fr_release_cnxn"])
         self.on_shm_change()
 
@@ -240,7 +255,7 @@ class ProcessorController:
             for spec in _as_list(value.get("disconnect", []), "disconnect"):
                 self._check_cnxn_spec(spec)
                 self.chain.check_disconnect(spec["index"], spec["connection"])
-        except FramechainError:
+        except (Exception, SystemExit):
             # roll back everything this message did
             for index, upstream in reversed(connected):
                 self.chain.disconnect(index, upstream)
@@ -268,3 +283,4 @@ class ProcessorController:
         if self.shm is not None:
             self.shm.close()
             self.shm = None
+        self.releases.close()

@@ -123,6 +123,8 @@ class FrameProcessorDaemon:
             if (shm is None or not shm.busy) and self.controller.chain.idle():
                 break
             time.sleep(0.002)
+        if shm is not None:
+            shm.discard_pending()  # announced but never taken: give the buffers back, counted
         self.controller.close()
         log.info("frame processor stopped")
 

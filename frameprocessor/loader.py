@@ -36,7 +36,7 @@ def _import_file(path: str) -> ModuleType:
     sys.modules[modname] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # any error in user code: report it, keep the daemon up
+    except (Exception, SystemExit) as err:  # any error in user code, sys.exit included: report it, stay up
         sys.modules.pop(modname, None)
         log.exception("plugin file %s raised on import", path)
         raise PluginError(f"plugin file {path!r} raised {type(err).__name__} on import: {err}") from err
@@ -50,7 +50,7 @@ def _import_module(name: str) -> ModuleType:
         if err.name and name.startswith(err.name):
             raise PluginError(f"no plugin module {name!r} (not importable: {err})") from err
         raise PluginError(f"plugin module {name!r} needs a missing module: {err}") from err
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         log.exception("plugin module %s raised on import", name)
         raise PluginError(f"plugin module {name!r} raised {type(err).__name__} on import: {err}") from err
 

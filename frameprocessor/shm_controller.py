@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from ipc.channel import IpcChannel
-from ipc.errors import ShmError
+from ipc.errors import FramechainError, ShmError
 from ipc.message import IpcMessage, frame_notification
 from ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
@@ -38,22 +38,65 @@ _CONFIG_RETRY_S = 0.25
 _MAX_WARNINGS = 5
 
 
+class ReleaseQueue:
+    """Buffer releases from any thread to the control thread: a queue plus an eventfd that wakes it.
+
+    Owned by the processor for its whole life (never closed while plugin threads may
+    still drop frames), so a late release can never write to a recycled descriptor.
+    """
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[tuple[int, int]] = SimpleQueue()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.closed = False
+
+    def put(self, frame: int, bid: int) -> None:
+        self._queue.put((frame, bid))
+        os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> list[tuple[int, int]]:
+        """Every release queued so far (resets the wakeup)."""
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except Empty:
+                return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+    def __repr__(self) -> str:
+        return f"<ReleaseQueue fd={self.fd} {'closed' if self.closed else 'open'}>"
+
+
 class SharedMemoryController:
     """Connects to one receiver and turns its buffers into Frames."""
 
     def __init__(self, ready_cnxn: str, release_cnxn: str, chain: PluginChain, pool: DataBlockPool,
-                 shared_buffer_name: str | None = None, copy: bool = True,
+                 releases: ReleaseQueue, shared_buffer_name: str | None = None, copy: bool = True,
                  context: zmq.Context | None = None) -> None:
         self.ready_cnxn, self.release_cnxn = ready_cnxn, release_cnxn
         self.chain, self.pool, self.copy = chain, pool, copy
         self.ready = IpcChannel(zmq.SUB, context, hwm=0)
         self.release = IpcChannel(zmq.PUB, context, hwm=0)
-        self.ready.connect(ready_cnxn)
-        self.release.connect(release_cnxn)
+        try:
+            self.ready.connect(ready_cnxn)
+            self.release.connect(release_cnxn)
+        except FramechainError:
+            self.ready.close()
+            self.release.close()
+            raise
         self.buffer: SharedBuffer | None = None
         self.shared_buffer_name = shared_buffer_name
-        self.releases: SimpleQueue[tuple[int, int]] = SimpleQueue()
-        self.wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.releases = releases
+        self.outstanding = 0  # zero-copy frames handed to plugins and not yet released
         self.waiting: deque[dict[str, Any]] = deque()  # frame_ready seen before the buffer was mapped
         self.stalled: tuple[Frame | EndOfAcquisition, list] | None = None
         self.stalled_ready: dict[str, Any] | None = None  # copy mode: pool exhausted
@@ -71,6 +114,7 @@ class SharedMemoryController:
         self.frames_released = 0
         self.frames_bad = 0
         self.frames_unrouted = 0
+        self.frames_discarded = 0
         self.acquisitions = 0
         self.last_bad = ""
 
@@ -83,14 +127,20 @@ class SharedMemoryController:
         self._last_request = time.monotonic()
         self.release.send(IpcMessage("cmd", "request_buffer_config", {}))
 
+    @property
+    def wakeup_fd(self) -> int:
+        return self.releases.fd
+
     def _map(self, name: str, quiet: bool = False) -> None:
-        if self.buffer is not None and self.buffer.name == name:
-            return
+        """Map ``name``; remap when the receiver rebuilt it (another segment under the same name)."""
         try:
             new = SharedBuffer.open(name)
         except ShmError as err:
             if not quiet:
                 log.warning("%s", err)
+            return
+        if self.buffer is not None and self.buffer.name == name and self.buffer.identity == new.identity:
+            new.close()
             return
         if self.buffer is not None:
             self._layout_key, self._layout_value = None, ()
@@ -130,8 +180,7 @@ class SharedMemoryController:
                 name = msg.params.get("shared_buffer_name")
                 if isinstance(name, str):
                     self._map(name)
-                    while self.buffer is not None and self.waiting and self.stalled is None:
-                        self.handle_ready(self.waiting.popleft())
+                    self.drain_waiting()
 
     def handle_ready(self, p: dict[str, Any]) -> None:
         if p.get("end_of_acquisition"):
@@ -170,7 +219,9 @@ class SharedMemoryController:
             pool = self.pool
             frame = Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
         else:
-            frame = Frame(views[bid], number, dset, acq, ts, on_release=lambda: self._release_later(number, bid))
+            releases = self.releases
+            self.outstanding += 1
+            frame = Frame(views[bid], number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
         self._dispatch(frame)
 
     def _layout(self, fields: tuple, buf: SharedBuffer) -> tuple | str:
@@ -205,6 +256,11 @@ class SharedMemoryController:
         if left:
             self.stalled = (item, left)
 
+    def drain_waiting(self) -> None:
+        """Handle frames that arrived before the segment was mapped, in order, until one stalls."""
+        while self.buffer is not None and self.waiting and not self.busy:
+            self.handle_ready(self.waiting.popleft())
+
     def retry(self) -> None:
         """Try again to place a stalled frame (blocking connection full, or pool exhausted)."""
         if self.stalled is not None:
@@ -214,6 +270,7 @@ class SharedMemoryController:
         elif self.stalled_ready is not None:
             p, self.stalled_ready = self.stalled_ready, None
             self.handle_ready(p)
+        self.drain_waiting()
 
     def _bad(self, problem: str, bid: int | None, number: Any) -> None:
         self.frames_bad += 1
@@ -234,22 +291,32 @@ class SharedMemoryController:
         self.release.socket.send(frame_notification("frame_release", frame, bid))
         self.frames_released += 1
 
-    def _release_later(self, frame: int, bid: int) -> None:
-        """Called on whichever thread dropped the Frame: queue it for the control thread."""
-        self.releases.put((frame, bid))
-        os.eventfd_write(self.wakeup_fd, 1)
-
     def drain_releases(self) -> None:
-        try:
-            os.eventfd_read(self.wakeup_fd)
-        except BlockingIOError:
-            pass
+        """Send the releases of zero-copy frames that plugin threads have dropped."""
+        for frame, bid in self.releases.drain():
+            self.outstanding -= 1
+            self._send_release(frame, bid)
+
+    def discard_pending(self) -> None:
+        """At shutdown: release buffers announced but not yet taken (counted in frames/discarded)."""
+        sock = self.ready.socket
         while True:
             try:
-                frame, bid = self.releases.get_nowait()
-            except Empty:
-                return
-            self._send_release(frame, bid)
+                raw = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                msg = IpcMessage.decode(raw)
+            except ValueError:
+                continue
+            if msg.msg_val == "frame_ready":
+                self.waiting.append(msg.params)
+        for p in self.waiting:
+            bid = p.get("buffer_id")
+            if self.buffer is not None and isinstance(bid, int) and 0 <= bid < self.buffer.num_buffers:
+                self.frames_discarded += 1
+                self._send_release(p.get("frame") if isinstance(p.get("frame"), int) else -1, bid)
+        self.waiting.clear()
 
     @property
     def busy(self) -> bool:
@@ -265,14 +332,15 @@ class SharedMemoryController:
                               "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn},
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "bad": self.frames_bad, "unrouted": self.frames_unrouted,
+                       "discarded": self.frames_discarded, "outstanding": self.outstanding,
                        "waiting": len(self.waiting), "stalled": self.busy,
                        "acquisitions": self.acquisitions, "last_bad": self.last_bad},
         }
 
     def close(self) -> None:
+        """Close the data path (the ReleaseQueue is the processor's and stays open)."""
         self.drain_releases()
         self.ready.close()
         self.release.socket.close(linger=2000)  # let queued releases reach the receiver
-        os.close(self.wakeup_fd)
         if self.buffer is not None:
             self.buffer.close()

@@ -32,7 +32,9 @@ class PluginWorker:
         self._thread = threading.Thread(target=self._run, name=f"plugin-{plugin.name}", daemon=True)
         self._started = threading.Event()
         self._running = False
-        self._last_eoa: EndOfAcquisition | None = None
+        self._counts = threading.Lock()  # counters are bumped from several threads
+        self.inputs = 0  # upstream connections (set by the chain): the end of acquisition waits for all
+        self._eoa_arrivals: dict[int, int] = {}
         self.reset_statistics()
 
     @property
@@ -40,6 +42,7 @@ class PluginWorker:
         return self.plugin.name
 
     def reset_statistics(self) -> None:
+        """Zero the counters (timing included)."""
         self.frames_received = 0
         self.frames_processed = 0
         self.frames_dropped = 0
@@ -57,21 +60,35 @@ class PluginWorker:
             raise RuntimeError(f"plugin thread {self.name} did not start")
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop the thread, after processing queued frames when ``drain``."""
+        """Stop the thread, after processing queued frames when ``drain`` (else they count as dropped)."""
         if not self._running:
             return
         if not drain:
             try:
                 while True:
-                    self.queue.get_nowait()
+                    item = self.queue.get_nowait()
+                    self.queue.task_done()
+                    if item.__class__ is Frame:
+                        self.count_drop()
             except queue.Empty:
                 pass
-        self.queue.put(_STOP)
+        try:
+            self.queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("plugin %s did not take frames for %g s; abandoning its thread", self.name, timeout)
         self._thread.join(timeout)
         self._running = False
         self.plugin.close()
 
     # -- input ------------------------------------------------------------
+    def count_drop(self) -> None:
+        with self._counts:
+            self.frames_dropped += 1
+
+    def _count_received(self) -> None:
+        with self._counts:
+            self.frames_received += 1
+
     def offer(self, item: Frame | EndOfAcquisition) -> bool:
         """Queue without waiting; False when full."""
         try:
@@ -79,7 +96,7 @@ class PluginWorker:
         except queue.Full:
             return False
         if item.__class__ is Frame:
-            self.frames_received += 1
+            self._count_received()
         return True
 
     def submit(self, item: Frame | EndOfAcquisition, blocking: bool) -> None:
@@ -87,7 +104,7 @@ class PluginWorker:
         if self.offer(item):
             return
         if not blocking and item.__class__ is Frame:
-            self.frames_dropped += 1
+            self.count_drop()
             return
         while self._running:
             try:
@@ -95,8 +112,10 @@ class PluginWorker:
             except queue.Full:
                 continue
             if item.__class__ is Frame:
-                self.frames_received += 1
+                self._count_received()
             return
+        if item.__class__ is Frame:
+            self.count_drop()  # the plugin was stopped while we waited
 
     def idle(self) -> bool:
         return self.queue.unfinished_tasks == 0
@@ -134,9 +153,13 @@ class PluginWorker:
                 done()
 
     def _end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
-        if eoa is self._last_eoa:
-            return  # reached us by a second path
-        self._last_eoa = eoa
+        # act once, after the marker has come down every input (a diamond's slow branch included)
+        key = id(eoa)
+        arrived = self._eoa_arrivals.get(key, 0) + 1
+        if arrived < self.inputs:
+            self._eoa_arrivals[key] = arrived
+            return
+        self._eoa_arrivals.pop(key, None)
         try:
             self.plugin.process_end_of_acquisition(eoa)
         except Exception as err:

@@ -117,13 +117,20 @@ class SharedBuffer:
     ``close()`` unmaps; ``unlink()`` (creator) removes the name.
     """
 
-    def __init__(self, name: str, mem: posix_ipc.SharedMemory, mapping: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, mem: posix_ipc.SharedMemory, mapping: mmap.mmap, owner: bool,
+                 inode: int = 0) -> None:
         self.name = name
+        self.inode = inode
         self._mem = mem
         self._map = mapping
         self.owner = owner
         self.manager_id, self.num_buffers, self.buffer_size = SEGMENT_HEADER.unpack_from(mapping, 0)
         self.closed = False
+
+    @property
+    def identity(self) -> tuple[int, int, int, int]:
+        """(inode, manager_id, num_buffers, buffer_size): differs when a receiver rebuilt the segment."""
+        return (self.inode, self.manager_id, self.num_buffers, self.buffer_size)
 
     @staticmethod
     def _posix_name(name: str) -> str:
@@ -172,9 +179,10 @@ class SharedBuffer:
             mem.close_fd()
             posix_ipc.unlink_shared_memory(pname)
             raise ShmError(f"cannot map shared buffer {name!r} of {total} bytes: {err}") from err
+        inode = os.fstat(mem.fd).st_ino
         mem.close_fd()
         SEGMENT_HEADER.pack_into(mapping, 0, manager_id, num_buffers, buffer_size)
-        return cls(name, mem, mapping, owner=True), note
+        return cls(name, mem, mapping, owner=True, inode=inode), note
 
     @classmethod
     def open(cls, name: str) -> SharedBuffer:
@@ -189,9 +197,10 @@ class SharedBuffer:
             if size < SEGMENT_HEADER.size:
                 raise ShmError(f"shared buffer {name!r} is too small ({size} bytes) to hold a header")
             mapping = mmap.mmap(mem.fd, size)
+            inode = os.fstat(mem.fd).st_ino
         finally:
             mem.close_fd()
-        buf = cls(name, mem, mapping, owner=False)
+        buf = cls(name, mem, mapping, owner=False, inode=inode)
         if SEGMENT_HEADER.size + buf.num_buffers * buf.buffer_size > size:
             buf.close()
             raise ShmError(f"shared buffer {name!r} header claims more buffers than the segment holds")

@@ -1,0 +1,177 @@
+"""Faults found in review, each reproduced for real: reconfiguring under load, rebuilt segments,
+frames held before the buffer is mapped, plugins that exit, shutdown mid-acquisition, diamond EOA."""
+
+import textwrap
+import time
+
+import numpy as np
+import zmq
+from harness import Daemon, Pipeline, unique_shm_name, wait_for
+
+from frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin
+from frameprocessor.chain import FRAME_RECEIVER, PluginChain
+from ipc import FrameHeader, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
+
+SLOW = textwrap.dedent("""
+    import time
+    from frameprocessor import FrameProcessorPlugin, Option
+    class Slow(FrameProcessorPlugin):
+        options = {"delay": Option(float, 0.01, "seconds per frame")}
+        def process_frame(self, frame):
+            time.sleep(self.config["delay"])
+            self.push(frame)
+""")
+
+
+def _slow_plugin(tmp_path):
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW)
+    return str(path)
+
+
+def test_fr_setup_refused_while_zero_copy_frames_are_held(tmp_path):
+    with Pipeline(tmp_path) as p:
+        p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 100})
+        p.setup_processor([("slow", "Slow", _slow_plugin(tmp_path), "frame_receiver", {"delay": 0.01})], copy=False)
+        p.start()
+        wait_for(lambda: p.processor.status()["frames"]["outstanding"] > 0, what="zero-copy frames in flight")
+        reply = p.processor.request("configure", {"fr_setup": {"fr_ready_cnxn": p.ready,
+                                                               "fr_release_cnxn": p.release}})
+        assert reply.msg_type == "nack" and "zero-copy" in reply.error
+        rx = p.wait_done()
+        assert rx["frames"]["released"] == 100 and p.processor.proc.poll() is None
+        wait_for(lambda: p.processor.status()["frames"]["outstanding"] == 0)
+
+
+def test_fr_setup_with_a_bad_endpoint_changes_nothing(pipeline):
+    pipeline.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": 50})
+    pipeline.setup_processor([("d", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    before = pipeline.processor.ok("request_configuration")
+    reply = pipeline.processor.request("configure", {"fr_setup": {"fr_ready_cnxn": "tcp://no such host:5",
+                                                                  "fr_release_cnxn": pipeline.release}})
+    assert reply.msg_type == "nack" and "cannot connect" in reply.error
+    assert pipeline.processor.ok("request_configuration") == before
+    pipeline.start()
+    assert pipeline.wait_done()["frames"]["released"] == 50
+    wait_for(lambda: pipeline.plugin_status("d")["frames_processed"] == 50)
+    assert "internal error" not in pipeline.processor.log()
+
+
+def test_processor_follows_a_segment_rebuilt_under_the_same_name(pipeline):
+    pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 30})
+    pipeline.setup_processor([("d", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.start()
+    pipeline.wait_done()
+    pipeline.configure_receiver({"type": "simulated", "shape": [64, 64], "frames": 30})  # same name, bigger
+    wait_for(lambda: pipeline.processor.status()["shared_memory"]["buffer_size"] >= buffer_size_for(64 * 64 * 2),
+             what="the processor to remap the rebuilt segment")
+    pipeline.start()
+    rx = pipeline.wait_done()
+    assert rx["frames"]["released"] == rx["frames"]["received"] == 60  # counters span both acquisitions
+    st = wait_for(lambda: (s := pipeline.processor.status())["d"]["frames_processed"] == 60 and s)
+    assert st["frames"]["bad"] == 0
+
+
+def test_frames_held_before_mapping_survive_an_exhausted_pool(tmp_path):
+    """The test plays the receiver: frame_ready for 10 buffers before the processor knows the segment."""
+    name = unique_shm_name()
+    ready, release = free_tcp_endpoint(), free_tcp_endpoint()
+    ctx = zmq.Context.instance()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub.bind(ready)
+    sub.bind(release)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    buf, _ = SharedBuffer.create(name, 10, buffer_size_for(32 * 32 * 2))
+    proc = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "processor.log")
+    try:
+        proc.ok("configure", {"shared_memory": {"max_pool_memory": 2 * 32 * 32 * 2},  # room for 2 frames
+                              "plugin": {"load": {"index": "slow", "name": "Slow", "library": _slow_plugin(tmp_path),
+                                                  "queue_size": 1},
+                                         "connect": {"index": "slow", "connection": "frame_receiver"}},
+                              "slow": {"delay": 0.02}})
+        proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": ready, "fr_release_cnxn": release}})
+        time.sleep(0.5)  # the processor's SUB joins our PUB
+        for i in range(10):
+            buf.write_header(i, FrameHeader(i, "<u2", (32, 32), 32 * 32 * 2))
+            pub.send(IpcMessage("notify", "frame_ready", {"frame": i, "buffer_id": i}).encode())
+        wait_for(lambda: proc.status()["frames"]["waiting"] == 10, what="frames held before mapping")
+        pub.send(IpcMessage("notify", "buffer_config", {"shared_buffer_name": name}).encode())
+        released = set()
+        deadline = time.monotonic() + 20
+        while len(released) < 10 and time.monotonic() < deadline:
+            if sub.poll(100):
+                msg = IpcMessage.decode(sub.recv())
+                if msg.msg_val == "frame_release":
+                    released.add(msg.params["buffer_id"])
+        assert released == set(range(10))
+        st = wait_for(lambda: (s := proc.status())["slow"]["frames_processed"] == 10 and s)
+        assert st["frames"]["received"] == 10 and st["pool"]["exhausted"] > 0
+    finally:
+        proc.stop()
+        pub.close()
+        sub.close()
+        buf.close()
+        buf.unlink()
+
+
+def test_plugin_file_calling_sys_exit_is_a_nack(tmp_path):
+    bad = tmp_path / "quitter.py"
+    bad.write_text("import sys\nsys.exit(3)\n")
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        reply = d.request("configure", {"plugin": {"load": {"index": "q", "name": "Q", "library": str(bad)}}})
+        assert reply.msg_type == "nack" and "SystemExit" in reply.error
+        assert d.status()["plugins"]["names"] == []
+    finally:
+        assert d.stop() == 0
+
+
+def test_shutdown_mid_acquisition_gives_every_buffer_back(tmp_path):
+    """Frames still queued in plugins are processed; frames still in the socket are released unprocessed."""
+    with Pipeline(tmp_path) as p:
+        p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 0})
+        p.processor.ok("configure", {"fr_setup": {"fr_ready_cnxn": p.ready, "fr_release_cnxn": p.release},
+                                     "shared_memory": {"copy": False}})
+        p.processor.ok("configure", {"plugin": {  # a short queue: most frames wait in the socket
+            "load": {"index": "slow", "name": "Slow", "library": _slow_plugin(tmp_path), "queue_size": 2},
+            "connect": {"index": "slow", "connection": "frame_receiver"}}, "slow": {"delay": 0.002}})
+        wait_for(lambda: p.processor.status()["shared_memory"]["configured"])
+        p.start()
+        wait_for(lambda: p.processor.status()["slow"]["frames_processed"] > 50)
+        p.receiver.ok("execute", {"source": {"command": "stop"}})
+        assert p.processor.request("shutdown", timeout=30).msg_type == "ack"
+        p.processor.proc.wait(10)
+        st = wait_for(lambda: (s := p.receiver.status())["buffers"]["mapped"] == 0 and s,
+                      what="every buffer released by the stopped processor")
+        assert st["frames"]["released"] == st["frames"]["received"]
+
+
+def test_diamond_join_waits_for_the_slow_branch_before_end_of_acquisition():
+    class Pass(FrameProcessorPlugin):
+        def __init__(self, name, delay=0.0):
+            super().__init__(name)
+            self.delay, self.seen, self.seen_at_eoa = delay, 0, None
+
+        def process_frame(self, frame):
+            time.sleep(self.delay)
+            self.seen += 1
+            self.push(frame)
+
+        def process_end_of_acquisition(self, eoa):
+            self.seen_at_eoa = self.seen
+
+    chain = PluginChain()
+    top, fast, slow, join = Pass("top"), Pass("fast"), Pass("slow", 0.002), Pass("join")
+    for p in (top, fast, slow, join):
+        chain.add(p, "tests", queue_size=200)
+    chain.connect("top", FRAME_RECEIVER)
+    chain.connect("fast", "top")
+    chain.connect("slow", "top")
+    chain.connect("join", "fast")
+    chain.connect("join", "slow")
+    for i in range(100):
+        chain.workers["top"].submit(Frame(np.zeros(2), i), True)
+    chain.workers["top"].submit(EndOfAcquisition("a", 100), True)
+    wait_for(lambda: join.seen_at_eoa is not None, timeout=20)
+    assert join.seen_at_eoa == 200 and chain.status()["join"]["acquisitions"] == 1
+    chain.stop()
