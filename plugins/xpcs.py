@@ -203,10 +203,15 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._runs = 0
         self._explicit: set[str] = set()
         self._last_status: dict[str, Any] = {}
+        self._logged: set[str] = set()       # rejection causes logged since the last configure or reset
+        # the last refused start: ((shape, dtype), frame mask, cause, reason), kept until configure or reset
+        self._refusal: tuple[tuple[Any, str], np.ndarray | None, str, str] | None = None
+        self._ring_map: QMap | None = None
         self._reset_counters()
 
     def _reset_counters(self) -> None:
         self.frames_rejected = 0
+        self.rejections: dict[str, int] = {}
         self.last_rejection = ""
         self.updates_published = 0
         self.results_written = 0
@@ -279,6 +284,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             self.config.update(values)
             self._explicit.update(values)
             self._qmap, self._mask = qmap, mask
+            self._refusal = None
+            self._logged.clear()
             if rebuild and self._run is not None:
                 self.log.info("%s: configuration changed; the correlation starts over with the next frame", self.name)
                 self._run = None
@@ -291,6 +298,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         with self._lock:
             self._run = None
             self._finished = False
+            self._refusal = None
+            self._logged.clear()
             self._reset_counters()
         self.log.info("%s: reset; the correlation starts over with the next frame", self.name)
 
@@ -302,42 +311,64 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         finally:
             self.push(frame)
 
-    def _reject(self, why: str) -> None:
+    def _reject(self, cause: str, why: str) -> None:
+        """Count a rejected frame; the first of each ``cause`` (until configure or reset) is logged."""
         self.frames_rejected += 1
-        if why != self.last_rejection:
-            self.log.warning("%s: frame rejected: %s", self.name, why)
+        self.rejections[cause] = self.rejections.get(cause, 0) + 1
         self.last_rejection = why
+        if cause not in self._logged:
+            self._logged.add(cause)
+            self.log.warning("%s: frame rejected: %s (further frames rejected for this reason are counted in "
+                             "status 'rejections', not logged)", self.name, why)
 
     def _start_run(self, frame: Frame) -> _Run | None:
-        qmap = self._qmap if self._qmap is not None else uniform_qmap(frame.shape)
+        fmask = frame.mask if self.config["use_frame_mask"] else None
+        key = (frame.shape, frame.dtype.str)
+        refused = self._refusal
+        if refused is not None and refused[0] == key and (
+                refused[1] is fmask or (refused[1] is not None and fmask is not None
+                                        and refused[1].shape == fmask.shape and np.array_equal(refused[1], fmask))):
+            self._reject(refused[2], refused[3])              # the same frames and set-up: the same answer
+            return None
+        cause, why, run = self._try_start(frame, fmask)
+        if run is None:
+            self._refusal = (key, None if fmask is None else fmask.copy(), cause, why)
+            self._reject(cause, why)
+        else:
+            self._refusal = None
+        return run
+
+    def _default_qmap(self, shape: tuple[int, ...]) -> QMap:
+        """The ring map used without a qmap, made once per frame shape."""
+        if self._ring_map is None or self._ring_map.shape != shape:
+            self._ring_map = uniform_qmap(shape)
+        return self._ring_map
+
+    def _try_start(self, frame: Frame, fmask: np.ndarray | None) -> tuple[str, str, _Run | None]:
+        """A new run for ``frame``, or ``(cause, reason, None)`` when its frames cannot be correlated."""
+        qmap = self._qmap if self._qmap is not None else self._default_qmap(frame.shape)
+        shape = list(frame.shape)
         if qmap.shape != frame.shape:
-            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)} but qmap "
-                         f"{self.config['qmap']!r} has shape {list(qmap.shape)}")
-            return None
+            return "qmap_shape", (f"frames of shape {shape} but qmap {self.config['qmap']!r} has shape "
+                                  f"{list(qmap.shape)}"), None
         if frame.dtype.kind not in "uif":
-            self._reject(f"frame {frame.frame_number} has dtype {frame.dtype}; the correlator needs numbers")
-            return None
+            return "dtype", f"frames of dtype {frame.dtype}; the correlator needs numbers", None
         mask = self._mask
         if mask is not None and mask.shape != frame.shape:
-            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)} but the mask "
-                         f"{self.config['mask']!r} has shape {list(mask.shape)}")
-            return None
-        fmask = frame.mask if self.config["use_frame_mask"] else None
+            return "mask_shape", (f"frames of shape {shape} but the mask {self.config['mask']!r} has shape "
+                                  f"{list(mask.shape)}"), None
         if fmask is not None:
             if fmask.shape != frame.shape:
-                self._reject(f"frame {frame.frame_number} carries a mask of shape {list(fmask.shape)} for a frame "
-                             f"of shape {list(frame.shape)}")
-                return None
+                return "frame_mask_shape", (f"frames carry a mask of shape {list(fmask.shape)} for frames of "
+                                            f"shape {shape}"), None
             mask = fmask if mask is None else mask & fmask
         if mask is not None and not np.any((qmap.labels() > 0) & mask):
-            self._reject(f"frame {frame.frame_number}: the masks (mask option and frame.mask) remove every "
-                         f"labelled pixel; nothing to correlate")
-            return None
+            return "masked_out", ("the masks (mask option and frame.mask) remove every labelled pixel; nothing "
+                                  "to correlate"), None
         try:
             run = _Run(qmap, self.config, frame, mask)
         except MemoryError as err:
-            self._reject(str(err))
-            return None
+            return "max_memory", str(err), None
         run.frame_mask = fmask
         self._runs += 1
         self._finished = False
@@ -351,7 +382,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self.log.info("%s: run %d (acquisition %r): %d pixels in %d bins, num_bufs %d, %d levels, %s",
                       self.name, self._runs, frame.acquisition_id, run.dynamic.num_pixels, run.dynamic.num_active,
                       run.correlator.num_bufs, run.correlator.num_levels, self.config["normalization"])
-        return run
+        return "", "", run
 
     def _correlate(self, frame: Frame) -> None:
         run = self._run
@@ -362,14 +393,14 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             if run is None:
                 return
         if frame.shape != run.shape:
-            self._reject(f"frame {frame.frame_number} has shape {list(frame.shape)}; this run's frames have shape "
-                         f"{list(run.shape)} (reset or start a new acquisition to change it)")
+            self._reject("shape_changed", f"frame {frame.frame_number} has shape {list(frame.shape)}; this run's "
+                         f"frames have shape {list(run.shape)} (reset or start a new acquisition to change it)")
             return
         n = frame.frame_number
         if run.next_frame is not None and n != run.next_frame:
             gap = n - run.next_frame
             if gap < 0 or gap > MAX_GAP:
-                self._reject(f"frame {n} arrived when frame {run.next_frame} was expected (out of order or a jump "
+                self._reject("out_of_order", f"frame {n} arrived when frame {run.next_frame} was expected (out of order or a jump "
                              f"of more than {MAX_GAP})")
                 return
             run.correlator.add_missing(gap)        # keep the time axis: lost frames are bad frames
@@ -546,7 +577,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         run = self._run
         st: dict[str, Any] = {
             "state": "idle" if run is None else ("finished" if self._finished else "running"),
-            "runs": self._runs, "frames_rejected": self.frames_rejected, "last_rejection": self.last_rejection,
+            "runs": self._runs, "frames_rejected": self.frames_rejected, "rejections": dict(self.rejections),
+            "last_rejection": self.last_rejection,
             "updates_published": self.updates_published, "results_written": self.results_written,
             "result_file": self.result_file, "plot_file": self.plot_file,
             "last_result_error": self.last_result_error,
@@ -575,8 +607,10 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
     def reset_statistics(self) -> None:
         with self._lock:
             self.frames_rejected = 0
+            self.rejections = {}
             self.last_rejection = ""
             self.updates_published = 0
+            self._logged.clear()
 
     def close(self) -> None:
         with self._lock:

@@ -455,3 +455,43 @@ def test_memory_error_in_two_time_keeps_the_multitau_result(tmp_path):
     with h5py.File(out, "r") as f:
         assert f["/xpcs/multitau/normalized_g2"].shape[1] == 8 and "xpcs/twotime" not in f
     assert not (tmp_path / "res.hdf.part").exists()
+
+
+def test_rejections_are_logged_once_per_cause_and_counted(caplog):
+    import logging
+    p = make_plugin(num_levels=3)
+    run(p, n=5, eoa=False)
+    with caplog.at_level(logging.WARNING):
+        for k in range(5, 205):
+            p.process_frame(Frame(np.ones((8, 9)), k, acquisition_id="acq1"))        # changed shape mid-run
+        for _ in range(100):
+            p.process_frame(Frame(np.ones((16, 16)), 0, acquisition_id="acq1"))      # back in time
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, [r.getMessage()[:80] for r in warnings]
+    st = p.status()
+    assert st["frames_rejected"] == 300 and st["rejections"] == {"shape_changed": 200, "out_of_order": 100}
+    p.execute("reset", {})
+    assert p.status()["rejections"] == {}
+
+
+def test_a_refused_run_is_not_rebuilt_for_every_frame(monkeypatch):
+    import plugins.xpcs as xpcs
+    built = []
+
+    class CountingRun(xpcs._Run):
+        def __init__(self, *args, **kw):
+            built.append(1)
+            super().__init__(*args, **kw)
+
+    rings = []
+    real_rings = xpcs.uniform_qmap
+    monkeypatch.setattr(xpcs, "_Run", CountingRun)
+    monkeypatch.setattr(xpcs, "uniform_qmap", lambda shape: rings.append(shape) or real_rings(shape))
+    p = make_plugin(max_memory=1000)
+    run(p, n=10, eoa=False)
+    st = p.status()
+    assert st["frames_rejected"] == 10 and st["rejections"] == {"max_memory": 10} and "max_memory" in st["last_rejection"]
+    assert len(built) == 1 and len(rings) == 1
+    p.configure({"max_memory": 1 << 30})                    # a new configuration: tried again, and it fits
+    run(p, n=10, eoa=False)
+    assert len(built) == 2 and len(rings) == 1 and p.status()["frames"] == 10
