@@ -125,7 +125,12 @@ class ProcessorController:
             worker = self.chain.get(index)
             if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
                 raise ConfigError(f"execute for {index!r} needs {{\"command\": <name>}}; got {spec!r}", index)
-            plan.append((worker.plugin, spec["command"], {k: v for k, v in spec.items() if k != "command"}))
+            plugin = worker.plugin
+            if spec["command"] not in plugin.commands:  # check every command before running any
+                known = ", ".join(plugin.commands) or "none"
+                raise ConfigError(f"{plugin.owner} has no command {spec['command']!r}; its commands: {known}",
+                                  "command")
+            plan.append((plugin, spec["command"], {k: v for k, v in spec.items() if k != "command"}))
         for plugin, command, args in plan:
             plugin.execute(command, args)
         return {}

@@ -201,3 +201,32 @@ def test_fuzzed_commands_always_get_exactly_one_reply(processor, raw_socket, msg
     if reply.msg_type == "nack":
         assert reply.error and "internal error" not in reply.error
     assert not raw_socket.poll(0), "more than one reply"
+
+
+def test_execute_checks_every_command_before_running_any(tmp_path):
+    plugin = tmp_path / "counter.py"
+    plugin.write_text(textwrap.dedent("""
+        from frameprocessor import FrameProcessorPlugin
+        class Counter(FrameProcessorPlugin):
+            commands = ("bump",)
+            def __init__(self, name):
+                super().__init__(name)
+                self.bumps = 0
+            def execute(self, command, params):
+                self.bumps += 1
+            def process_frame(self, frame):
+                self.push(frame)
+            def status(self):
+                return {"bumps": self.bumps}
+    """))
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        d.ok("configure", {"plugin": {"load": [{"index": "c", "name": "Counter", "library": str(plugin)},
+                                               {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}]}})
+        reply = d.request("execute", {"c": {"command": "bump"}, "s": {"command": "bump"}})
+        assert reply.msg_type == "nack" and "SumPlugin 's' has no command 'bump'" in reply.error
+        assert d.status()["c"]["bumps"] == 0  # nothing ran
+        d.ok("execute", {"c": {"command": "bump"}})
+        assert d.status()["c"]["bumps"] == 1
+    finally:
+        d.stop()
