@@ -131,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if args.config:
-            daemon.apply_config_file(args.config)
-        daemon.run()
-    except (OSError, ValueError, FramechainError) as err:
-        log.error("bad --config: %s", err)
-        return 2
+            try:
+                daemon.apply_config_file(args.config)
+            except (OSError, ValueError, FramechainError) as err:
+                log.error("bad --config: %s", err)
+                return 2
+        daemon.run()  # anything raised here is a runtime fault, not the config's: traceback, exit 1
+    except Exception:
+        log.exception("the frame receiver failed")
+        return 1
     finally:
         daemon.close()
     return 0

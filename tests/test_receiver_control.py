@@ -1,5 +1,6 @@
 """The receiver's control channel and shared-memory life cycle, on a real receiver subprocess."""
 
+import json
 import os
 import signal
 
@@ -195,3 +196,27 @@ def test_buffers_held_by_a_live_processor_are_not_reclaimed(tmp_path):
         assert st["frames"]["reclaimed"] == 0 and st["frames"]["bad_releases"] == 0
         assert st["frames"]["released"] == 10
         assert p.plugin_status("slow")["good"] == 10
+
+
+def test_runtime_failure_is_not_reported_as_bad_config(tmp_path):
+    import h5py
+    import numpy as np
+    data = tmp_path / "frames.h5"
+    with h5py.File(data, "w") as fh:
+        fh.create_dataset("data", data=np.random.default_rng(0).integers(0, 1000, (50, 64, 64), np.uint16),
+                          chunks=(1, 64, 64), compression="gzip")
+    cfg = tmp_path / "rx.json"
+    cfg.write_text(json.dumps({"shared_buffer_name": unique_shm_name(),
+                               "source": {"type": "hdf5", "file": str(data), "dataset": "data"}}))
+    d = Daemon("receiver", ["--ready", free_tcp_endpoint(), "--release", free_tcp_endpoint(), "--config", str(cfg)],
+               free_tcp_endpoint(), tmp_path / "receiver.log")
+    try:
+        assert d.status()["source"]["state"] == "idle"  # the config file was fine
+        os.truncate(data, 20000)  # the file loses most chunks under the daemon: decompressing fails (OSError)
+        d.request("execute", {"source": {"command": "start"}})
+        assert d.proc.wait(20) == 1
+        log = d.log()
+        assert "bad --config" not in log
+        assert "the frame receiver failed" in log and "Traceback" in log
+    finally:
+        d.stop()
