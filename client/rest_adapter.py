@@ -22,7 +22,9 @@ Routes (under ``/api/framechain/``; every answer is JSON except the PNG):
 
 A daemon that does not answer shows ``connected: false`` in ``status`` and
 requests to it fail within ``poll_timeout`` seconds (HTTP 503); a nack is HTTP
-400 carrying the daemon's error text; an unknown path is 404.
+400 carrying the daemon's error text; an unknown path is 404, and so is an
+unknown daemon name (a path element like ``fp7`` that is not configured and is
+not a loaded plugin index).
 
 Logger: ``framechain.client.rest``.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -59,6 +62,10 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
     "live_endpoint": (str, "tcp://127.0.0.1:5020", "live view PUB to subscribe to ('none' to disable)"),
     "xpcs_endpoint": (str, "tcp://127.0.0.1:5021", "XPCS correlator g2 PUB to subscribe to ('none' to disable)"),
 }
+
+
+#: The names the adapter gives daemons (``fr0``, ``fp1``, ...).
+_DAEMON_NAME = re.compile(r"f[rp]\d+")
 
 
 class RestError(Exception):
@@ -195,12 +202,24 @@ class FramechainController:
         return png
 
     # -- PUT ----------------------------------------------------------------
+    def _plugin_indices(self) -> set[str]:
+        """Plugin indices loaded on any processor, as of the last poll."""
+        out: set[str] = set()
+        for link in self.monitor.of_kind("processor"):
+            plugins = link.snapshot().status.get("plugins")
+            if isinstance(plugins, dict):
+                out.update(n for n in plugins.get("names") or [] if isinstance(n, str))
+        return out
+
     def _targets(self, parts: list[str], query: dict[str, str]) -> tuple[list[DaemonLink], list[str]]:
         links = self.monitor.links
         if parts and parts[0] in links:
             if "rank" in query:
                 raise RestError("give either a daemon name in the path or ?rank=, not both")
             return [links[parts[0]]], parts[1:]
+        if parts and _DAEMON_NAME.fullmatch(parts[0]) and parts[0] not in self._plugin_indices():
+            # shaped like a daemon name and no plugin of that index is loaded: a daemon we do not know
+            raise RestError(f"unknown daemon {parts[0]!r}; known: {sorted(links)}", 404)
         processors = self.monitor.of_kind("processor")
         if "rank" in query:
             try:
