@@ -39,8 +39,14 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=main)
 
 
-def odin_argv(args: argparse.Namespace) -> list[str]:
+def odin_argv(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     """Build odin-control's command line from ours.
+
+    Returns
+    -------
+    argv, temporary
+        odin-control's options, and the temporary copy of the INI written for
+        ``--endpoints`` (None without it); the caller deletes it once read.
 
     Raises
     ------
@@ -57,8 +63,9 @@ def odin_argv(args: argparse.Namespace) -> list[str]:
         raise ValueError(f"config file {str(path)!r} is not a valid INI file: {err}") from err
     if not ini.has_option("server", "adapters"):
         raise ValueError(f"config file {str(path)!r} has no 'adapters' key in a [server] section")
+    temporary = None
     if getattr(args, "endpoints", None):
-        path = _with_endpoints(ini, path, args.endpoints)
+        path = temporary = _with_endpoints(ini, path, args.endpoints)
     argv = ["framechain-rest", "--config", str(path)]
     if args.addr or not ini.has_option("server", "http_addr"):
         argv += ["--http_addr", args.addr or "127.0.0.1"]
@@ -66,7 +73,7 @@ def odin_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--http_port", str(args.port)]
     if not ini.has_option("server", "static_path"):
         argv += ["--static_path", str(STATIC_DIR)]
-    return argv
+    return argv, temporary
 
 
 def _with_endpoints(ini: configparser.ConfigParser, path: Path, endpoints: str) -> Path:
@@ -86,11 +93,15 @@ def _with_endpoints(ini: configparser.ConfigParser, path: Path, endpoints: str) 
 def main(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; 2 on a config error."""
     try:
-        argv = odin_argv(args)
+        argv, temporary = odin_argv(args)
     except ValueError as err:
         print(f"framechain rest: {err}", file=sys.stderr)
         return 2
-    return serve(argv)
+    try:
+        return serve(argv, remove_after_parse=temporary)
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 def _define_options(config: Any) -> None:
@@ -111,10 +122,12 @@ def _define_options(config: Any) -> None:
     config.define("api_version", default=None, option_help="Set the API version string in URLs")
 
 
-def serve(argv: list[str]) -> int:
+def serve(argv: list[str], remove_after_parse: Path | None = None) -> int:
     """Run odin-control's HTTP server with ``argv`` (odin-control's options) until a signal.
 
-    This replaces ``odin_control.main.main``, which in odin-control 2.1 runs the
+    ``remove_after_parse`` (a temporary config file) is deleted as soon as
+    odin-control has read it, so it is not left behind even if the server is
+    killed. This replaces ``odin_control.main.main``, which in odin-control 2.1 runs the
     IOLoop it took *before* loading adapters while async adapters (like ours)
     make the server listen on a newer loop, so nothing is ever served. Here the
     loop is taken after the server is built.
@@ -132,6 +145,9 @@ def serve(argv: list[str]) -> int:
     except ConfigError as err:
         log.error("failed to parse configuration: %s", err)
         return 2
+    finally:
+        if remove_after_parse is not None:
+            remove_after_parse.unlink(missing_ok=True)
     try:
         http_server = HttpServer(config)
     except ValueError as err:       # our adapter's option errors
