@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -12,8 +13,8 @@ import zlib
 import numpy as np
 import pytest
 
-from _clients import REPO, Publisher, RestServer, http
-from harness import Pipeline, wait_for
+from _clients import REPO, RestServer, http
+from harness import Daemon, Pipeline, wait_for
 from client import rest
 from client._monitor import parse_endpoints
 from client._png import colorize, downsample
@@ -25,24 +26,44 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Receiver + processor (dummy -> sum), a dead processor endpoint, test PUBs, and the REST server."""
+    """Receiver + processor (dummy), a processor endpoint where nothing ever ran, and the REST server."""
     tmp = tmp_path_factory.mktemp("rest")
     pipe = Pipeline(tmp)
-    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
-    pubs = [Publisher(live_ep, "live"), Publisher(xpcs_ep, "xpcs")]
     dead = free_tcp_endpoint()
     server = None
     try:
         pipe.configure_receiver({"type": "simulated", "shape": [32, 32], "frames": 400, "rate": 200})
         pipe.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
         endpoints = f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}, fp:{dead}"
-        server = RestServer(tmp, endpoints, live_ep, xpcs_ep)
+        server = RestServer(tmp, endpoints, "none", "none")
         yield pipe, server
     finally:
         if server is not None:
             server.close()
-        for p in pubs:
-            p.close()
+        pipe.close()
+
+
+@pytest.fixture
+def publishing(tmp_path):
+    """Speckle frames through the real XpcsCorrelatorPlugin and LiveViewPlugin, and the REST server on their PUBs."""
+    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
+    pipe = Pipeline(tmp_path)
+    server = None
+    try:
+        pipe.configure_receiver({"type": "simulated", "pattern": "speckle", "shape": [48, 64], "frames": 1000000,
+                                 "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
+        pipe.setup_processor([
+            ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
+             {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
+            ("live", "LiveViewPlugin", "plugins.live_view", "xpcs", {"live_view_socket_addr": live_ep,
+                                                                     "per_second": 10}),
+        ])
+        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}", live_ep, xpcs_ep)
+        pipe.start()
+        yield pipe, server
+    finally:
+        if server is not None:
+            server.close()
         pipe.close()
 
 
@@ -157,6 +178,19 @@ def test_unknown_put_paths_and_methods(stack):
     assert server.put("nothing", {"a": 1})[0] == 404
     assert server.put("execute/fp0/dummy/extra", {"command": "x"})[0] == 404
     assert server.put("reset_statistics/fp7")[0] == 404
+    # a daemon-shaped name that is not configured: 404, not sent on as a plugin index
+    code, r = server.put("config/fp7/dummy/enabled", False)
+    assert code == 404 and "unknown daemon 'fp7'" in r["error"] and "fp0" in r["error"], r
+    code, r = server.put("execute/fr3/source", "start")
+    assert code == 404 and "unknown daemon 'fr3'" in r["error"], r
+    # ... unless a plugin of that index is loaded: then it is the plugin
+    code, r = server.put("config/plugin/load?rank=0", {"index": "fp5", "name": "DummyPlugin",
+                                                        "library": "plugins.dummy"})
+    assert code == 200, r
+    wait_for(lambda: "fp5" in server.get("status/fp0/status/plugins/names")[1]["value"], timeout=10,
+             what="plugin fp5 in the status")
+    code, r = server.put("config/fp5/no_such_key?rank=0", 1)
+    assert code == 400 and r["params"] == {"fp5": {"no_such_key": 1}} and "no_such_key" in r["error"], r
     code, ctype, body = http("POST", server.api("config"), {"a": 1})
     assert code == 405 and "GET and PUT" in json.loads(body)["error"]
     code, ctype, body = http("PUT", server.api("config"), raw=b"a=1", content_type="text/plain")
@@ -170,39 +204,79 @@ def test_reset_statistics(stack):
     assert pipe.processor.status()["dummy"]["frames_processed"] == 0
 
 
-def test_live_image_png_and_xpcs(stack):
-    _, server = stack
-    wait_for(lambda: server.get("live/frame")[1].get("frame_num") is not None, timeout=10,
-             what="a live view frame at the adapter")
+def test_live_image_png_and_xpcs_from_the_real_plugins(publishing):
+    _, server = publishing
+    wait_for(lambda: server.get("live/frame")[1].get("frame_num") is not None, timeout=15,
+             what="a live view frame from the LiveViewPlugin at the adapter")
     code, info = server.get("live")
-    assert info["frame"]["shape"] == [32, 48] and info["messages"] > 0
+    assert info["frame"]["shape"] == [48, 64] and info["frame"]["dtype"] == "uint16" and info["messages"] > 0
+    assert info["errors"] == 0, info["last_error"]
     code, ctype, png = http("GET", server.api("live/image.png?colormap=inferno&log=1"))
     assert code == 200 and ctype == "image/png"
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (48, 32)
+    assert (width, height) == (64, 48)
     idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
-    assert len(zlib.decompress(idat)) == 32 * (1 + 48 * 3)
+    assert len(zlib.decompress(idat)) == 48 * (1 + 64 * 3)
     code, ctype, body = http("GET", server.api("live/image.png?colormap=rainbowz"))
     assert code == 400 and "rainbowz" in json.loads(body)["error"]
     code, ctype, png = http("GET", server.api("live/image.png?colormap=gray&max_size=16"))
-    assert code == 200 and int.from_bytes(png[16:20], "big") == 16      # 48x32 block-averaged by 3
-    wait_for(lambda: server.get("xpcs/latest")[1].get("g2"), timeout=10, what="a g2 message")
-    code, x = server.get("xpcs")
-    assert x["latest"]["delays"][0] == 1 and len(x["latest"]["g2"]) == 2
-    assert x["latest"]["g2_err"][0] == [None] * 8          # NaN is served as null
+    assert code == 200 and int.from_bytes(png[16:20], "big") == 16      # 64x48 block-averaged by 4
+    # the correlator's own message (plugins/xpcs.py _message), served as the plugin sent it
+    latest = wait_for(lambda: server.get("xpcs/latest")[1].get("g2"), timeout=20, what="a g2 message") and \
+        server.get("xpcs")[1]["latest"]
+    assert set(latest) == {"msg_type", "plugin", "acquisition_id", "final", "frames", "frames_used", "frame_time",
+                           "bins", "delays", "delays_s", "g2", "fit"}
+    assert latest["msg_type"] == "xpcs_g2" and latest["plugin"] == "xpcs" and latest["final"] is False
+    assert latest["delays"][0] == 1 and latest["frames_used"] >= 20
+    assert latest["delays_s"] == [d * latest["frame_time"] for d in latest["delays"]]
+    assert len(latest["g2"]) == len(latest["bins"]) >= 1
+    assert all(len(row) == len(latest["delays"]) for row in latest["g2"])
+    values = [v for row in latest["g2"] for v in row if v is not None]
+    assert values and all(0.5 < v < 2.0 for v in values)       # g2 of speckle with contrast 0.3 is near 1..1.3
+    assert server.get("xpcs/errors")[1] == {"value": 0}
+
+
+def test_killed_daemon_is_disconnected_within_2s_and_requests_fail_fast(tmp_path):
+    proc = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "processor.log")
+    server = None
+    try:
+        server = RestServer(tmp_path, f"fp:{proc.ctrl}", "none", "none")
+        wait_for(lambda: connected(server, "fp0"), timeout=10, what="fp0 connected")
+        code, r = server.put("config/fp0/plugin/load", {"index": "dummy", "name": "DummyPlugin",
+                                                         "library": "plugins.dummy"})
+        assert code == 200, r
+        wait_for(lambda: server.get("status/fp0/status/plugins/names")[1] == {"value": ["dummy"]}, timeout=10,
+                 what="the plugin in the polled status")
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.wait(10)
+        wait_for(lambda: not connected(server, "fp0"), timeout=2, what="the killed daemon shown disconnected")
+        assert "no reply to status" in server.get("status/fp0/error")[1]["value"]
+        assert server.get("status/fp0/status/plugins/names")[1] == {"value": ["dummy"]}   # last known status kept
+        code, r = server.put("execute/fp0/dummy", "start_writing", timeout=3)   # fails fast, not after 5 s
+        assert code == 503
+        assert r["error"].startswith(f"fp0 ({proc.ctrl}) is not answering")
+        assert r["replies"]["fp0"]["msg_type"] == "timeout"
+    finally:
+        if server is not None:
+            server.close()
+        proc.stop()
 
 
 def test_example_config_serves_the_web_page(tmp_path, stack):
     pipe, _ = stack
+    tmpdir = tmp_path / "tmp"           # where --endpoints writes its copy of the INI
+    tmpdir.mkdir()
     server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl},fp:{pipe.processor.ctrl}", "none", "none",
-                        config=REPO / "examples" / "rest.cfg")
+                        config=REPO / "examples" / "rest.cfg", env={"TMPDIR": str(tmpdir)})
     try:
         code, ctype, body = http("GET", server.base + "/")
         assert code == 200 and b"framechain" in body
         wait_for(lambda: connected(server, "fp0"), timeout=10, what="fp0 connected via examples/rest.cfg")
+        assert not list(tmpdir.iterdir())   # the --endpoints copy is deleted once odin-control has read it
     finally:
         server.close()
+    assert not list(tmpdir.iterdir())
 
 
 def test_rest_command_config_errors_exit_2(tmp_path, capsys):
