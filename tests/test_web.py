@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import pytest
 
 from _clients import RestServer
@@ -52,7 +53,10 @@ def stack(tmp_path):
                                  "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
         out = tmp_path / "out"
         out.mkdir()
+        mask = tmp_path / "mask.npy"
+        np.save(mask, np.ones((8, 8), dtype=bool))     # frames are 64x64: the mask plugin drops every one
         pipe.setup_processor([
+            ("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)}),
             ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
              {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
             ("live", "LiveViewPlugin", "plugins.live_view", "xpcs",
@@ -97,6 +101,9 @@ def test_page_counters_live_image_g2_and_writer_buttons(stack, browser):
     first = int(text(browser, "fp0-received"))
     wait_for(lambda: int(text(browser, "fp0-received") or 0) > first + 50, timeout=15,
              what="frames received to increase on the page")
+    # the drops column sums every drop counter: the mask plugin's wrong-shape frames show up
+    wait_for(lambda: int(text(browser, "fp0-mask-drops") or 0) > 20, timeout=15, what="mask drops on the page")
+    assert pipe.plugin_status("mask")["frames_wrong_shape"] >= int(text(browser, "fp0-mask-drops"))
     # live image: loaded, 64x64, and changing
     img1 = wait_for(lambda: live_pixels(browser), timeout=15, what="the live image to load")
     assert browser.execute_script("return document.getElementById('live-image').naturalWidth") == 64

@@ -48,6 +48,12 @@ function el(tag, attrs = {}, ...children) {
 const fmt = (v) => (v === undefined || v === null ? "–" : typeof v === "number" && !Number.isInteger(v) ? v.toFixed(1) : String(v));
 const fmtRate = (v) => (v === undefined || v === null ? "–" : v >= 100 ? `${v.toFixed(0)}/s` : `${v.toFixed(1)}/s`);
 
+// every frame a plugin did not pass on: frames_dropped*, frames_wrong_*, frames_rejected (as the TUI's drops column)
+function dropCounters(p) {
+  return Object.entries(p).filter(([k, v]) => Number.isInteger(v) &&
+    (k.startsWith("frames_dropped") || k.startsWith("frames_wrong_") || k === "frames_rejected"));
+}
+
 function counterTable(name, pairs) {
   const head = el("tr"), row = el("tr");
   for (const [label, value, cls, key] of pairs) {
@@ -86,6 +92,7 @@ function daemonCard(name, d) {
       .map((h) => el("th", {}, h))));
     for (const idx of names) {
       const p = st[idx] || {}, q = p.queue || {}, tm = p.timing || {};
+      const dropList = dropCounters(p), drops = dropList.reduce((sum, [, v]) => sum + v, 0);
       let notes = "";
       if ("writing" in p) notes = `${p.writing ? "WRITING" : "not writing"}, ${fmt(p.frames_written)} written`;
       if (p.last_error) notes += ` ${p.last_error}`;
@@ -93,7 +100,8 @@ function daemonCard(name, d) {
         el("td", {}, idx), el("td", {}, `${fmt(q.size)}/${fmt(q.max)}`),
         el("td", { id: `${name}-${idx}-processed` }, fmt(p.frames_processed)),
         el("td", {}, fmtRate(r[`${idx}/frames_processed`])),
-        el("td", { class: p.frames_dropped ? "bad" : "" }, fmt(p.frames_dropped)),
+        el("td", { id: `${name}-${idx}-drops`, class: drops ? "bad" : "",
+                   title: dropList.map(([k, v]) => `${k} ${v}`).join(", ") }, fmt(drops)),
         el("td", { class: p.errors ? "bad" : "" }, fmt(p.errors)),
         el("td", {}, tm.mean_process === undefined ? "–" : Number(tm.mean_process).toFixed(1)),
         el("td", { class: p.last_error ? "bad" : "" }, notes)));
