@@ -7,8 +7,12 @@ and the raw pixel bytes (C order). A viewer connects a SUB socket to
 everything. Sends never block the chain: the socket has a small high-water
 mark and a frame that cannot be queued is counted in ``frames_dropped``.
 
-The socket is bound when the plugin is configured (a bad or busy address is a
-nack) or, failing that, by the first frame; only the plugin thread sends on it.
+The socket is bound when a configuration is applied, never while it is only
+validated (the processor validates every plugin of a message before applying
+any, and a message nacked for another plugin must leave no port bound): a
+malformed endpoint is a nack at validation, a busy one a nack when applied
+(the plugin keeps its previous socket and configuration). Without a configured
+address the default is bound by the first frame. Only the plugin thread sends.
 
 Logger ``frameprocessor.plugin.<index>``.
 """
@@ -36,7 +40,16 @@ def _non_negative(v: float) -> str | None:
 
 
 def _endpoint(v: str) -> str | None:
-    return None if "://" in v else "must be a ZeroMQ endpoint like tcp://127.0.0.1:5020"
+    """Syntax only (binding is left to ``apply``): ``tcp://<host>:<port|*>``, ``ipc://<path>``, ``inproc://<name>``."""
+    example = "must be a ZeroMQ endpoint like tcp://127.0.0.1:5020"
+    transport, sep, rest = v.partition("://")
+    if not sep or not rest or transport not in ("tcp", "ipc", "inproc"):
+        return example
+    if transport == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+            return f"{example} (tcp needs <host>:<port 0..65535 or *>)"
+    return None
 
 
 class LiveViewPlugin(FrameProcessorPlugin):
@@ -72,7 +85,6 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self._sock: zmq.Socket | None = None
         self._bound = ""
         self._bound_req = ""  # the address as requested (the bound one may differ: port 0, host names)
-        self._cand: tuple[str, zmq.Socket, str] | None = None  # bound by validate, not yet applied
         self._next: zmq.Socket | None = None  # applied on the control thread, adopted by the plugin thread
         self._next_addr = ""
         self._next_req = ""
@@ -82,27 +94,23 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self.reset_statistics()
 
     # -- configuration ---------------------------------------------------------------
-    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().validate(params)
-        addr = values.get("live_view_socket_addr")
-        current = self._next_req or self._bound_req
-        if addr is not None and addr != current and (self._cand is None or self._cand[0] != addr):
-            sock = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))
-            old, self._cand = self._cand, (addr, sock, sock.getsockopt_string(zmq.LAST_ENDPOINT))
-            if old is not None:
-                old[1].close(linger=0)
-        return values
-
     def apply(self, values: dict[str, Any]) -> None:
-        super().apply(values)
-        cand = self._cand
-        if cand is not None and cand[0] == values.get("live_view_socket_addr"):
-            self._cand = None
-            with self._lock:
-                old, self._next = self._next, cand[1]
-                self._next_req, self._next_addr = cand[0], cand[2]
-            if old is not None:
-                old.close(linger=0)
+        """Bind a changed address first; if that fails, raise ConfigError with nothing changed."""
+        addr = values.get("live_view_socket_addr")
+        old: zmq.Socket | None = None
+        with self._lock:  # the plugin thread adopts a pending socket under this lock
+            pending = self._next is not None
+            back = pending and addr == self._bound_req  # back to the socket in use: drop the pending one
+            new: zmq.Socket | None = None
+            if addr is not None and not back and addr != (self._next_req if pending else self._bound_req):
+                new = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))  # ConfigError: no change
+            super().apply(values)
+            if new is not None or back:
+                old, self._next = self._next, new
+                self._next_req = addr if new is not None else ""
+                self._next_addr = new.getsockopt_string(zmq.LAST_ENDPOINT) if new is not None else ""
+        if old is not None:
+            old.close(linger=0)
 
     def _bind(self, addr: str, hwm: int) -> zmq.Socket:
         sock = self._ctx.socket(zmq.PUB)
@@ -152,10 +160,11 @@ class LiveViewPlugin(FrameProcessorPlugin):
             with self._lock:
                 new, addr, req = self._next, self._next_addr, self._next_req
                 self._next, self._next_addr, self._next_req = None, "", ""
-            if new is not None:
-                if self._sock is not None:
-                    self._sock.close(linger=0)
-                self._sock, self._bound, self._bound_req = new, addr, req
+                old = self._sock
+                if new is not None:
+                    self._sock, self._bound, self._bound_req = new, addr, req
+            if new is not None and old is not None:
+                old.close(linger=0)
         if self._sock is None and not self._closed:
             try:
                 self._sock = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
@@ -202,8 +211,7 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self._closed = True
         with self._lock:
             nxt, self._next = self._next, None
-        cand, self._cand = self._cand, None
-        for s in (nxt, self._sock, cand[1] if cand else None):
+        for s in (nxt, self._sock):
             if s is not None:
                 s.close(linger=0)
         self._sock = None

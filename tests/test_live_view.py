@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import numpy as np
@@ -119,6 +120,9 @@ def test_slow_viewer_never_blocks(live, ctx):
     ({"frame_frequency": -1}, "frame_frequency"),
     ({"per_second": -0.5}, "per_second"),
     ({"live_view_socket_addr": "localhost:5020"}, "live_view_socket_addr"),
+    ({"live_view_socket_addr": "tcp://127.0.0.1"}, "live_view_socket_addr"),
+    ({"live_view_socket_addr": "tcp://127.0.0.1:70000"}, "live_view_socket_addr"),
+    ({"live_view_socket_addr": "udp://127.0.0.1:5020"}, "live_view_socket_addr"),
     ({"bogus": 1}, "bogus"),
 ])
 def test_bad_config_nacks(live, params, key):
@@ -135,6 +139,59 @@ def test_busy_address_nacks(live, ctx):
     with pytest.raises(ConfigError, match="cannot bind"):
         live.configure({"live_view_socket_addr": addr})
     other.close(linger=0)
+
+
+def test_busy_address_keeps_the_previous_socket_and_config(live, ctx):
+    first, busy = free_tcp_endpoint(), free_tcp_endpoint()
+    live.configure({"live_view_socket_addr": first, "frame_frequency": 1})
+    other = ctx.socket(zmq.PUB)
+    other.bind(busy)
+    try:
+        before = live.request_configuration()
+        with pytest.raises(ConfigError, match="cannot bind"):
+            live.configure({"live_view_socket_addr": busy, "frame_frequency": 2})
+        assert live.request_configuration() == before
+    finally:
+        other.close(linger=0)
+    sub = subscriber(ctx, first)
+    join(live, sub)
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 7))  # odd: published only if frame_frequency stayed 1
+    assert sub.poll(5000) and json.loads(sub.recv_multipart()[0])["frame_num"] == 7
+
+
+def endpoint_free(addr) -> bool:
+    """Whether a tcp endpoint can be bound, probed with a plain socket (released at once, unlike ZeroMQ's)."""
+    host, port = addr.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def test_validate_acquires_nothing(live):
+    addr = free_tcp_endpoint()
+    live.validate({"live_view_socket_addr": addr})
+    assert endpoint_free(addr)
+
+
+def test_configure_nacked_for_another_plugin_leaves_the_endpoint_free(pipeline):
+    """The processor validates every plugin before applying any: a nack caused by the sum plugin's bad key
+    must not leave the live view's new endpoint bound (nor change its configuration)."""
+    proc = pipeline.processor
+    proc.ok("configure", {"plugin": {"load": [
+        {"index": "live", "name": "LiveViewPlugin", "library": "plugins.live_view"},
+        {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"}]}})
+    before = proc.ok("request_configuration")["live"]
+    addr = free_tcp_endpoint()
+    r = proc.request("configure", {"live": {"live_view_socket_addr": addr}, "sum": {"bogus": 1}})
+    assert r.msg_type == "nack" and "bogus" in r.error
+    assert proc.ok("request_configuration")["live"] == before
+    assert endpoint_free(addr)
+    proc.ok("configure", {"live": {"live_view_socket_addr": addr}})  # the same change alone is applied
+    assert not endpoint_free(addr)
+    assert proc.ok("request_configuration")["live"]["live_view_socket_addr"] == addr
 
 
 def test_live_view_through_the_daemons(pipeline, ctx):
@@ -183,3 +240,18 @@ def test_rebind_to_a_new_address(live, ctx):
     live.process_frame(Frame(np.ones((4, 4), "u2"), 5))
     assert sub.poll(5000) and json.loads(sub.recv_multipart()[0])["frame_num"] == 5
     assert live.status()["live_view_socket_addr"] == second
+
+
+def test_back_to_the_address_in_use_before_the_change_took_effect(live, ctx):
+    """A change not yet adopted by the plugin thread can be undone: no bind against our own socket."""
+    first, second = free_tcp_endpoint(), free_tcp_endpoint()
+    live.configure({"live_view_socket_addr": first})
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 0))  # the plugin thread now sends on `first`
+    live.configure({"live_view_socket_addr": second})  # bound, pending until the next frame
+    live.configure({"live_view_socket_addr": first})
+    wait_for(lambda: endpoint_free(second), what="the dropped socket to release its port")
+    sub = subscriber(ctx, first)
+    join(live, sub)
+    live.process_frame(Frame(np.ones((4, 4), "u2"), 9))
+    assert sub.poll(5000) and json.loads(sub.recv_multipart()[0])["frame_num"] == 9
+    assert live.status()["live_view_socket_addr"] == first
