@@ -457,3 +457,29 @@ def test_frame_numbers_beyond_frames_are_rejected_not_fatal(hdf, tmp_path):
     assert st["frames_rejected"] == 1 and "outside" in st["last_rejected"] and st["writing"] and not st["error"]
     feed(hdf, [0])
     assert hdf.status()["frames_written"] == 3 and not hdf.status()["writing"]
+
+
+WATCHED = ("create", "write", "flush", "close")
+
+
+@pytest.mark.parametrize("watchdog_ms", [1, 1_000_000])
+def test_watchdog_counts_every_call_over_the_limit(hdf, tmp_path, watchdog_ms):
+    """A real 64 MB uncompressed frame: its write cannot finish in 1 ms (that would be 64 GB/s), so with
+    watchdog_ms 1 at least the write is reported; every create/write/flush/close over the limit is counted
+    (and none under a 1000 s limit)."""
+    dims = [4096, 4096]
+    hdf.configure({"file": {"path": str(tmp_path), "prefix": "big"}, "frames": 1, "flush_frames": 1,
+                   "watchdog_ms": watchdog_ms, "dataset": {"data": {"datatype": "uint32", "dims": dims}}})
+    hdf.execute("start_writing", {})
+    hdf.process_frame(Frame(np.full(dims, 7, "u4"), 0))
+    assert hdf.sync()
+    st = hdf.status()
+    assert st["frames_written"] == 1 and not st["writing"] and st["error"] == "", st
+    t = st["timing"]
+    over = [w for w in WATCHED if t[f"last_{w}"] > watchdog_ms * 1000]  # each ran exactly once
+    assert st["watchdog_warnings"] == len(over), (st["watchdog_warnings"], t)
+    if watchdog_ms == 1:
+        assert "write" in over and st["last_watchdog"].startswith(f"{over[-1]} took "), (st["last_watchdog"], t)
+        assert st["last_watchdog"].endswith("(limit 1 ms)")
+    else:
+        assert over == [] and st["last_watchdog"] == ""
