@@ -483,3 +483,78 @@ def test_watchdog_counts_every_call_over_the_limit(hdf, tmp_path, watchdog_ms):
         assert st["last_watchdog"].endswith("(limit 1 ms)")
     else:
         assert over == [] and st["last_watchdog"] == ""
+
+
+PERMISSION_DENIED = """
+import ctypes, json, os, sys
+import numpy as np
+from frameprocessor.frame import Frame
+from plugins.hdf5_writer import FileWriterPlugin
+
+
+def drop_dac_override():
+    '''Root ignores file modes through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH: drop both (capabilities are
+    per thread, so before the writer's threads exist) and the kernel applies the modes to us too.'''
+    if os.geteuid() != 0:
+        return
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    hdr, data = Header(0x20080522, 0), (Data * 2)()
+    if libc.capget(ctypes.byref(hdr), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    keep = ~((1 << 1) | (1 << 2)) & 0xFFFFFFFF
+    data[0].effective &= keep
+    data[0].permitted &= keep
+    if libc.capset(ctypes.byref(hdr), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+out, temp_suffix = sys.argv[1], sys.argv[2]
+drop_dac_override()
+hdf = FileWriterPlugin("hdf")
+hdf.configure({"file": {"path": out, "prefix": "perm", "temp_suffix": temp_suffix}, "frames": 10, "vds": False,
+               "process": {"frames_per_block": 5, "blocks_per_file": 1},
+               "dataset": {"data": {"datatype": "uint16", "dims": [16, 16]}}})
+hdf.execute("start_writing", {})
+for n in range(10):
+    if n == 5:  # the first file is full; the directory turns read-only before the second is needed
+        hdf.sync()
+        os.chmod(out, 0o500)
+    hdf.process_frame(Frame(np.full((16, 16), n, "u2"), n))
+hdf.sync()
+st = hdf.status()
+st["dir_writable"] = os.access(out, os.W_OK)
+os.chmod(out, 0o700)
+print(json.dumps(st))
+hdf.close()
+"""
+
+
+@pytest.mark.parametrize("temp_suffix,kept", [(".tmp", "perm_000001.h5.tmp"), ("", "perm_000001.h5")])
+def test_permission_denied_mid_acquisition_stops_and_keeps_written_frames(tmp_path, temp_suffix, kept):
+    """A real EACCES: the output directory turns read-only between two files (a child process without the
+    root capabilities that bypass file modes). With a temp suffix the first file's rename fails, without
+    one the second file's creation: either way writing stops with the error, the frame that could not be
+    written is counted in frames_lost, and the first file keeps its 5 frames."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-c", PERMISSION_DENIED, str(out), temp_suffix], capture_output=True,
+                       text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["dir_writable"] is False  # the kernel really refuses us
+    assert not st["writing"] and "permission denied" in st["error"].lower(), st
+    assert (st["frames_written"], st["frames_lost"]) == (5, 1), st
+    assert st["frames_processed"] == st["frames_written"] + st["frames_lost"] + st["frames_discarded"], st
+    assert sorted(os.listdir(out)) == [kept]
+    with h5py.File(out / kept, "r") as f:
+        assert [int(f["/entry/data/data"][i][0, 0]) for i in range(f["/entry/data/data"].shape[0])] == \
+            [0, 1, 2, 3, 4]
