@@ -400,8 +400,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         if run.next_frame is not None and n != run.next_frame:
             gap = n - run.next_frame
             if gap < 0 or gap > MAX_GAP:
-                self._reject("out_of_order", f"frame {n} arrived when frame {run.next_frame} was expected (out of order or a jump "
-                             f"of more than {MAX_GAP})")
+                self._reject("out_of_order", f"frame {n} arrived when frame {run.next_frame} was expected (out of "
+                             f"order or a jump of more than {MAX_GAP})")
                 return
             run.correlator.add_missing(gap)        # keep the time axis: lost frames are bad frames
             for k in range(gap):

@@ -1,8 +1,9 @@
 """XPCS result file in the APS 8-ID-I layout (the one pyXPCSViewer opens as a Multitau result).
 
 Written once at the end of an acquisition, to ``<path>.part`` then renamed, so a
-reader never sees half a file; a failed write removes the ``.part`` file. Paths (shapes; ``T`` lags without lag 0, ``D``/``S``
-non-empty dynamic/static bins, ``N`` frames)::
+reader never sees half a file; a failed write removes the ``.part`` file. Paths
+(shapes; ``T`` lags without lag 0, ``D``/``S`` non-empty dynamic/static bins,
+``N`` frames)::
 
     /xpcs/multitau/delay_list              (T,)      float64, frames
     /xpcs/multitau/normalized_g2           (T, D)
