@@ -2,7 +2,8 @@
 
 Starts a receiver and a processor as subprocesses on free loopback ports,
 applies the configuration, runs the acquisition to its end with a progress
-bar, prints a summary and stops everything (also on Ctrl-C).
+bar, prints a summary and stops everything (also on Ctrl-C or SIGTERM; repeated
+signals during the shutdown terminate, then kill, the daemons instead of orphaning them).
 
 Config file (JSON)::
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,9 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from ipc.channel import free_tcp_endpoint
 from ipc.client import IpcClient
-from ipc.errors import FramechainError, IpcTimeout
+from ipc.errors import FramechainError, IpcTimeout, ShmError
+from ipc.message import IpcMessage
+from ipc.shm import SharedBuffer
 
 from .summary import summarise
 
@@ -63,6 +69,8 @@ class Launcher:
         eps = config.get("endpoints") or {}
         self.endpoints = {k: eps.get(k) or free_tcp_endpoint() for k in ENDPOINT_KEYS}
         self.ready, self.release = self.endpoints["ready"], self.endpoints["release"]
+        self.segment = config["receiver"].get("shared_buffer_name") or self.shm_name
+        self.hurry = 0  # signals received while shutting down: 1 terminate the daemons, 2 kill them
 
     # -- daemons ---------------------------------------------------------------
     def _spawn(self, kind: str, args: list[str]) -> None:
@@ -125,25 +133,66 @@ class Launcher:
             pass
 
     def shutdown(self) -> None:
+        """Stop the daemons, processor first (it drains); SIGTERM, then SIGKILL, any that will not stop.
+
+        Waits by polling, so a signal handler calling :meth:`escalate` takes effect at once; a receiver that
+        had to be killed leaves its shared-memory segment behind, which is unlinked here.
+        """
         for kind in ("processor", "receiver"):
             proc = self.procs.get(kind)
             if proc is None:
                 continue
-            if proc.poll() is None:
+            if proc.poll() is None and not self.hurry:
                 try:
-                    self.clients[kind].request("shutdown", timeout=60)
-                except IpcTimeout:
+                    self.clients[kind].channel.send(IpcMessage("cmd", "shutdown"))  # the exit is the answer
+                except zmq.ZMQError:
                     pass
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.terminate()
-                    proc.wait(10)
+            self._wait_exit(proc, kind)
             self.clients[kind].close()
+        receiver = self.procs.get("receiver")
+        if receiver is not None and receiver.returncode == -signal.SIGKILL:
+            self._unlink_segment(receiver.pid)
+
+    def _wait_exit(self, proc: subprocess.Popen, kind: str, grace: float = 75.0) -> None:
+        deadline, terminated = time.monotonic() + grace, False
+        while proc.poll() is None:
+            now = time.monotonic()
+            if self.hurry >= 2 or terminated and now > deadline:
+                log.warning("killing the %s (pid %d)", kind, proc.pid)
+                proc.kill()
+                proc.wait()
+                return
+            if not terminated and (self.hurry or now > deadline):
+                proc.terminate()  # the daemons stop cleanly on SIGTERM
+                terminated, deadline = True, now + 10.0
+            time.sleep(0.05)
+
+    def escalate(self) -> int:
+        """Called for each SIGINT/SIGTERM during shutdown: the first terminates the daemons, the next kills them."""
+        self.hurry += 1
+        for proc in self.procs.values():
+            if proc.poll() is None and self.hurry == 1:
+                proc.terminate()
+            elif proc.poll() is None:
+                proc.kill()
+        return self.hurry
+
+    def _unlink_segment(self, receiver_pid: int) -> None:
+        try:
+            buf = SharedBuffer.open(self.segment)
+        except ShmError:
+            return
+        try:
+            if buf.manager_id == receiver_pid:  # still the killed receiver's, not someone else's
+                buf.unlink()
+                log.warning("unlinked shared buffer %s left by the killed receiver", self.segment)
+        finally:
+            buf.close()
 
     # -- progress --------------------------------------------------------------
-    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self.request("receiver", "status"), self.request("processor", "status")
+    def snapshot(self, timeout: float = 30) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (self.request("receiver", "status", timeout=timeout),
+                self.request("processor", "status", timeout=timeout))
 
     @staticmethod
     def finished(rx: dict[str, Any], fp: dict[str, Any]) -> bool:
@@ -179,6 +228,37 @@ def _load(path: str) -> dict[str, Any]:
     return cfg
 
 
+class _Signals:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt); once shutting down, signals hurry the shutdown instead.
+
+    The daemons run in their own sessions (a terminal's Ctrl-C reaches only the launcher, which stops them in
+    order), so the launcher must never be interrupted out of its shutdown and leave them running.
+    """
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.received = signal.SIGINT
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._previous:
+            signal.signal(sig, self._interrupt)
+
+    def _interrupt(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def _hurry(self, signum: int, _frame: Any) -> None:
+        level = self.launcher.escalate()
+        print(f"framechain run: {'killing' if level > 1 else 'terminating'} the daemons", file=sys.stderr)
+
+    def shutting_down(self) -> None:
+        for sig in self._previous:
+            signal.signal(sig, self._hurry)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -200,6 +280,7 @@ def main(args: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     total = cfg["receiver"].get("source", {}).get("frames", 0) or None
     launcher = Launcher(cfg, log_dir)
+    signals = _Signals(launcher)
     code = 0
     rx: dict[str, Any] = {}
     fp: dict[str, Any] = {}
@@ -229,20 +310,25 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     except KeyboardInterrupt:
-        print("\nframechain run: interrupted; stopping the source and draining", file=sys.stderr)
+        signals.shutting_down()
+        what = "terminated" if signals.received == signal.SIGTERM else "interrupted"
+        print(f"\nframechain run: {what}; stopping the source and draining "
+              "(again to stop the daemons at once, a third time to kill them)", file=sys.stderr)
         launcher.stop_source()
-        code = 130
+        code = 128 + signals.received
     except FramechainError as err:
         print(f"framechain run: {err}", file=sys.stderr)
         code = 1
     finally:
+        signals.shutting_down()
         elapsed = time.monotonic() - t0
         try:
-            if code != 1:
-                rx, fp = launcher.snapshot()
+            if code != 1 and not launcher.hurry:
+                rx, fp = launcher.snapshot(timeout=10)
         except FramechainError:
             pass
         launcher.shutdown()
+        signals.restore()
     if rx and fp:
         print(summarise(cfg, rx, fp, elapsed, log_dir))
     return code

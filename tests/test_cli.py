@@ -140,3 +140,100 @@ def test_run_with_fixed_endpoints(tmp_path, capsys):
     path.write_text(json.dumps({**cfg, "endpoints": {"recever": "tcp://127.0.0.1:1"}}))
     assert main(["run", str(path)]) == 2
     assert "'endpoints' must map some of" in capsys.readouterr().err
+
+
+def _alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_long_run(tmp_path, plugin: dict, extra_processor: list | None = None):
+    """A `framechain run` subprocess on fixed endpoints; returns (proc, daemon pids, shm path)."""
+    import os
+    import subprocess
+    import sys
+
+    from harness import wait_for
+
+    from ipc import IpcClient, IpcTimeout
+    name = f"fcsig_{os.getpid()}_{tmp_path.name[-12:]}"
+    eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
+    cfg = {"endpoints": eps,
+           "receiver": {"shared_buffer_name": name,
+                        "source": {"type": "simulated", "shape": [8, 8], "frames": 100000, "rate": 200}},
+           "processor": [{"plugin": {"load": plugin, "connect": {"index": "d", "connection": "frame_receiver"}}},
+                         *(extra_processor or [])]}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress",
+                             "--log-dir", str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    def status(kind: str) -> dict | None:
+        with IpcClient(eps[kind], timeout=1) as c:
+            try:
+                return c.request("status").params
+            except IpcTimeout:  # not up yet
+                return None
+
+    pids = {kind: wait_for(lambda kind=kind: (status(kind) or {})["process"]["pid"], timeout=30,
+                           what=f"the {kind} to answer") for kind in ("receiver", "processor")}
+    wait_for(lambda: (status("receiver") or {})["frames"]["released"] > 10, timeout=30, what="frames to flow")
+    return proc, pids, f"/dev/shm/{name}"
+
+
+def _read_until(stream, text: str) -> bool:
+    """Read lines until one contains ``text`` (True) or the stream ends (False)."""
+    return any(text in line for line in stream)
+
+
+def _kill_leftovers(pids: dict) -> None:
+    import os
+    import signal
+    for pid in pids.values():
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_run_sigterm_stops_everything_like_ctrl_c(tmp_path):
+    import os
+    import signal
+    proc, pids, shm = _start_long_run(tmp_path, {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"})
+    try:
+        assert os.path.exists(shm)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "terminated; stopping the source and draining" in err
+        assert "(stopped)" in out and "lost frames     0 (none)" in out
+        assert not any(_alive(pid) for pid in pids.values())
+        assert not os.path.exists(shm)
+    finally:
+        _kill_leftovers(pids)
+
+
+def test_run_repeated_ctrl_c_during_shutdown_still_stops_the_daemons(tmp_path):
+    import os
+    import signal
+
+    from test_pipeline import CHECKER
+    (tmp_path / "checker.py").write_text(CHECKER)
+    # a slow plugin with a deep queue: draining at shutdown would take minutes
+    plugin = {"index": "d", "name": "RampChecker", "library": str(tmp_path / "checker.py"), "queue_size": 1000}
+    proc, pids, shm = _start_long_run(tmp_path, plugin, [{"d": {"delay": 0.5}}])
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert _read_until(proc.stderr, "interrupted")  # the launcher is now stopping the daemons
+        proc.send_signal(signal.SIGINT)  # terminate them (they still drain: SIGTERM is a clean stop)
+        assert _read_until(proc.stderr, "terminating the daemons")
+        proc.send_signal(signal.SIGINT)  # kill them
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "killing the daemons" in err and "Traceback" not in err
+        assert not any(_alive(pid) for pid in pids.values())
+        assert not os.path.exists(shm)  # the killed receiver's segment is unlinked by the launcher
+    finally:
+        _kill_leftovers(pids)
