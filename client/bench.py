@@ -1,4 +1,8 @@
-"""``framechain bench``: run the benchmark suites and print a table (or JSON)."""
+"""``framechain bench``: run the benchmark suites and print a table (or JSON).
+
+The table's ``notes`` column is each figure's ``extra`` (the pipeline suite's GB/s next to its frames/s);
+``--json`` carries it as ``extra``.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,13 @@ __all__ = ["main", "format_table"]
 
 
 def format_table(figures: list[Figure]) -> str:
-    rows = [("suite", "benchmark", "value", "unit", "baseline", "ratio", "target")]
+    rows = [("suite", "benchmark", "value", "unit", "baseline", "ratio", "target", "notes")]
     for f in figures:
         target = "" if f.target is None else (
             f"{'ratio' if f.target_on == 'ratio' else 'value'} >= {f.target:g} "
             f"{'ok' if f.meets_target else 'MISSED'}")
         rows.append((f.suite, f.name, f"{f.value:,.1f}", f.unit, f"{f.baseline:,.1f} ({f.baseline_name})",
-                     "nan" if math.isnan(f.ratio) else f"{f.ratio:.3f}", target))
+                     "nan" if math.isnan(f.ratio) else f"{f.ratio:.3f}", target, f.extra))  # e.g. GB/s
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -237,3 +237,15 @@ def test_run_repeated_ctrl_c_during_shutdown_still_stops_the_daemons(tmp_path):
         assert not os.path.exists(shm)  # the killed receiver's segment is unlinked by the launcher
     finally:
         _kill_leftovers(pids)
+
+
+def test_bench_table_shows_gb_per_s_next_to_frames_per_s():
+    from benchmarks import Figure
+    from client.bench import format_table
+    f = Figure("pipeline", "zero-copy 1024x1024 uint16", 2000.0, "frames/s", 4000.0, "numpy copy",
+               extra="4.19 GB/s")
+    header, _, row = format_table([f]).splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert [c.strip() for c in header.strip("|").split("|")][-1] == "notes"
+    assert cells[2:4] == ["2,000.0", "frames/s"] and cells[-1] == "4.19 GB/s"
+    assert json.loads(json.dumps(f.as_dict()))["extra"] == "4.19 GB/s"
