@@ -197,7 +197,14 @@ def test_inconsistent_frame_headers_are_counted_bad_and_released(tmp_path):
         assert released == {0, 1, 2, 3}
         st = wait_for(lambda: (s := proc.status())["frames"]["bad"] == 4 and s["d"]["frames_processed"] == 1 and s)
         assert st["frames"]["received"] == 5 and st["frames"]["released"] == 4
-        assert "buffer 99" in st["frames"]["last_bad"] or "state" in st["frames"]["last_bad"]
+        # each bad frame was dropped for its own reason (the first five are logged)
+        causes = {1: "data size 100 does not match shape", 2: "unsupported dtype", 3: "buffer state is 1",
+                  9: "frame_ready names buffer 99"}
+        log = proc.log()
+        for number, cause in causes.items():
+            assert sum(f"bad frame dropped: frame {number}: {cause}" in line for line in log.splitlines()) == 1, cause
+        assert log.count("bad frame dropped") == 4
+        assert any(st["frames"]["last_bad"].startswith(f"frame {n}: {c}") for n, c in causes.items())
     finally:
         proc.stop()
         pub.close()
