@@ -7,7 +7,7 @@ import signal
 import pytest
 from harness import Daemon, Pipeline, unique_shm_name, wait_for
 
-from ipc import free_tcp_endpoint
+from ipc import IpcMessage, free_tcp_endpoint
 
 
 def _receiver(tmp_path, name="receiver"):
@@ -220,3 +220,47 @@ def test_runtime_failure_is_not_reported_as_bad_config(tmp_path):
         assert "the frame receiver failed" in log and "Traceback" in log
     finally:
         d.stop()
+
+
+_TS = "2026-01-01T00:00:00"
+MALFORMED = [
+    (b"{not json", "not valid JSON", 0),
+    (b"\xff\xfe", "not UTF-8", 0),
+    (b"[1,2,3]", "must be a JSON object, not list", 0),
+    (b'"hello"', "must be a JSON object, not str", 0),
+    (json.dumps({"msg_type": "cmd", "msg_val": "status", "timestamp": _TS}).encode(), "missing field 'id'", 0),
+    (json.dumps({"msg_type": "cmd", "msg_val": "frobnicate", "id": 5, "timestamp": _TS}).encode(),
+     "unknown msg_val 'frobnicate'", 5),
+    (json.dumps({"msg_type": "cmd", "msg_val": "request_commands", "id": 6, "timestamp": _TS}).encode(),
+     "the receiver does not handle 'request_commands'", 6),
+    (json.dumps({"msg_type": "notify", "msg_val": "status", "id": 7, "timestamp": _TS}).encode(),
+     "takes 'cmd' messages, not 'notify'", 7),
+    (json.dumps({"msg_type": "cmd", "msg_val": "status", "id": 8, "timestamp": "noon"}).encode(), "bad timestamp", 8),
+    (json.dumps({"msg_type": "cmd", "msg_val": "configure", "id": 9, "timestamp": _TS,
+                 "params": 3}).encode(), "bad params", 9),
+    (b'{"msg_type": "cmd", "msg_val": "configure", "id": 10, "timestamp": "' + _TS.encode()
+     + b'", "params": {"source": {"type": "simulated", "rate": NaN}}}', "contains NaN", 10),
+    (json.dumps({"msg_type": "cmd", "msg_val": "execute", "id": 11, "timestamp": _TS,
+                 "params": {"source": "start"}}).encode(), "receiver execute takes", 11),
+]
+
+
+def test_malformed_control_messages_get_one_nack_each_and_change_nothing(receiver):
+    import zmq
+    receiver.ok("configure", {"shared_buffer_name": unique_shm_name(), "source": SOURCE})
+    before = receiver.ok("request_configuration")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(receiver.ctrl)
+    try:
+        for payload, reason, msg_id in MALFORMED:
+            sock.send(payload)
+            assert sock.poll(10000), f"no reply to {payload!r}"
+            reply = IpcMessage.decode(sock.recv())
+            assert (reply.msg_type, reply.id) == ("nack", msg_id), payload
+            assert reason in reply.error, (payload, reply.error)
+            assert not sock.poll(100), f"more than one reply to {payload!r}"
+    finally:
+        sock.close()
+    assert receiver.ok("request_configuration") == before
+    assert receiver.status()["source"]["state"] == "idle"
