@@ -38,11 +38,16 @@ def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elaps
         st = fp[n]
         t = st["timing"]
         written = f", written {st['frames_written']}" if "frames_written" in st else ""
-        lines.append(f"plugin {n:<9} processed {st['frames_handled']}{written}, dropped {st['frames_dropped']}, "
+        lines.append(f"plugin {n:<9} processed {st['frames_handled']}{written}, dropped {st['queue']['dropped']}, "
                      f"errors {st['errors']}, mean {t['mean_process']:.1f} us, max {t['max_process']:.0f} us"
                      + (f"  last error: {st['last_error']}" if st.get("last_error") else ""))
-    lost = fr["dropped"] + fp["frames"]["bad"] + sum(fp[n]["frames_dropped"] for n in names)
+    f = fp["frames"]
+    lost = fr["dropped"] + f["bad"] + f["unrouted"] + f.get("discarded", 0)
     lines.append(f"lost frames     {lost} ({'none' if lost == 0 else 'see counters above'})")
+    missed = {n: fp[n]["queue"]["dropped"] for n in names if fp[n]["queue"]["dropped"]}
+    if missed:  # non-blocking connections drop by design (live view); the frame went on elsewhere
+        lines.append("not delivered   " + ", ".join(f"{n}: {k}" for n, k in missed.items())
+                     + " (non-blocking connections)")
     for n in names:
         fit = fp[n].get("fit")
         if isinstance(fit, dict) and "contrast" in fit:

@@ -176,7 +176,7 @@ class PluginWorker:
             "frames_received": self.frames_received, "frames_processed": n, "frames_handled": n,
             "frames_dropped": self.frames_dropped, "errors": self.errors, "last_error": self.last_error,
             "acquisitions": self.acquisitions,
-            "queue": {"size": self.queue.qsize(), "max": self.queue_size},
+            "queue": {"size": self.queue.qsize(), "max": self.queue_size, "dropped": self.frames_dropped},
             "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
                        "mean_process": (self._t_sum / n / 1000) if n else 0.0},
         }
