@@ -55,7 +55,7 @@ class FrameProcessorDaemon:
         shm = self.controller.shm
         want: tuple[Any, ...] = ()
         if shm is not None:
-            want = (shm.wakeup_fd,) if shm.busy else (shm.wakeup_fd, shm.ready.socket)
+            want = (shm.wakeup_fd, shm.release.socket) + (() if shm.busy else (shm.ready.socket,))
         if want != self._registered:
             self._reregister()
             for s in want:
@@ -102,6 +102,8 @@ class FrameProcessorDaemon:
         shm = self.controller.shm
         if shm is None:
             return
+        if shm.release.socket in events:
+            shm.on_release_channel()
         if shm.wakeup_fd in events:
             shm.drain_releases()
         if shm.busy:
@@ -120,6 +122,7 @@ class FrameProcessorDaemon:
                 if shm.busy:
                     shm.retry()
                 shm.drain_releases()
+                shm.on_release_channel()
             if (shm is None or not shm.busy) and self.controller.chain.idle():
                 break
             time.sleep(0.002)

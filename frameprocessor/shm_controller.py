@@ -85,7 +85,11 @@ class SharedMemoryController:
         self.ready_cnxn, self.release_cnxn = ready_cnxn, release_cnxn
         self.chain, self.pool, self.copy = chain, pool, copy
         self.ready = IpcChannel(zmq.SUB, context, hwm=0)
-        self.release = IpcChannel(zmq.PUB, context, hwm=0)
+        # XPUB: we see the receiver's subscription arrive, and hold releases until it has (a PUB drops
+        # what it sends before the subscriber has joined, and a lost release is a lost buffer)
+        self.release = IpcChannel(zmq.XPUB, context, hwm=0)
+        self.release_subscribed = False
+        self._unsent: deque[bytes] = deque()
         try:
             self.ready.connect(ready_cnxn)
             self.release.connect(release_cnxn)
@@ -288,8 +292,27 @@ class SharedMemoryController:
 
     # -- releases ----------------------------------------------------------------
     def _send_release(self, frame: int, bid: int) -> None:
-        self.release.socket.send(frame_notification("frame_release", frame, bid))
+        raw = frame_notification("frame_release", frame, bid)
+        if self.release_subscribed:
+            self.release.socket.send(raw)
+        else:
+            self._unsent.append(raw)
         self.frames_released += 1
+
+    def on_release_channel(self) -> None:
+        """Subscription events from the receiver's release SUB: send held releases once it has joined."""
+        sock = self.release.socket
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                self.release_subscribed = True
+            elif event[:1] == b"\x00":
+                self.release_subscribed = False
+        while self.release_subscribed and self._unsent:
+            sock.send(self._unsent.popleft())
 
     def drain_releases(self) -> None:
         """Send the releases of zero-copy frames that plugin threads have dropped."""
@@ -326,7 +349,10 @@ class SharedMemoryController:
     def status(self) -> dict[str, Any]:
         b = self.buffer
         return {
-            "shared_memory": {"configured": b is not None, "shared_buffer_name": self.shared_buffer_name or "",
+            "shared_memory": {"configured": b is not None and self.release_subscribed,
+                              "mapped": b is not None, "release_subscribed": self.release_subscribed,
+                              "releases_held": len(self._unsent),
+                              "shared_buffer_name": self.shared_buffer_name or "",
                               "num_buffers": b.num_buffers if b else 0, "buffer_size": b.buffer_size if b else 0,
                               "header_size": FRAME_HEADER.size, "copy": self.copy,
                               "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn},
@@ -340,6 +366,9 @@ class SharedMemoryController:
     def close(self) -> None:
         """Close the data path (the ReleaseQueue is the processor's and stays open)."""
         self.drain_releases()
+        if self._unsent:
+            log.warning("%d releases never reached the receiver (it never subscribed to %s)",
+                        len(self._unsent), self.release_cnxn)
         self.ready.close()
         self.release.socket.close(linger=2000)  # let queued releases reach the receiver
         if self.buffer is not None:
