@@ -154,3 +154,40 @@ class Pipeline:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class FakeReceiver:
+    """The test plays the receiver: a real shm segment, a bound PUB (ready) and SUB (release)."""
+
+    def __init__(self, num_buffers: int, frame_bytes: int) -> None:
+        import zmq
+
+        from ipc import SharedBuffer, buffer_size_for
+        self.name = unique_shm_name()
+        self.ready, self.release = free_tcp_endpoint(), free_tcp_endpoint()
+        ctx = zmq.Context.instance()
+        self.pub, self.sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        self.pub.bind(self.ready)
+        self.sub.bind(self.release)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.buf, _ = SharedBuffer.create(self.name, num_buffers, buffer_size_for(frame_bytes))
+
+    def send(self, msg_val: str, params: dict) -> None:
+        self.pub.send(IpcMessage("notify", msg_val, params).encode())
+
+    def released(self, count: int, timeout: float = 20) -> set[int]:
+        """Buffer ids of the frame_release messages seen until ``count`` distinct ones or ``timeout``."""
+        ids: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ids) < count and time.monotonic() < deadline:
+            if self.sub.poll(100):
+                msg = IpcMessage.decode(self.sub.recv())
+                if msg.msg_val == "frame_release":
+                    ids.add(msg.params["buffer_id"])
+        return ids
+
+    def close(self) -> None:
+        self.pub.close()
+        self.sub.close()
+        self.buf.close()
+        self.buf.unlink()

@@ -7,10 +7,9 @@ import time
 import h5py
 import numpy as np
 import pytest
-import zmq
-from harness import Pipeline, unique_shm_name, wait_for
+from harness import Pipeline, wait_for
 
-from ipc import FrameHeader, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
+from ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
 
 CHECKER = textwrap.dedent("""
     import json, time
@@ -161,40 +160,26 @@ def test_hdf5_source_replays_a_file(pipeline, tmp_path):
 
 def test_inconsistent_frame_headers_are_counted_bad_and_released(tmp_path):
     """The test plays the receiver: real shm, real PUB/SUB, hand-made bad headers."""
-    from harness import Daemon
-    name = unique_shm_name()
-    ready, release = free_tcp_endpoint(), free_tcp_endpoint()
-    ctx = zmq.Context.instance()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    pub.bind(ready)
-    sub.bind(release)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    buf, _ = SharedBuffer.create(name, 4, buffer_size_for(8 * 8 * 2))
+    from harness import Daemon, FakeReceiver
+    fake = FakeReceiver(4, 8 * 8 * 2)
     proc = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "processor.log")
     try:
-        proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": ready, "fr_release_cnxn": release,
-                                           "fr_shared_mem": name},
+        proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": fake.ready, "fr_release_cnxn": fake.release,
+                                           "fr_shared_mem": fake.name},
                               "plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
                                          "connect": {"index": "d", "connection": "frame_receiver"}}})
         time.sleep(0.5)  # let the processor's SUB join our PUB
-        while sub.poll(10):
-            sub.recv()  # its request_buffer_config
+        while fake.sub.poll(10):
+            fake.sub.recv()  # its request_buffer_config
         headers = [FrameHeader(0, "<u2", (8, 8), 128),             # good
                    FrameHeader(1, "<u2", (8, 8), 100),             # size does not match shape
                    FrameHeader(2, "<c8", (8, 8), 512),             # complex: unsupported dtype
                    FrameHeader(3, "<u2", (8, 8), 128, state=1)]    # still filling
         for bid, hdr in enumerate(headers):
-            buf.write_header(bid, hdr)
-            pub.send(IpcMessage("notify", "frame_ready", {"frame": hdr.frame_number, "buffer_id": bid}).encode())
-        pub.send(IpcMessage("notify", "frame_ready", {"frame": 9, "buffer_id": 99}).encode())  # no such buffer
-        released = set()
-        deadline = time.monotonic() + 10
-        while len(released) < 4 and time.monotonic() < deadline:
-            if sub.poll(100):
-                msg = IpcMessage.decode(sub.recv())
-                if msg.msg_val == "frame_release":
-                    released.add(msg.params["buffer_id"])
-        assert released == {0, 1, 2, 3}
+            fake.buf.write_header(bid, hdr)
+            fake.send("frame_ready", {"frame": hdr.frame_number, "buffer_id": bid})
+        fake.send("frame_ready", {"frame": 9, "buffer_id": 99})  # no such buffer
+        assert fake.released(4, timeout=10) == {0, 1, 2, 3}
         st = wait_for(lambda: (s := proc.status())["frames"]["bad"] == 4 and s["d"]["frames_processed"] == 1 and s)
         assert st["frames"]["received"] == 5 and st["frames"]["released"] == 4
         # each bad frame was dropped for its own reason (the first five are logged)
@@ -207,7 +192,4 @@ def test_inconsistent_frame_headers_are_counted_bad_and_released(tmp_path):
         assert any(st["frames"]["last_bad"].startswith(f"frame {n}: {c}") for n, c in causes.items())
     finally:
         proc.stop()
-        pub.close()
-        sub.close()
-        buf.close()
-        buf.unlink()
+        fake.close()

@@ -5,12 +5,11 @@ import textwrap
 import time
 
 import numpy as np
-import zmq
-from harness import Daemon, Pipeline, unique_shm_name, wait_for
+from harness import Daemon, FakeReceiver, Pipeline, wait_for
 
 from frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin
 from frameprocessor.chain import FRAME_RECEIVER, PluginChain
-from ipc import FrameHeader, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
+from ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
 
 SLOW = textwrap.dedent("""
     import time
@@ -74,14 +73,7 @@ def test_processor_follows_a_segment_rebuilt_under_the_same_name(pipeline):
 
 def test_frames_held_before_mapping_survive_an_exhausted_pool(tmp_path):
     """The test plays the receiver: frame_ready for 10 buffers before the processor knows the segment."""
-    name = unique_shm_name()
-    ready, release = free_tcp_endpoint(), free_tcp_endpoint()
-    ctx = zmq.Context.instance()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    pub.bind(ready)
-    sub.bind(release)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    buf, _ = SharedBuffer.create(name, 10, buffer_size_for(32 * 32 * 2))
+    fake = FakeReceiver(10, 32 * 32 * 2)
     proc = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "processor.log")
     try:
         proc.ok("configure", {"shared_memory": {"max_pool_memory": 2 * 32 * 32 * 2},  # room for 2 frames
@@ -89,29 +81,19 @@ def test_frames_held_before_mapping_survive_an_exhausted_pool(tmp_path):
                                                   "queue_size": 1},
                                          "connect": {"index": "slow", "connection": "frame_receiver"}},
                               "slow": {"delay": 0.02}})
-        proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": ready, "fr_release_cnxn": release}})
+        proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": fake.ready, "fr_release_cnxn": fake.release}})
         time.sleep(0.5)  # the processor's SUB joins our PUB
         for i in range(10):
-            buf.write_header(i, FrameHeader(i, "<u2", (32, 32), 32 * 32 * 2))
-            pub.send(IpcMessage("notify", "frame_ready", {"frame": i, "buffer_id": i}).encode())
+            fake.buf.write_header(i, FrameHeader(i, "<u2", (32, 32), 32 * 32 * 2))
+            fake.send("frame_ready", {"frame": i, "buffer_id": i})
         wait_for(lambda: proc.status()["frames"]["waiting"] == 10, what="frames held before mapping")
-        pub.send(IpcMessage("notify", "buffer_config", {"shared_buffer_name": name}).encode())
-        released = set()
-        deadline = time.monotonic() + 20
-        while len(released) < 10 and time.monotonic() < deadline:
-            if sub.poll(100):
-                msg = IpcMessage.decode(sub.recv())
-                if msg.msg_val == "frame_release":
-                    released.add(msg.params["buffer_id"])
-        assert released == set(range(10))
+        fake.send("buffer_config", {"shared_buffer_name": fake.name})
+        assert fake.released(10) == set(range(10))
         st = wait_for(lambda: (s := proc.status())["slow"]["frames_processed"] == 10 and s)
         assert st["frames"]["received"] == 10 and st["pool"]["exhausted"] > 0
     finally:
         proc.stop()
-        pub.close()
-        sub.close()
-        buf.close()
-        buf.unlink()
+        fake.close()
 
 
 def test_plugin_file_calling_sys_exit_is_a_nack(tmp_path):
