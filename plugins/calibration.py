@@ -39,6 +39,7 @@ from ._calib.constants import CalibrationConstants, build_constants
 from ._calib.dark import NO_DATA, DarkCollector, DarkRequest, write_dark_file
 from ._calib.kernels import (apply_gain_multigain, apply_gain_single, photonize, subtract_pedestal_multigain,
                              subtract_pedestal_single)
+from ._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
 from ._calib.scratch import Scratch
 from ._calib.settings import OUTPUT_DTYPES
 
@@ -247,7 +248,13 @@ class CalibrationPlugin(FrameProcessorPlugin):
             return
         dst = out.data.reshape(-1)
         work = dst if c.output_dtype.kind == "f" else scratch.get("energy", np.float32)
-        if multigain:
+        if multigain and multigain_supported(c, work):
+            invalid = fused_multigain(flat, c, work)
+            if invalid:
+                self.invalid_gain_pixels += invalid
+                self.frames_with_invalid_gain += 1
+            self.last_invalid_gain_pixels = invalid
+        elif multigain:
             sw = subtract_pedestal_multigain(flat, c, work, scratch)
             if c.common_mode is not None:
                 self._common_mode(work, raw.shape, c, scratch, sw.index)
@@ -256,6 +263,8 @@ class CalibrationPlugin(FrameProcessorPlugin):
                 self.invalid_gain_pixels += sw.invalid
                 self.frames_with_invalid_gain += 1
             self.last_invalid_gain_pixels = sw.invalid
+        elif single_supported(flat, c, work):
+            fused_single(flat, c, work)
         else:
             subtract_pedestal_single(flat, c, work)
             if c.common_mode is not None:
