@@ -77,7 +77,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
         "acquisition_id": Option(str, "", "acquisition id when frames carry none; part of the file name"),
         "close_file_timeout": Option(float, 5.0, "seconds to wait for missing frames after end of acquisition"),
         "swmr": Option(bool, True, "write files SWMR-readable"),
-        "flush_frames": Option(int, 100, "flush after this many frames"),
+        "flush_frames": Option(int, 1000, "flush after this many frames (or after flush_ms, whichever comes first)"),
         "flush_ms": Option(int, 1000, "flush at most this many ms after the first unflushed frame"),
         "vds": Option(bool, True, "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file"),
         "threads": Option(int, 2, "compression threads"),

@@ -80,7 +80,7 @@ class WriterConfig:
     acquisition_id: str = ""
     close_file_timeout: float = 5.0
     swmr: bool = True
-    flush_frames: int = 100
+    flush_frames: int = 1000
     flush_ms: int = 1000
     vds: bool = True
     threads: int = 2
