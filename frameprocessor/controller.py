@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -78,7 +79,8 @@ class ProcessorController:
 
     # -- simple requests ---------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        st: dict[str, Any] = {"process": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 3)}}
+        st: dict[str, Any] = {"process": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
+                                          "switch_interval_ms": round(sys.getswitchinterval() * 1000, 4)}}
         if self.shm is not None:
             st.update(self.shm.status())
         else:

@@ -25,6 +25,11 @@ __all__ = ["FrameProcessorDaemon", "main"]
 
 log = logging.getLogger("frameprocessor")
 DEFAULT_CTRL = "tcp://127.0.0.1:5004"
+#: GIL switch interval of the daemon (ms). h5py and numpy release the GIL inside their C calls and must take
+#: it back afterwards; at Python's default 5 ms a thread busy in Python code (a Python plugin's loop) holds
+#: it that long each time, so the HDF5 writer thread waited up to 5 ms per 0.4 ms chunk write (12x slower,
+#: docs/performance.md). 0.5 ms bounds that wait at a small cost in switching.
+DEFAULT_SWITCH_INTERVAL_MS = 0.5
 
 
 class FrameProcessorDaemon:
@@ -135,13 +140,27 @@ class FrameProcessorDaemon:
         self.ctrl.close()
 
 
+def _switch_interval_ms(text: str) -> float:
+    try:
+        ms = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0.01 <= ms <= 100:
+        raise argparse.ArgumentTypeError(f"{ms:g} ms is outside 0.01..100 ms (Python's own default is 5)")
+    return ms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="framechain processor", description="Run the frame processor daemon.")
     parser.add_argument("--ctrl", default=DEFAULT_CTRL, help="control endpoint to bind (default %(default)s)")
     parser.add_argument("--config", help="JSON file: a list of configure params applied in order at start")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
+                        help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
+                             "other plugin threads waiting after their C calls (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     try:
         daemon = FrameProcessorDaemon(args.ctrl)
     except FramechainError as err:

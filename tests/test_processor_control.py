@@ -230,3 +230,23 @@ def test_execute_checks_every_command_before_running_any(tmp_path):
         assert d.status()["c"]["bumps"] == 1
     finally:
         d.stop()
+
+
+def test_switch_interval_is_applied_in_the_daemon_and_reported(tmp_path, processor):
+    """The daemon runs with a short GIL switch interval (default 0.5 ms, settable); status shows the live value."""
+    assert processor.status()["process"]["switch_interval_ms"] == 0.5
+    d = Daemon("processor", ["--switch-interval-ms", "0.25"], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        assert d.status()["process"]["switch_interval_ms"] == 0.25
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("value, why", [("0", "0 ms is outside 0.01..100 ms"), ("fast", "'fast' is not a number")])
+def test_bad_switch_interval_exits_2_saying_why(value, why):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "client.cli", "processor", "--ctrl", free_tcp_endpoint(),
+                          "--switch-interval-ms", value], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert why in out.stderr
