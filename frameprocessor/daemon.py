@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                              "other plugin threads waiting after their C calls (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.setswitchinterval(args.switch_interval_ms / 1000)
+    sys.setswitchinterval((round(args.switch_interval_ms * 1000) + 0.5) / 1e6)  # CPython truncates to whole µs
     try:
         daemon = FrameProcessorDaemon(args.ctrl)
     except FramechainError as err:

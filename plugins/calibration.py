@@ -248,7 +248,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
             return
         dst = out.data.reshape(-1)
         work = dst if c.output_dtype.kind == "f" else scratch.get("energy", np.float32)
-        if multigain and multigain_supported(c, work):
+        if multigain and multigain_supported(flat, c, work):
             invalid = fused_multigain(flat, c, work)
             if invalid:
                 self.invalid_gain_pixels += invalid

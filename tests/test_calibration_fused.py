@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calib_helpers import multigain_raw, ref_multigain
+from calib_helpers import attach, multigain_raw, ref_multigain
 
+from frameprocessor import Frame
 from plugins._calib.constants import build_constants
 from plugins._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
 from plugins._calib.kernels import (apply_gain_multigain, apply_gain_single, subtract_pedestal_multigain,
                                     subtract_pedestal_single)
 from plugins._calib.scratch import Scratch
+from plugins.calibration import CalibrationPlugin
 
 _BASE = {"flatfield": None, "pixel_status": None, "common_mode": None, "photonize": None,
          "output_dtype": "float32", "invalid_gain_value": "nan"}
@@ -45,9 +47,10 @@ def test_fused_multigain_matches_numpy_kernels_and_reference(tmp_path, shape, in
     g3 = np.stack([rng.normal(m, s, shape) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
     c = _constants(tmp_path, "multigain", p3, g3, invalid)
     raw = multigain_raw(rng, shape).reshape(-1)
+    raw[:5] = [0x3FFF, 0x4000, 0x8000, 0xC000, 0xFFFF][:raw.size]   # the edges of each gain code
     raw.flags.writeable = not readonly
     out = np.full(raw.size, -7.0, np.float32)
-    assert multigain_supported(c, out)
+    assert multigain_supported(raw, c, out)
     n_invalid = fused_multigain(raw, c, out)
     ref, ref_invalid = _numpy_multigain(raw, c, shape)
     assert n_invalid == ref_invalid == int(np.count_nonzero((raw >> 14) == 2))
@@ -103,3 +106,28 @@ def test_fused_paths_decline_what_they_do_not_serve(tmp_path):
     np.save(tmp_path / "p.npy", ped)
     ped_only = build_constants({**_BASE, "mode": "single", "pedestal": str(tmp_path / "p.npy"), "gain": None})
     assert not single_supported(np.zeros(16, np.uint16), ped_only, f32)
+    assert not single_supported(np.zeros(32, np.uint16)[::2], c, f32)   # strided: numpy path
+
+
+@pytest.mark.parametrize("mode", ["single", "multigain"])
+def test_strided_frames_take_the_numpy_path_with_the_same_result(tmp_path, mode):
+    """A strided view (what an upstream plugin may push) is calibrated, not refused by the compiled kernel."""
+    rng = np.random.default_rng(3)
+    n = 64
+    if mode == "single":
+        ped, gain = rng.normal(100, 5, (n, 1)).astype(np.float32), rng.normal(4, 0.1, (n, 1)).astype(np.float32)
+    else:
+        ped = np.stack([rng.normal(m, 30, (n, 1)) for m in (1500, 12000, 14000)]).astype(np.float32)
+        gain = np.stack([rng.normal(m, s, (n, 1)) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    np.save(tmp_path / "p.npy", ped)
+    np.save(tmp_path / "g.npy", gain)
+    p = CalibrationPlugin("calib")
+    p.configure({"mode": mode, "pedestal": str(tmp_path / "p.npy"), "gain": str(tmp_path / "g.npy")})
+    sink = attach(p)
+    wide = multigain_raw(rng, (n, 8)) if mode == "multigain" else rng.integers(0, 4000, (n, 8)).astype(np.uint16)
+    strided, packed = wide[:, :1], np.ascontiguousarray(wide[:, :1])
+    assert not strided.reshape(-1).flags.c_contiguous
+    p.process_frame(Frame(strided, 0))
+    p.process_frame(Frame(packed, 1))
+    assert [f.frame_number for f in sink.frames] == [0, 1]
+    np.testing.assert_array_equal(sink.frames[0].data, sink.frames[1].data)

@@ -3,8 +3,8 @@
 The numpy kernels (``kernels.py``) make three or more passes over a 1 Mpixel
 frame (cast, subtract, multiply, gain-bit search); these make one, compiled
 with numba, release the GIL, and serve the common configuration:
-uint16/uint32 raw data, float32 energies, pedestal and gain both given, no
-common mode (which must run between pedestal and gain). Everything else
+contiguous uint16/uint32 raw data, float32 energies, pedestal and gain both
+given, no common mode (which must run between pedestal and gain). Everything else
 takes the numpy path; both give the same numbers (tests compare them).
 
 Multi-gain: each 32-pixel block is computed with the G0 formula while the
@@ -85,12 +85,12 @@ def _single(raw, pedestal, recip, out):  # pragma: no cover - compiled
 def single_supported(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> bool:
     """Whether ``fused_single`` serves this frame (else use the numpy kernels)."""
     return (c.pedestal is not None and c.recip is not None and c.common_mode is None
-            and raw.dtype in (np.uint16, np.uint32) and out.dtype == np.float32)
+            and raw.dtype in (np.uint16, np.uint32) and raw.flags.c_contiguous and out.dtype == np.float32)
 
 
-def multigain_supported(c: CalibrationConstants, out: np.ndarray) -> bool:
-    """Whether ``fused_multigain`` serves this configuration (raw must be uint16, as multi-gain requires)."""
-    return c.common_mode is None and out.dtype == np.float32
+def multigain_supported(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> bool:
+    """Whether ``fused_multigain`` serves this frame (raw must be uint16, as multi-gain requires)."""
+    return c.common_mode is None and raw.flags.c_contiguous and out.dtype == np.float32
 
 
 def fused_single(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> None:
