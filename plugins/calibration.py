@@ -248,21 +248,19 @@ class CalibrationPlugin(FrameProcessorPlugin):
             return
         dst = out.data.reshape(-1)
         work = dst if c.output_dtype.kind == "f" else scratch.get("energy", np.float32)
-        if multigain and multigain_supported(flat, c, work):
-            invalid = fused_multigain(flat, c, work)
+        if multigain:
+            if multigain_supported(flat, c, work):
+                invalid = fused_multigain(flat, c, work)
+            else:
+                sw = subtract_pedestal_multigain(flat, c, work, scratch)
+                if c.common_mode is not None:
+                    self._common_mode(work, raw.shape, c, scratch, sw.index)
+                apply_gain_multigain(c, work, sw)
+                invalid = sw.invalid
             if invalid:
                 self.invalid_gain_pixels += invalid
                 self.frames_with_invalid_gain += 1
             self.last_invalid_gain_pixels = invalid
-        elif multigain:
-            sw = subtract_pedestal_multigain(flat, c, work, scratch)
-            if c.common_mode is not None:
-                self._common_mode(work, raw.shape, c, scratch, sw.index)
-            apply_gain_multigain(c, work, sw)
-            if sw.invalid:
-                self.invalid_gain_pixels += sw.invalid
-                self.frames_with_invalid_gain += 1
-            self.last_invalid_gain_pixels = sw.invalid
         elif single_supported(flat, c, work):
             fused_single(flat, c, work)
         else:

@@ -77,6 +77,13 @@ def multigain_raw(rng: np.random.Generator, shape: tuple[int, int], codes: np.nd
     return ((codes.astype(np.uint16) << 14) | adc).astype(np.uint16)
 
 
+def multigain_constants(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """JUNGFRAU-like (3, *shape) pedestal and gain maps for stages G0, G1, G2 (float32)."""
+    p3 = np.stack([rng.normal(m, 30, shape) for m in (1500, 12000, 14000)]).astype(np.float32)
+    g3 = np.stack([rng.normal(m, s, shape) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    return p3, g3
+
+
 def ref_multigain(raw: np.ndarray, p3: np.ndarray, g3: np.ndarray, ff: np.ndarray | None = None,
                   invalid: float = np.nan) -> np.ndarray:
     """E = ((raw & 0x3FFF) - P[g]) / G[g] written independently in float64 with explicit stage selection."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calib_helpers import (attach, multigain_raw, ref_common_mode, ref_multigain, save_h5, save_npy)
+from calib_helpers import (attach, multigain_constants, multigain_raw, ref_common_mode, ref_multigain, save_h5,
+                          save_npy)
 
 from frameprocessor import Frame
 from ipc.errors import ConfigError
@@ -31,8 +32,7 @@ def consts(tmp_path, rng):
 
 @pytest.fixture
 def mg(tmp_path, rng):
-    p3 = np.stack([rng.normal(m, 30, (H, W)) for m in (1500, 12000, 14000)]).astype(np.float32)
-    g3 = np.stack([rng.normal(m, s, (H, W)) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    p3, g3 = multigain_constants(rng, (H, W))
     return {"p3": p3, "g3": g3, "ped_spec": save_h5(tmp_path / "mg.h5", "/pedestal", p3),
             "gain_spec": save_h5(tmp_path / "mg.h5", "/gain", g3)}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calib_helpers import attach, multigain_raw, ref_multigain
+from calib_helpers import attach, multigain_constants, multigain_raw, ref_multigain
 
 from frameprocessor import Frame
 from plugins._calib.constants import build_constants
@@ -43,8 +43,7 @@ def _numpy_multigain(raw, c, shape):
 @pytest.mark.parametrize("readonly", [False, True])
 def test_fused_multigain_matches_numpy_kernels_and_reference(tmp_path, shape, invalid, readonly):
     rng = np.random.default_rng(sum(shape))
-    p3 = np.stack([rng.normal(m, 30, shape) for m in (1500, 12000, 14000)]).astype(np.float32)
-    g3 = np.stack([rng.normal(m, s, shape) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    p3, g3 = multigain_constants(rng, shape)
     c = _constants(tmp_path, "multigain", p3, g3, invalid)
     raw = multigain_raw(rng, shape).reshape(-1)
     raw[:5] = [0x3FFF, 0x4000, 0x8000, 0xC000, 0xFFFF][:raw.size]   # the edges of each gain code
@@ -64,8 +63,7 @@ def test_fused_multigain_sparse_spots_only_touch_switched_blocks(tmp_path):
     """A JUNGFRAU-like frame (G0 but for one G1/G2 spot and one lone G2 pixel) takes the block skip path."""
     shape = (64, 256)
     rng = np.random.default_rng(5)
-    p3 = np.stack([rng.normal(m, 30, shape) for m in (1500, 12000, 14000)]).astype(np.float32)
-    g3 = np.stack([rng.normal(m, s, shape) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    p3, g3 = multigain_constants(rng, shape)
     c = _constants(tmp_path, "multigain", p3, g3)
     codes = np.zeros(shape, np.uint16)
     codes[20:26, 100:130] = 1
@@ -117,8 +115,7 @@ def test_strided_frames_take_the_numpy_path_with_the_same_result(tmp_path, mode)
     if mode == "single":
         ped, gain = rng.normal(100, 5, (n, 1)).astype(np.float32), rng.normal(4, 0.1, (n, 1)).astype(np.float32)
     else:
-        ped = np.stack([rng.normal(m, 30, (n, 1)) for m in (1500, 12000, 14000)]).astype(np.float32)
-        gain = np.stack([rng.normal(m, s, (n, 1)) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+        ped, gain = multigain_constants(rng, (n, 1))
     np.save(tmp_path / "p.npy", ped)
     np.save(tmp_path / "g.npy", gain)
     p = CalibrationPlugin("calib")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-from calib_helpers import CAPTURE, multigain_raw, ref_multigain, save_h5, save_npy
+from calib_helpers import CAPTURE, multigain_constants, multigain_raw, ref_multigain, save_h5, save_npy
 from harness import wait_for
 
 H, W, N = 64, 64, 6
@@ -15,8 +15,7 @@ def test_multigain_calib_and_mask_in_the_processor(pipeline, tmp_path):
     raw = np.stack([multigain_raw(rng, (H, W)) for _ in range(N)])
     with h5py.File(tmp_path / "raw.h5", "w") as f:
         f["data"] = raw
-    p3 = np.stack([rng.normal(m, 30, (H, W)) for m in (1500, 12000, 14000)]).astype(np.float32)
-    g3 = np.stack([rng.normal(m, s, (H, W)) for m, s in ((40, 1), (-1.5, 0.05), (-0.1, 0.004))]).astype(np.float32)
+    p3, g3 = multigain_constants(rng, (H, W))
     status = np.zeros((H, W), np.uint32)
     status[10, 10] = 1
     mask = np.ones((H, W), np.uint8)

@@ -2,6 +2,8 @@
 and leaves the daemon's state unchanged. Uses a real processor subprocess."""
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -169,8 +171,6 @@ def test_config_file_at_start(tmp_path):
 
 
 def test_bad_config_file_at_start_exits_2_naming_the_item(tmp_path):
-    import subprocess
-    import sys
     cfg = tmp_path / "bad.json"
     cfg.write_text(json.dumps([{"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}},
                                {"s": {"enabled": 3}}]))
@@ -244,8 +244,6 @@ def test_switch_interval_is_applied_in_the_daemon_and_reported(tmp_path, process
 
 @pytest.mark.parametrize("value, why", [("0", "0 ms is outside 0.01..100 ms"), ("fast", "'fast' is not a number")])
 def test_bad_switch_interval_exits_2_saying_why(value, why):
-    import subprocess
-    import sys
     out = subprocess.run([sys.executable, "-m", "client.cli", "processor", "--ctrl", free_tcp_endpoint(),
                           "--switch-interval-ms", value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
