@@ -1,20 +1,26 @@
 """Receiver -> shared memory -> processor -> dummy plugin throughput, against a numpy copy baseline.
 
-Baseline: ``np.copyto`` of the same frames cycling over the same number of
+The daemons are started and wired by ``client.launcher.Launcher`` (as
+``framechain run`` does); the clock runs from ``start_source``. Baseline: ``np.copyto`` of the same frames cycling over the same number of
 buffers, in this process, in the same run (one copy per frame is what copy
 mode must do at least).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from client.launcher import Launcher
 from ipc import buffer_size_for
 
 from . import Figure
-from ._daemons import BenchPipeline
 
 DUMMY = {"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "plugins.dummy"},
                     "connect": {"index": "dummy", "connection": "frame_receiver"}}}
@@ -35,20 +41,33 @@ def copy_baseline(shape: tuple[int, int], frames: int, num_buffers: int) -> floa
     return frames / (time.perf_counter() - t0)
 
 
+def _pipeline_seconds(source: dict[str, Any], copy: bool, frames: int, max_buffer_mem: int) -> float:
+    """Seconds from starting the source until the dummy plugin has processed ``frames`` (daemons via Launcher)."""
+    cfg = {"receiver": {"source": source, "max_buffer_mem": max_buffer_mem,
+                        "shared_buffer_name": f"fcbench_{os.getpid()}_{uuid.uuid4().hex[:6]}"},
+           "processor": [{"shared_memory": {"copy": copy}}, DUMMY]}
+    launcher = Launcher(cfg, Path(tempfile.mkdtemp(prefix="framechain_bench_")))
+    try:
+        launcher.setup()
+        t0 = time.perf_counter()
+        launcher.start_source()
+        while launcher.request("processor", "status")["dummy"]["frames_processed"] < frames:
+            time.sleep(0.02)
+        return time.perf_counter() - t0
+    finally:
+        launcher.shutdown()
+
+
 def run(quick: bool = False) -> list[Figure]:
     figures = []
     for shape, frames in CASES:
         if quick:
             frames = max(200, frames // 20)
         nbytes = shape[0] * shape[1] * 2
+        base = copy_baseline(shape, frames, NUM_BUFFERS)
+        source = {"type": "simulated", "pattern": "ramp", "shape": list(shape), "dtype": "uint16", "frames": frames}
         for copy in (True, False):
-            with BenchPipeline() as p:
-                p.setup({"type": "simulated", "pattern": "ramp", "shape": list(shape), "dtype": "uint16",
-                         "frames": frames}, [DUMMY], copy=copy, num_buffers=NUM_BUFFERS,
-                        buffer_size=buffer_size_for(nbytes))
-                seconds = p.run("dummy", frames)
-            fps = frames / seconds
-            base = copy_baseline(shape, frames, NUM_BUFFERS)
+            fps = frames / _pipeline_seconds(source, copy, frames, NUM_BUFFERS * buffer_size_for(nbytes))
             name = f"{shape[0]}x{shape[1]} uint16 {'copy' if copy else 'zero-copy'}"
             target, on = None, "ratio"
             if shape == (1024, 1024) and copy:

@@ -14,7 +14,6 @@ Logger: ``framechain.client.monitor``.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable
@@ -27,7 +26,7 @@ from ipc.client import IpcClient
 from ipc.errors import IpcTimeout
 from ipc.message import IpcMessage
 
-__all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "json_safe", "KINDS"]
+__all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "lookup", "KINDS"]
 
 log = logging.getLogger("framechain.client.monitor")
 
@@ -78,18 +77,8 @@ def parse_endpoints(items: str | Iterable[str]) -> list[EndpointSpec]:
     return specs
 
 
-def json_safe(value: Any) -> Any:
-    """Replace NaN and infinities by None so browsers' JSON.parse accepts the value."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _lookup(tree: dict, path: str) -> Any:
+def lookup(tree: Any, path: str) -> Any:
+    """``tree['a']['b']`` for ``path`` ``'a/b'``; None when any part is missing."""
     node: Any = tree
     for part in path.split("/"):
         if not isinstance(node, dict) or part not in node:
@@ -102,12 +91,12 @@ def rate_counters(kind: str, status: dict) -> dict[str, float]:
     """The monotonic counters whose rates a user wants to see, by ``path`` in ``status``."""
     paths = ["frames/received", "frames/released", "frames/dropped"]
     if kind == "processor":
-        for index in _lookup(status, "plugins/names") or []:
+        for index in lookup(status, "plugins/names") or []:
             for key in ("frames_processed", "frames_written", "frames_dropped"):
                 paths.append(f"{index}/{key}")
     out = {}
     for path in paths:
-        value = _lookup(status, path)
+        value = lookup(status, path)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[path] = float(value)
     return out
@@ -215,7 +204,7 @@ class DaemonLink:
                 if self._polls % 4 == 0 or not self._snap.connected or self._config_due:
                     self._config_due = False
                     config = self._client.request("request_configuration", timeout=self.poll_timeout)
-        except IpcTimeout as err:
+        except IpcTimeout:
             self._mark_down(f"no reply to status within {self.poll_timeout:g} s")
             return self._snap
         self._polls += 1
@@ -223,11 +212,11 @@ class DaemonLink:
         snap = Snapshot(connected=True, updated=now, error="",
                         config=self._snap.config, rates=self._snap.rates)
         if status.msg_type == "ack":
-            snap.status = json_safe(status.params)
+            snap.status = status.params  # IpcMessage.decode refuses NaN/Infinity
         else:
             snap.status, snap.error = self._snap.status, f"status nacked: {status.error}"
         if config is not None and config.msg_type == "ack":
-            snap.config = json_safe(config.params)
+            snap.config = config.params
         counts = rate_counters(self.kind, snap.status)
         if self._last_counts is not None:
             t0, old = self._last_counts

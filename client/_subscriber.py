@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ._monitor import json_safe
 
 __all__ = ["LatestSubscriber", "LiveViewSubscriber", "JsonSubscriber"]
 
@@ -141,11 +140,11 @@ class LiveViewSubscriber(LatestSubscriber):
         image = np.frombuffer(parts[1], dtype=np.dtype(header["dtype"]))
         if image.size != int(np.prod(shape)):
             raise ValueError(f"live view data holds {image.size} pixels but header shape is {shape}")
-        return header, image.reshape(shape).copy()
+        return header, image.reshape(shape)  # read-only view of the message bytes
 
 
 class JsonSubscriber(LatestSubscriber):
     """Keep the newest JSON message (the last part of each multipart message)."""
 
     def decode(self, parts: list[bytes]) -> Any:
-        return json_safe(json.loads(parts[-1]))
+        return json.loads(parts[-1], parse_constant=lambda _: None)  # NaN/Infinity -> null for browsers

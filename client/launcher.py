@@ -40,7 +40,7 @@ from ipc.shm import SharedBuffer
 
 from .summary import summarise
 
-__all__ = ["Launcher", "main", "control_endpoints"]
+__all__ = ["Launcher", "LaunchError", "main", "control_endpoints", "load_config"]
 
 log = logging.getLogger("client.launcher")
 _KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints"}
@@ -65,11 +65,10 @@ class Launcher:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, IpcClient] = {}
-        self.shm_name = f"framechain_run_{os.getpid()}"
         eps = config.get("endpoints") or {}
         self.endpoints = {k: eps.get(k) or free_tcp_endpoint() for k in ENDPOINT_KEYS}
         self.ready, self.release = self.endpoints["ready"], self.endpoints["release"]
-        self.segment = config["receiver"].get("shared_buffer_name") or self.shm_name
+        self.segment = config["receiver"].get("shared_buffer_name") or f"framechain_run_{os.getpid()}"
         self.hurry = 0  # signals received while shutting down: 1 terminate the daemons, 2 kill them
 
     # -- daemons ---------------------------------------------------------------
@@ -99,11 +98,15 @@ class Launcher:
         return reply.params
 
     def start(self) -> None:
+        """:meth:`setup`, then :meth:`start_source`."""
+        self.setup()
+        self.start_source()
+
+    def setup(self) -> None:
+        """Spawn and configure both daemons; return once frames can flow (the source is not started)."""
         self._spawn("receiver", ["--ready", self.ready, "--release", self.release])
         self._spawn("processor", [])
-        rx = dict(self.config["receiver"])
-        rx.setdefault("shared_buffer_name", self.shm_name)
-        self.request("receiver", "configure", rx)
+        self.request("receiver", "configure", {**self.config["receiver"], "shared_buffer_name": self.segment})
         self.request("processor", "configure", {"fr_setup": {"fr_ready_cnxn": self.ready,
                                                              "fr_release_cnxn": self.release}})
         for params in self.config.get("processor", []):
@@ -120,6 +123,8 @@ class Launcher:
             if time.monotonic() > deadline:
                 raise LaunchError("the processor did not subscribe to the receiver's frame_ready within 10 s")
             time.sleep(0.02)
+
+    def start_source(self) -> None:
         self.request("receiver", "execute", {"source": {"command": "start"}})
 
     def endpoints_option(self) -> str:
@@ -207,14 +212,15 @@ class Launcher:
         return min((fp[n]["frames_handled"] for n in names), default=0)
 
 
-def _load(path: str) -> dict[str, Any]:
+def load_config(path: str) -> dict[str, Any]:
+    """Read and check a ``framechain run`` config file; :class:`LaunchError` says what is wrong."""
     try:
         with open(path) as fh:
             cfg = json.load(fh)
     except OSError as err:
-        raise LaunchError(f"cannot read {path}: {err}") from err
+        raise LaunchError(f"cannot read run config {path}: {err}") from err
     except json.JSONDecodeError as err:
-        raise LaunchError(f"{path} is not valid JSON: {err}") from err
+        raise LaunchError(f"run config {path} is not valid JSON: {err}") from err
     if not isinstance(cfg, dict) or "receiver" not in cfg:
         raise LaunchError(f"{path} must be a JSON object with at least 'receiver' and 'processor'")
     unknown = set(cfg) - _KEYS
@@ -262,7 +268,7 @@ class _Signals:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = _load(args.config)
+        cfg = load_config(args.config)
     except LaunchError as err:
         print(f"framechain run: {err}", file=sys.stderr)
         return 2

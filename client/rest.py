@@ -174,15 +174,7 @@ def serve(argv: list[str], remove_after_parse: Path | None = None) -> int:
     return 0
 
 
-def _standalone(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="framechain")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["rest", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    from client.cli import main as cli_main
+
+    sys.exit(cli_main(["rest", *sys.argv[1:]]))

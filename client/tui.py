@@ -9,7 +9,6 @@ every ack/nack shown in a response pane. See docs/clients.md for the keys.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -44,21 +43,16 @@ def run_config_items(path: str) -> list[str]:
     Raises
     ------
     ValueError
-        The file cannot be read, is not a JSON object, or does not fix both the
+        The file is not a valid run config (see ``client.launcher.load_config``), or does not fix both the
         receiver's and the processor's control endpoint (then the user is told
         to use the ``--endpoints`` line ``framechain run`` prints).
     """
-    from .launcher import control_endpoints
+    from .launcher import LaunchError, control_endpoints, load_config
 
     try:
-        with open(path) as fh:
-            cfg = json.load(fh)
-    except OSError as err:
-        raise ValueError(f"cannot read run config {path!r}: {err}") from err
-    except json.JSONDecodeError as err:
-        raise ValueError(f"run config {path!r} is not valid JSON: {err}") from err
-    if not isinstance(cfg, dict):
-        raise ValueError(f"run config {path!r} is not a JSON object")
+        cfg = load_config(path)
+    except LaunchError as err:
+        raise ValueError(str(err)) from err
     eps = control_endpoints(cfg)
     missing = [k for k in ("receiver", "processor") if not isinstance(eps.get(k), str)]
     if missing:
@@ -110,12 +104,7 @@ def main(args: argparse.Namespace) -> int:
             app.close()
 
 
-def _standalone(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="framechain")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tui", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
 if __name__ == "__main__":
-    sys.exit(_standalone())
+    from client.cli import main as cli_main
+
+    sys.exit(cli_main(["tui", *sys.argv[1:]]))

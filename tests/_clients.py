@@ -8,15 +8,17 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import wait_for
+from harness import Pipeline, wait_for
 from ipc import free_tcp_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["RestServer", "http", "REPO"]
+__all__ = ["RestServer", "http", "REPO", "speckle_stack"]
 
 
 def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
@@ -93,3 +95,30 @@ class RestServer:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def speckle_stack(tmp_path: Path, shape: list[int], live_per_second: float, before: list[tuple] = (),
+                  after: list[tuple] = ()) -> Iterator[tuple[Pipeline, RestServer]]:
+    """Speckle frames -> [before] -> XpcsCorrelatorPlugin -> LiveViewPlugin [after], and the REST server on
+    the correlator's and live view's PUB sockets (daemons configured, source not started)."""
+    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
+    pipe = Pipeline(tmp_path)
+    server = None
+    try:
+        pipe.configure_receiver({"type": "simulated", "pattern": "speckle", "shape": shape, "frames": 1000000,
+                                 "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
+        pipe.setup_processor([
+            *before,
+            ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
+             {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
+            ("live", "LiveViewPlugin", "plugins.live_view", "xpcs",
+             {"live_view_socket_addr": live_ep, "per_second": live_per_second}),
+            *after,
+        ])
+        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}", live_ep, xpcs_ep)
+        yield pipe, server
+    finally:
+        if server is not None:
+            server.close()
+        pipe.close()

@@ -1,12 +1,20 @@
 """``framechain ctl`` and ``framechain run`` driven through main(argv), against real daemons."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
-from harness import Daemon
+from harness import Daemon, wait_for
+from test_pipeline import CHECKER
 
+from benchmarks import Figure
+from client.bench import format_table
 from client.cli import main
-from ipc import free_tcp_endpoint
+from client.launcher import control_endpoints
+from ipc import IpcClient, IpcTimeout, free_tcp_endpoint
 
 
 @pytest.fixture(scope="module")
@@ -95,36 +103,7 @@ def test_run_rejects_unknown_config_keys(tmp_path, capsys):
     assert "unknown key(s) ['processr']" in capsys.readouterr().err
 
 
-def test_run_ctrl_c_stops_everything_cleanly(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    cfg = {"receiver": {"shared_buffer_name": f"fcctrlc_{os.getpid()}",
-                        "source": {"type": "simulated", "shape": [8, 8], "frames": 100000, "rate": 200}},
-           "processor": [{"plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
-                                     "connect": {"index": "d", "connection": "frame_receiver"}}}]}
-    path = tmp_path / "long.json"
-    path.write_text(json.dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress",
-                             "--log-dir", str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    shm = f"/dev/shm/fcctrlc_{os.getpid()}"
-    deadline = time.monotonic() + 30
-    while not os.path.exists(shm) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
-    assert "(stopped)" in out and "lost frames     0 (none)" in out
-    assert not os.path.exists(shm)
-
-
 def test_run_with_fixed_endpoints(tmp_path, capsys):
-    from client.launcher import control_endpoints
     eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
     cfg = {"endpoints": eps,
            "receiver": {"source": {"type": "simulated", "shape": [8, 8], "frames": 20}},
@@ -153,13 +132,7 @@ def _alive(pid: int) -> bool:
 
 def _start_long_run(tmp_path, plugin: dict, extra_processor: list | None = None):
     """A `framechain run` subprocess on fixed endpoints; returns (proc, daemon pids, shm path)."""
-    import os
-    import subprocess
-    import sys
 
-    from harness import wait_for
-
-    from ipc import IpcClient, IpcTimeout
     name = f"fcsig_{os.getpid()}_{tmp_path.name[-12:]}"
     eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
     cfg = {"endpoints": eps,
@@ -191,23 +164,21 @@ def _read_until(stream, text: str) -> bool:
 
 
 def _kill_leftovers(pids: dict) -> None:
-    import os
-    import signal
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_run_sigterm_stops_everything_like_ctrl_c(tmp_path):
-    import os
-    import signal
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_run_ctrl_c_or_sigterm_stops_everything_cleanly(tmp_path, sig, code, word):
     proc, pids, shm = _start_long_run(tmp_path, {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"})
     try:
         assert os.path.exists(shm)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signal.SIGTERM, err
-        assert "terminated; stopping the source and draining" in err
+        assert proc.returncode == code, err
+        assert f"{word}; stopping the source and draining" in err
         assert "(stopped)" in out and "lost frames     0 (none)" in out
         assert not any(_alive(pid) for pid in pids.values())
         assert not os.path.exists(shm)
@@ -216,10 +187,6 @@ def test_run_sigterm_stops_everything_like_ctrl_c(tmp_path):
 
 
 def test_run_repeated_ctrl_c_during_shutdown_still_stops_the_daemons(tmp_path):
-    import os
-    import signal
-
-    from test_pipeline import CHECKER
     (tmp_path / "checker.py").write_text(CHECKER)
     # a slow plugin with a deep queue: draining at shutdown would take minutes
     plugin = {"index": "d", "name": "RampChecker", "library": str(tmp_path / "checker.py"), "queue_size": 1000}
@@ -240,8 +207,6 @@ def test_run_repeated_ctrl_c_during_shutdown_still_stops_the_daemons(tmp_path):
 
 
 def test_bench_table_shows_gb_per_s_next_to_frames_per_s():
-    from benchmarks import Figure
-    from client.bench import format_table
     f = Figure("pipeline", "zero-copy 1024x1024 uint16", 2000.0, "frames/s", 4000.0, "numpy copy",
                extra="4.19 GB/s")
     header, _, row = format_table([f]).splitlines()

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from _clients import REPO, RestServer, http
+from _clients import REPO, RestServer, http, speckle_stack
 from harness import Daemon, Pipeline, wait_for
 from client import rest
 from client._monitor import parse_endpoints
@@ -46,25 +46,9 @@ def stack(tmp_path_factory):
 @pytest.fixture
 def publishing(tmp_path):
     """Speckle frames through the real XpcsCorrelatorPlugin and LiveViewPlugin, and the REST server on their PUBs."""
-    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
-    pipe = Pipeline(tmp_path)
-    server = None
-    try:
-        pipe.configure_receiver({"type": "simulated", "pattern": "speckle", "shape": [48, 64], "frames": 1000000,
-                                 "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
-        pipe.setup_processor([
-            ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
-             {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
-            ("live", "LiveViewPlugin", "plugins.live_view", "xpcs", {"live_view_socket_addr": live_ep,
-                                                                     "per_second": 10}),
-        ])
-        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}", live_ep, xpcs_ep)
+    with speckle_stack(tmp_path, [48, 64], live_per_second=10) as (pipe, server):
         pipe.start()
         yield pipe, server
-    finally:
-        if server is not None:
-            server.close()
-        pipe.close()
 
 
 def connected(server, name):
@@ -112,7 +96,8 @@ def test_unknown_get_paths_are_404_json(stack, path):
     _, server = stack
     code, body = server.get(path)
     assert code == 404
-    assert "Invalid path" in body["error"] or "no" in body["error"]
+    assert "Invalid path" in body["error"]
+    assert "top-level paths are adapter, status, config, live, xpcs" in body["error"]
 
 
 def test_configure_load_connect_and_configure_a_plugin(stack):

@@ -10,9 +10,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from _clients import RestServer
-from harness import Pipeline, wait_for
-from ipc import free_tcp_endpoint
+from _clients import speckle_stack
+from harness import wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [pytest.mark.timeout(120),
@@ -45,32 +44,16 @@ def browser():
 
 @pytest.fixture
 def stack(tmp_path):
-    live_ep, xpcs_ep = free_tcp_endpoint(), free_tcp_endpoint()
-    pipe = Pipeline(tmp_path)
-    server = None
-    try:
-        pipe.configure_receiver({"type": "simulated", "pattern": "speckle", "shape": [64, 64], "frames": 1000000,
-                                 "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
-        out = tmp_path / "out"
-        out.mkdir()
-        mask = tmp_path / "mask.npy"
-        np.save(mask, np.ones((8, 8), dtype=bool))     # frames are 64x64: the mask plugin drops every one
-        pipe.setup_processor([
-            ("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)}),
-            ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
-             {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
-            ("live", "LiveViewPlugin", "plugins.live_view", "xpcs",
-             {"live_view_socket_addr": live_ep, "per_second": 4}),
-            ("hdf", "FileWriterPlugin", "plugins.hdf5_writer", "xpcs",
-             {"file": {"path": str(out), "prefix": "web"}, "dataset": {"data": {"datatype": "uint16",
-                                                                                 "dims": [64, 64]}}}),
-        ])
-        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}", live_ep, xpcs_ep)
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((8, 8), dtype=bool))     # frames are 64x64: the mask plugin drops every one
+    with speckle_stack(tmp_path, [64, 64], live_per_second=4,
+                       before=[("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)})],
+                       after=[("hdf", "FileWriterPlugin", "plugins.hdf5_writer", "xpcs",
+                               {"file": {"path": str(out), "prefix": "web"},
+                                "dataset": {"data": {"datatype": "uint16", "dims": [64, 64]}}})]) as (pipe, server):
         yield pipe, server, out
-    finally:
-        if server is not None:
-            server.close()
-        pipe.close()
 
 
 def text(driver, element_id: str) -> str:

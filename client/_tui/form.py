@@ -32,7 +32,6 @@ class Field:
     value: str = ""
     kind: str = "text"
     choices: list[str] = field(default_factory=list)
-    required: bool = True
 
     def parsed(self) -> Any:
         """The value as the request needs it (JSON fields parsed)."""
@@ -73,7 +72,7 @@ class Form:
         """Parse every field; ValueError naming the field on bad input."""
         out = {}
         for f in self.fields:
-            if f.required and not f.value.strip():
+            if not f.value.strip():
                 raise ValueError(f"{f.label} is empty")
             try:
                 out[f.name] = f.parsed()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._monitor import DaemonLink
+from .._monitor import DaemonLink, Snapshot, lookup
 
 __all__ = ["Line", "status_lines", "chain_lines", "fmt_count", "fmt_rate", "drop_counters"]
 
@@ -35,16 +35,7 @@ def fmt_rate(value: float | None) -> str:
     return f"{value:.1f}/s"
 
 
-def _get(tree: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
-
-
-def _header(link: DaemonLink) -> Line:
-    snap = link.snapshot()
+def _header(link: DaemonLink, snap: Snapshot) -> Line:
     if not snap.updated:
         state = ("CONNECTING", "warn")
     else:
@@ -55,17 +46,19 @@ def _header(link: DaemonLink) -> Line:
     return line
 
 
-def _receiver(link: DaemonLink) -> list[Line]:
-    snap = link.snapshot()
-    st, rates = snap.status, snap.rates
+def _frames_received(frames: dict, rates: dict) -> Line:
+    """The 'frames received (rate) released' start both daemons' first line share."""
+    return [("  frames received ", "normal"), (fmt_count(frames.get("received")), "bold"),
+            (f" ({fmt_rate(rates.get('frames/received'))})", "normal"),
+            ("  released ", "normal"), (fmt_count(frames.get("released")), "normal")]
+
+
+def _receiver(st: dict, rates: dict) -> list[Line]:
     if not st:
         return []
     frames = st.get("frames", {})
     dropped = frames.get("dropped", 0) or 0
-    out: list[Line] = [[
-        ("  frames received ", "normal"), (fmt_count(frames.get("received")), "bold"),
-        (f" ({fmt_rate(rates.get('frames/received'))})", "normal"),
-        ("  released ", "normal"), (fmt_count(frames.get("released")), "normal"),
+    out: list[Line] = [_frames_received(frames, rates) + [
         ("  dropped ", "normal"), (fmt_count(dropped), "bad" if dropped else "normal"),
         ("  timedout ", "normal"), (fmt_count(frames.get("timedout")), "bad" if frames.get("timedout") else "normal"),
     ]]
@@ -110,7 +103,7 @@ def _plugin_line(index: str, st: dict, rates: dict) -> Line:
     errors = st.get("errors", 0) or 0
     drops = drop_counters(st)
     total = sum(drops.values())
-    mean = _get(st, "timing", "mean_process")
+    mean = lookup(st, "timing/mean_process")
     qfull = isinstance(qsize, int) and isinstance(qmax, int) and qmax and qsize >= 0.8 * qmax
     line: Line = [
         (f"  {index[:9]:<10}", "bold"),
@@ -134,17 +127,12 @@ def _plugin_line(index: str, st: dict, rates: dict) -> Line:
     return line
 
 
-def _processor(link: DaemonLink) -> list[Line]:
-    snap = link.snapshot()
-    st, rates = snap.status, snap.rates
+def _processor(st: dict, rates: dict) -> list[Line]:
     if not st:
         return []
     frames, pool, shm = st.get("frames", {}), st.get("pool", {}), st.get("shared_memory", {})
     bad = frames.get("bad", 0) or 0
-    out: list[Line] = [[
-        ("  frames received ", "normal"), (fmt_count(frames.get("received")), "bold"),
-        (f" ({fmt_rate(rates.get('frames/received'))})", "normal"),
-        ("  released ", "normal"), (fmt_count(frames.get("released")), "normal"),
+    out: list[Line] = [_frames_received(frames, rates) + [
         ("  bad ", "normal"), (fmt_count(bad), "bad" if bad else "normal"),
         ("  pool ", "normal"), (f"{fmt_count(pool.get('blocks_in_use'))}/{fmt_count(pool.get('blocks_total'))}", "normal"),
         ("  shm ", "normal"), ("mapped" if shm.get("configured") else "not mapped",
@@ -152,7 +140,7 @@ def _processor(link: DaemonLink) -> list[Line]:
     ]]
     if frames.get("last_bad"):
         out.append([(f"  last bad frame: {frames['last_bad']}", "bad")])
-    names = _get(st, "plugins", "names") or []
+    names = lookup(st, "plugins/names") or []
     if names:
         out.append([(_PLUGIN_HEAD, "dim")])
         for index in names:
@@ -166,8 +154,9 @@ def status_lines(links: list[DaemonLink]) -> list[Line]:
     """The live status screen: every daemon, its counters and rates, every plugin."""
     out: list[Line] = []
     for link in links:
-        out.append(_header(link))
-        out += _receiver(link) if link.kind == "receiver" else _processor(link)
+        snap = link.snapshot()
+        out.append(_header(link, snap))
+        out += (_receiver if link.kind == "receiver" else _processor)(snap.status, snap.rates)
     return out
 
 
@@ -177,15 +166,15 @@ def chain_lines(links: list[DaemonLink]) -> list[Line]:
     for link in links:
         if link.kind != "processor":
             continue
-        out.append(_header(link))
         snap = link.snapshot()
+        out.append(_header(link, snap))
         plugin = snap.config.get("plugin", {}) if isinstance(snap.config, dict) else {}
         loads = {d.get("index"): d for d in plugin.get("load", []) if isinstance(d, dict)}
         children: dict[str, list[str]] = {}
         for conn in plugin.get("connect", []):
             if isinstance(conn, dict):
                 children.setdefault(conn.get("connection", "?"), []).append(conn.get("index", "?"))
-        names = _get(snap.status, "plugins", "names") or list(loads)
+        names = lookup(snap.status, "plugins/names") or list(loads)
         connected = {c for kids in children.values() for c in kids}
         roots = ["frame_receiver"] + [n for n in names if n not in connected and n != "frame_receiver"]
 
