@@ -42,6 +42,7 @@ from ._calib.kernels import (apply_gain_multigain, apply_gain_single, photonize,
 from ._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
 from ._calib.scratch import Scratch
 from ._calib.settings import OUTPUT_DTYPES
+from ._calib.shared import IdentityCache, and_masks, check_mib
 
 __all__ = ["CalibrationPlugin"]
 
@@ -50,10 +51,6 @@ _SPEC_HELP = "as 'file.npy' or 'file.h5:/dataset'; null for none"
 _CONSTANT_KEYS = ("mode", "pedestal", "gain", "flatfield", "pixel_status", "common_mode", "photonize", "output_dtype",
                   "invalid_gain_value")
 _POOL_WAIT_S = 2.0
-
-
-def _mib(v: int) -> str | None:
-    return None if 1 <= v <= 1 << 20 else "must be 1 to 1048576 MiB"
 
 
 def _constants_key(cfg: Mapping[str, Any]) -> str:
@@ -92,7 +89,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
                                      choices=("nan", "zero")),
         "attach_mask": Option(bool, True, "attach frame.mask = (pixel_status == 0) when a status map is loaded"),
         "dark_file": Option(str, "dark.h5", "default output file of collect_dark (HDF5)"),
-        "pool_memory": Option(int, 512, "memory bound of the output frame pool, MiB", check=_mib),
+        "pool_memory": Option(int, 512, "memory bound of the output frame pool, MiB", check=check_mib),
     }
     commands = ("collect_dark", "cancel_dark", "reload")
     version = "1.0.0"
@@ -104,6 +101,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
         self._checked: tuple[str, CalibrationConstants] | None = None
         self.pool = DataBlockPool(self.config["pool_memory"] << 20)
         self._scratch: Scratch | None = None
+        self._mask_and: IdentityCache[np.ndarray] = IdentityCache(and_masks)   # upstream mask & pixel status
         self._dark_request: DarkRequest | None = None
         self._dark: DarkCollector | None = None
         self._dark_state: dict[str, Any] = {"state": "idle", "frames": 0, "frames_collected": 0, "file": "",
@@ -219,7 +217,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
                     c.common_mode.banks(shape)
                 except ConfigError:
                     return None
-            s = self._scratch = Scratch(shape, np.float32)
+            s = self._scratch = Scratch(shape)
         return s
 
     def process_frame(self, frame: Frame) -> None:
@@ -249,7 +247,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
         dst = out.data.reshape(-1)
         work = dst if c.output_dtype.kind == "f" else scratch.get("energy", np.float32)
         if multigain:
-            if multigain_supported(flat, c, work):
+            if multigain_supported(c, work):
                 invalid = fused_multigain(flat, c, work)
             else:
                 sw = subtract_pedestal_multigain(flat, c, work, scratch)
@@ -271,7 +269,7 @@ class CalibrationPlugin(FrameProcessorPlugin):
         if c.photonize is not None:
             photonize(work, c.photonize.photon_energy, c.photonize.threshold, dst, scratch)
         if c.good is not None and self.config["attach_mask"]:
-            out.mask = c.good if frame.mask is None else self._combined_mask(frame.mask, c.good)
+            out.mask = c.good if frame.mask is None else self._mask_and(frame.mask, c.good)
         else:
             out.mask = frame.mask
         self.frames_calibrated += 1
@@ -286,15 +284,6 @@ class CalibrationPlugin(FrameProcessorPlugin):
         self.cm_groups_skipped_npix += r.skipped_npix
         self.cm_groups_skipped_cormax += r.skipped_cormax
         self.cm_last_mean = r.mean_correction
-
-    def _combined_mask(self, upstream: np.ndarray, good: np.ndarray) -> np.ndarray:
-        cached = self._mask_cache
-        if cached is not None and cached[0] is upstream and cached[1] is good:
-            return cached[2]
-        combined = np.logical_and(upstream, good)
-        combined.flags.writeable = False
-        self._mask_cache = (upstream, good, combined)
-        return combined
 
     # -- dark collection (plugin thread) ---------------------------------------------------
     def _dark_step(self, number: int, flat: np.ndarray, raw: np.ndarray,
@@ -405,7 +394,6 @@ class CalibrationPlugin(FrameProcessorPlugin):
         self.cm_groups_skipped_npix = 0
         self.cm_groups_skipped_cormax = 0
         self.cm_last_mean = 0.0
-        self._mask_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def close(self) -> None:
         self._dark = None

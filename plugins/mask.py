@@ -37,7 +37,8 @@ import numpy as np
 from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
 from ipc.errors import ConfigError
 
-from ._calib.arrayfile import load_array
+from ._calib.arrayfile import check_integral, load_array
+from ._calib.shared import IdentityCache, and_masks, check_mib
 
 __all__ = ["MaskPlugin", "StaticMask"]
 
@@ -48,10 +49,6 @@ def _fill_check(v: Any) -> str | None:
     if isinstance(v, str):
         return None if v.lower() == "nan" else "must be a number or 'nan'"
     return None if math.isfinite(v) else "must be a finite number or 'nan'"
-
-
-def _mib(v: int) -> str | None:
-    return None if 1 <= v <= 1 << 20 else "must be 1 to 1048576 MiB"
 
 
 class StaticMask:
@@ -80,13 +77,16 @@ def load_mask(spec: str, convention: str, bits: int | None) -> StaticMask:
                               f"0 = masked) but has {n} value(s) other than 0 and 1, e.g. {bad!r}; use convention "
                               f"'pixel_mask' for a NeXus bit field", "mask")
         return StaticMask(arr == 1, str(loc))
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 0):
-            raise ConfigError(f"'mask': {loc.describe()} must hold non-negative integers for convention "
-                              f"'pixel_mask', not {arr.dtype} values with fractions, NaN or negatives", "mask")
+    check_integral(arr, loc, "mask", " for convention 'pixel_mask'")
     field = arr.astype(np.int64).astype(np.uint64)
     masked = field != 0 if bits is None else (field & np.uint64(bits)) != 0
     return StaticMask(~masked, str(loc))
+
+
+def _combine(own: np.ndarray | None, upstream: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(use, flat masked indices) of the static and upstream masks (at least one given)."""
+    use = upstream if own is None else own if upstream is None else and_masks(own, upstream)
+    return use, np.flatnonzero(~use.reshape(-1))
 
 
 def _view(frame: Frame) -> Frame:
@@ -118,7 +118,7 @@ class MaskPlugin(FrameProcessorPlugin):
                          "'attach' frame.mask", choices=("fill", "attach")),
         "fill_value": Option((int, float, str), 0, "value for masked pixels: a number or 'nan'", check=_fill_check),
         "copy": Option(bool, False, "fill into a new frame even when the frame could be filled in place"),
-        "pool_memory": Option(int, 256, "memory bound of the pool for copied frames, MiB", check=_mib),
+        "pool_memory": Option(int, 256, "memory bound of the pool for copied frames, MiB", check=check_mib),
     }
     version = "1.0.0"
 
@@ -128,7 +128,7 @@ class MaskPlugin(FrameProcessorPlugin):
         self._mask: StaticMask | None = None
         self._fill: float = 0
         self._checked: tuple[tuple, StaticMask | None] | None = None
-        self._cache: tuple[Any, Any, np.ndarray, np.ndarray] | None = None
+        self._combined: IdentityCache[tuple[np.ndarray, np.ndarray]] = IdentityCache(_combine)  # once per pair
         self.pool = DataBlockPool(self.config["pool_memory"] << 20)
         self.reset_statistics()
 
@@ -160,22 +160,6 @@ class MaskPlugin(FrameProcessorPlugin):
             self.log.info("mask %s in use: %d of %d pixels masked", mask.source, mask.masked, mask.use.size)
 
     # -- data path ---------------------------------------------------------------------
-    def _combined(self, own: np.ndarray | None, upstream: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(use, flat masked indices) for this pair of masks, computed once per pair."""
-        c = self._cache
-        if c is not None and c[0] is own and c[1] is upstream:
-            return c[2], c[3]
-        if own is None:
-            use = upstream
-        elif upstream is None:
-            use = own
-        else:
-            use = np.logical_and(own, upstream)
-            use.flags.writeable = False
-        masked = np.flatnonzero(~use.reshape(-1))
-        self._cache = (own, upstream, use, masked)
-        return use, masked
-
     def process_frame(self, frame: Frame) -> None:
         static = self._mask
         own = None if static is None else static.use
@@ -234,4 +218,4 @@ class MaskPlugin(FrameProcessorPlugin):
         self.frames_dropped_pool = 0
 
     def close(self) -> None:
-        self._cache = None
+        self._combined.clear()

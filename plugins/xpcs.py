@@ -70,6 +70,8 @@ def _output(v: str) -> str | None:
     return None
 
 
+_INPUT_KEYS = ("qmap", "mask")    # the files _load_inputs reads
+_TWOTIME_KEYS = {"qmap", "mask", "twotime", "twotime_frames", "max_memory"}
 _REBUILD = {"qmap", "mask", "use_frame_mask", "num_bufs", "num_levels", "expected_frames", "normalization",
             "precision", "twotime", "twotime_frames", "max_memory"}
 
@@ -197,6 +199,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._lock = threading.RLock()
         self._qmap: QMap | None = None
         self._mask: np.ndarray | None = None
+        # the inputs validate loaded, for apply (and a repeated validate) of the same configure
+        self._checked: tuple[tuple[str, ...], tuple[QMap | None, np.ndarray | None]] | None = None
         self._publisher: LivePublisher | None = None
         self._run: _Run | None = None
         self._finished = False
@@ -223,9 +227,26 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
 
     # -- configuration --------------------------------------------------------------
     def validate(self, params: Any) -> dict[str, Any]:
+        """Check types; read qmap and mask when ``qmap`` or ``mask`` is given; check two-time memory.
+
+        A configure of other keys only (``update_every``, ``frame_time`` ...) reads no file.
+        """
         values = super().validate(params)
-        self._load_inputs({**self.config, **values})
+        cfg = {**self.config, **values}
+        qmap, mask = self._inputs(cfg, values)
+        if cfg["twotime"] and not _TWOTIME_KEYS.isdisjoint(values):
+            self._check_twotime(cfg, qmap, mask)
         return values
+
+    def _inputs(self, cfg: dict[str, Any], values: dict[str, Any]) -> tuple[QMap | None, np.ndarray | None]:
+        """The qmap and mask of ``cfg``: the ones in use unless ``values`` names a file, else read once per
+        configure (validate keeps them for apply)."""
+        if all(k not in values for k in _INPUT_KEYS):
+            return self._qmap, self._mask
+        key = tuple(cfg[k] for k in _INPUT_KEYS)
+        if self._checked is None or self._checked[0] != key:
+            self._checked = (key, self._load_inputs(cfg))
+        return self._checked[1]
 
     def _load_inputs(self, cfg: dict[str, Any]) -> tuple[QMap | None, np.ndarray | None]:
         """Read qmap and mask files named in ``cfg``; ConfigError naming the key on any problem."""
@@ -242,8 +263,6 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                     raise QMapError(f"mask {cfg['mask']!r} removes every labelled pixel of qmap {cfg['qmap']!r}")
         except QMapError as err:
             raise ConfigError(f"The 'mask' option of {self.owner}: {err}", "mask") from err
-        if cfg["twotime"]:
-            self._check_twotime(cfg, qmap, mask)
         return qmap, mask
 
     def _check_twotime(self, cfg: dict[str, Any], qmap: QMap | None, mask: np.ndarray | None) -> None:
@@ -266,8 +285,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
 
     def apply(self, values: dict[str, Any]) -> None:
         with self._lock:
-            cfg = {**self.config, **values}
-            qmap, mask = self._load_inputs(cfg)
+            qmap, mask = self._inputs({**self.config, **values}, values)
+            self._checked = None
             publisher = self._publisher
             if "publish_endpoint" in values and values["publish_endpoint"] != self.config["publish_endpoint"]:
                 publisher = None
@@ -410,12 +429,13 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                     run.twotime.add(frame.data, False)
             run.frames_missing += gap
         fmask = frame.mask if self.config["use_frame_mask"] else None
-        if fmask is not run.frame_mask and not (fmask is not None and run.frame_mask is not None
-                                                 and np.array_equal(fmask, run.frame_mask)):
-            if run.mask_changes == 0:
-                self.log.warning("%s: frame %d carries a different mask; this run keeps its first mask", self.name, n)
-            run.mask_changes += 1
-            run.frame_mask = fmask
+        if fmask is not run.frame_mask:
+            if fmask is None or run.frame_mask is None or not np.array_equal(fmask, run.frame_mask):
+                if run.mask_changes == 0:
+                    self.log.warning("%s: frame %d carries a different mask; this run keeps its first mask",
+                                     self.name, n)
+                run.mask_changes += 1
+            run.frame_mask = fmask      # an equal mask too: later frames with this object compare by identity
         c = run.correlator
         good = c.add(frame.data)
         lay = run.dynamic

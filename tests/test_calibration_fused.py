@@ -2,7 +2,7 @@
 
 The plugin takes the fused path for the common configuration and the numpy path
 otherwise (common mode, float64 output, missing pedestal or gain); both must
-give the same energies, for every gain code, block tails and read-only frames.
+give the same energies, for every gain code, block tails, read-only and strided frames.
 """
 
 from __future__ import annotations
@@ -30,9 +30,18 @@ def _constants(tmp_path, mode: str, ped: np.ndarray, gain: np.ndarray, invalid: 
                             "gain": str(tmp_path / "gain.npy"), "invalid_gain_value": invalid})
 
 
+def _strided(raw: np.ndarray) -> np.ndarray:
+    """The same values as a non-contiguous view (every other element of a buffer twice as long)."""
+    buf = np.zeros(2 * raw.size, raw.dtype)
+    buf[::2] = raw
+    view = buf[::2]
+    assert not view.flags.c_contiguous
+    return view
+
+
 def _numpy_multigain(raw, c, shape):
     out = np.empty(raw.size, np.float32)
-    sw = subtract_pedestal_multigain(raw, c, out, Scratch(shape, np.float32))
+    sw = subtract_pedestal_multigain(raw, c, out, Scratch(shape))
     apply_gain_multigain(c, out, sw)
     return out, sw.invalid
 
@@ -41,15 +50,18 @@ def _numpy_multigain(raw, c, shape):
 @pytest.mark.parametrize("shape", [(1, 5), (7, 9), (8, 64), (33, 65)])
 @pytest.mark.parametrize("invalid", ["nan", "zero"])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_fused_multigain_matches_numpy_kernels_and_reference(tmp_path, shape, invalid, readonly):
+@pytest.mark.parametrize("strided", [False, True])
+def test_fused_multigain_matches_numpy_kernels_and_reference(tmp_path, shape, invalid, readonly, strided):
     rng = np.random.default_rng(sum(shape))
     p3, g3 = multigain_constants(rng, shape)
     c = _constants(tmp_path, "multigain", p3, g3, invalid)
     raw = multigain_raw(rng, shape).reshape(-1)
     raw[:5] = [0x3FFF, 0x4000, 0x8000, 0xC000, 0xFFFF][:raw.size]   # the edges of each gain code
+    if strided:
+        raw = _strided(raw)
     raw.flags.writeable = not readonly
     out = np.full(raw.size, -7.0, np.float32)
-    assert multigain_supported(raw, c, out)
+    assert multigain_supported(c, out)
     n_invalid = fused_multigain(raw, c, out)
     ref, ref_invalid = _numpy_multigain(raw, c, shape)
     assert n_invalid == ref_invalid == int(np.count_nonzero((raw >> 14) == 2))
@@ -59,8 +71,8 @@ def test_fused_multigain_matches_numpy_kernels_and_reference(tmp_path, shape, in
                                rtol=2e-6, atol=1e-4)
 
 
-def test_fused_multigain_sparse_spots_only_touch_switched_blocks(tmp_path):
-    """A JUNGFRAU-like frame (G0 but for one G1/G2 spot and one lone G2 pixel) takes the block skip path."""
+def test_fused_multigain_sparse_spots_match_numpy_kernels(tmp_path):
+    """A JUNGFRAU-like frame (G0 but for one G1/G2 spot and one lone G2 pixel) gives the numpy kernels' energies."""
     shape = (64, 256)
     rng = np.random.default_rng(5)
     p3, g3 = multigain_constants(rng, shape)
@@ -77,13 +89,16 @@ def test_fused_multigain_sparse_spots_only_touch_switched_blocks(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 @pytest.mark.parametrize("readonly", [False, True])
-def test_fused_single_matches_numpy_kernels(tmp_path, dtype, readonly):
+@pytest.mark.parametrize("strided", [False, True])
+def test_fused_single_matches_numpy_kernels(tmp_path, dtype, readonly, strided):
     shape = (13, 37)
     rng = np.random.default_rng(9)
     ped = rng.normal(1000, 20, shape).astype(np.float32)
     gain = rng.normal(40, 2, shape).astype(np.float32)
     c = _constants(tmp_path, "single", ped, gain)
     raw = rng.integers(0, 5000, shape).astype(dtype).reshape(-1)
+    if strided:
+        raw = _strided(raw)
     raw.flags.writeable = not readonly
     out = np.empty(raw.size, np.float32)
     assert single_supported(raw, c, out)
@@ -104,12 +119,18 @@ def test_fused_paths_decline_what_they_do_not_serve(tmp_path):
     np.save(tmp_path / "p.npy", ped)
     ped_only = build_constants({**_BASE, "mode": "single", "pedestal": str(tmp_path / "p.npy"), "gain": None})
     assert not single_supported(np.zeros(16, np.uint16), ped_only, f32)
-    assert not single_supported(np.zeros(32, np.uint16)[::2], c, f32)   # strided: numpy path
+    strided = np.arange(32, dtype=np.uint16)[::2]                       # strided: served, same result
+    assert single_supported(strided, c, f32)
+    fused_single(strided, c, f32)
+    ref = np.empty_like(f32)
+    subtract_pedestal_single(strided, c, ref)
+    apply_gain_single(c, ref)
+    np.testing.assert_array_equal(f32, ref)
 
 
 @pytest.mark.parametrize("mode", ["single", "multigain"])
-def test_strided_frames_take_the_numpy_path_with_the_same_result(tmp_path, mode):
-    """A strided view (what an upstream plugin may push) is calibrated, not refused by the compiled kernel."""
+def test_strided_frames_take_the_fused_path_with_the_same_result(tmp_path, mode):
+    """A strided view (what an upstream plugin may push) is calibrated by the compiled kernel, as a packed one."""
     rng = np.random.default_rng(3)
     n = 64
     if mode == "single":
@@ -123,7 +144,10 @@ def test_strided_frames_take_the_numpy_path_with_the_same_result(tmp_path, mode)
     sink = attach(p)
     wide = multigain_raw(rng, (n, 8)) if mode == "multigain" else rng.integers(0, 4000, (n, 8)).astype(np.uint16)
     strided, packed = wide[:, :1], np.ascontiguousarray(wide[:, :1])
-    assert not strided.reshape(-1).flags.c_contiguous
+    flat = strided.reshape(-1)
+    assert not flat.flags.c_contiguous
+    out = np.empty(flat.size, np.float32)
+    assert multigain_supported(p._constants, out) if mode == "multigain" else single_supported(flat, p._constants, out)
     p.process_frame(Frame(strided, 0))
     p.process_frame(Frame(packed, 1))
     assert [f.frame_number for f in sink.frames] == [0, 1]

@@ -497,3 +497,33 @@ def test_a_refused_run_is_not_rebuilt_for_every_frame(monkeypatch):
     p.configure({"max_memory": 1 << 30})                    # a new configuration: tried again, and it fits
     run(p, n=10, eoa=False)
     assert len(built) == 2 and len(rings) == 1 and p.status()["frames"] == 10
+
+
+
+def test_qmap_is_read_once_per_configure_and_only_when_named(monkeypatch, qmap_npy):
+    import plugins.xpcs as xpcs
+    reads = []
+    real_load = xpcs.load_qmap
+    monkeypatch.setattr(xpcs, "load_qmap", lambda path: reads.append(path) or real_load(path))
+    p = XpcsCorrelatorPlugin("xpcs")
+    p.validate({"qmap": qmap_npy[0]})                         # as the controller does: validate, then configure
+    p.configure({"qmap": qmap_npy[0]})
+    assert reads == [qmap_npy[0]] and p._qmap is not None
+    qmap = p._qmap
+    p.configure({"update_every": 5, "twotime": True})         # other keys: no file read, the same map
+    assert reads == [qmap_npy[0]] and p._qmap is qmap
+    p.configure({"qmap": qmap_npy[0]})                        # named again: read again (a rewritten file)
+    assert len(reads) == 2 and p._qmap is not qmap
+
+
+def test_a_frame_mask_equal_to_the_runs_is_adopted_not_counted():
+    shape = (16, 16)
+    first = np.ones(shape, bool)
+    first[:2] = False
+    p = make_plugin()
+    for k, fmask in enumerate([first, first.copy(), first.copy()]):
+        f = Frame(np.full(shape, 3, np.uint16), k, acquisition_id="a")
+        f.mask = fmask
+        p.process_frame(f)
+        assert p._run.frame_mask is fmask                     # later frames with this object: identity only
+    assert p.status()["mask_changes"] == 0

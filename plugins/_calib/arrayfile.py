@@ -15,7 +15,7 @@ import numpy as np
 
 from ipc.errors import ConfigError
 
-__all__ = ["ArraySpec", "parse_spec", "load_array", "check_finite"]
+__all__ = ["ArraySpec", "parse_spec", "load_array", "check_finite", "check_integral"]
 
 _H5_SPEC = re.compile(r"^(?P<file>.+\.(?:h5|hdf5|hdf|nxs|nx5|cxi)):(?P<dataset>/?[^:]+)$", re.IGNORECASE)
 
@@ -90,3 +90,13 @@ def check_finite(arr: np.ndarray, loc: ArraySpec, key: str, nonzero: bool = Fals
         first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape))
         raise ConfigError(f"'{key}': {loc.describe()} (shape {arr.shape}) has {n} {what} value(s), "
                           f"first at index {first}", key)
+
+
+def check_integral(arr: np.ndarray, loc: ArraySpec, key: str, purpose: str = "") -> None:
+    """Reject a float array that does not hold non-negative integers (NaN, inf, fractions, negatives).
+
+    Integer arrays pass unchecked; ``purpose`` (e.g. ``" (0 = good)"``) is added to the message.
+    """
+    if arr.dtype.kind == "f" and (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 0)):
+        raise ConfigError(f"'{key}': {loc.describe()} must hold non-negative integers{purpose}, not {arr.dtype} "
+                          f"values with fractions, NaN or negatives", key)

@@ -26,7 +26,6 @@ __all__ = ["CommonModeResult", "apply_common_mode"]
 class CommonModeResult:
     """Per-frame outcome: groups corrected and skipped, mean correction applied (ADU)."""
 
-    groups: int = 0
     corrected: int = 0
     skipped_npix: int = 0
     skipped_cormax: int = 0
@@ -116,5 +115,5 @@ def apply_common_mode(values: np.ndarray, shape: tuple[int, int], cm: CommonMode
         nbh, nbw, bh, bw = order
         values.reshape(nbh, bh, nbw, bw)[...] -= median.reshape(nbh, 1, nbw, 1)
     corrected = ngroups - int(few.sum()) - int(big.sum())
-    return CommonModeResult(ngroups, corrected, int(few.sum()), int(big.sum()),
+    return CommonModeResult(corrected, int(few.sum()), int(big.sum()),
                             float(median.sum() / corrected) if corrected else 0.0)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ipc.errors import ConfigError
 
-from .arrayfile import check_finite, load_array
+from .arrayfile import check_finite, check_integral, load_array
 from .settings import CommonModeSettings, PhotonizeSettings, parse_common_mode, parse_photonize
 
 __all__ = ["CalibrationConstants", "build_constants", "GAIN_CODES", "INVALID_CODE"]
@@ -46,6 +46,8 @@ class CalibrationConstants:
         float32 (N,) ``1 / (gain * flatfield)`` (G0 for multigain).
     switch_table : ndarray or None
         Multigain: complex64 (N*2,), ``P + 1j * R`` for G1 and G2 of each pixel, interleaved.
+    switch_pairs : ndarray or None
+        The same memory as float32 (N*4,), ``P1 R1 P2 R2`` per pixel (read-only; for the fused kernel).
     invalid_fill : float32
         Output for the invalid gain code 10 (NaN or 0).
     pixel_status : ndarray or None
@@ -66,6 +68,7 @@ class CalibrationConstants:
         self.pedestal = pedestal
         self.recip = recip
         self.switch_table = switch_table
+        self.switch_pairs = None if switch_table is None else _readonly(switch_table.view(np.float32))
         self.invalid_fill = np.float32(np.nan) if invalid_gain_value == "nan" else np.float32(0)
         self.pixel_status = pixel_status
         self.good = None if pixel_status is None else _readonly(pixel_status == 0)
@@ -76,13 +79,8 @@ class CalibrationConstants:
         self.common_mode = common_mode
         self.photonize = photonize
         self.output_dtype = np.dtype(output_dtype)
-        self.invalid_gain_value = invalid_gain_value
         self.sources = sources or {}
         self.raw_pedestal = raw_pedestal  # as loaded ((H,W) or (3,H,W)), for dark collection of one stage
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape is not None else 0
 
 
 def _load(cfg: Mapping[str, Any], key: str, sources: dict[str, str]) -> tuple[np.ndarray, Any] | None:
@@ -124,7 +122,7 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
 
     frame_shape: tuple[int, ...] | None = None
     ref = ""
-    # -- pedestal and gain: they fix the frame shape -------------------------------
+    # -- multigain pedestal and gain: they fix the frame shape ----------------------
     if mode == "multigain":
         if ped is None or gain is None:
             raise ConfigError("mode 'multigain' needs both 'pedestal' and 'gain', each of shape (3, H, W) "
@@ -135,18 +133,12 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
         if ped[0].shape != gain[0].shape:
             raise ConfigError(f"'pedestal' {ped[1].describe()} has shape {ped[0].shape} but 'gain' "
                               f"{gain[1].describe()} has shape {gain[0].shape}; they must match", "gain")
-        frame_shape = ped[0].shape[1:]
+        frame_shape, ref = ped[0].shape[1:], f"'pedestal' {ped[1].describe()} (3, H, W)"
+        per_frame = (("flatfield", ff), ("pixel_status", status))
     else:
-        for key, item in (("pedestal", ped), ("gain", gain)):
-            if item is not None:
-                arr, loc = item
-                if frame_shape is None:
-                    frame_shape, ref = arr.shape, f"'{key}' {loc.describe()}"
-                elif arr.shape != frame_shape:
-                    raise _shape_error(key, loc, arr, f"{frame_shape}, the shape of {ref}")
-    if frame_shape is not None and mode == "multigain":
-        ref = f"'pedestal' {ped[1].describe()} (3, H, W)"
-    for key, item in (("flatfield", ff), ("pixel_status", status)):
+        per_frame = (("pedestal", ped), ("gain", gain), ("flatfield", ff), ("pixel_status", status))
+    # -- the (H, W) arrays: the first fixes the frame shape (multigain: pedestal did) -
+    for key, item in per_frame:
         if item is not None:
             arr, loc = item
             if frame_shape is None:
@@ -162,11 +154,8 @@ def build_constants(cfg: Mapping[str, Any]) -> CalibrationConstants:
     pixel_status = None
     if status is not None:
         arr, loc = status
-        if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 0):
-                raise ConfigError(f"'pixel_status': {loc.describe()} must hold non-negative integers "
-                                  f"(0 = good), not {arr.dtype} values with fractions or NaN", "pixel_status")
-        elif arr.dtype.kind == "i" and np.any(arr < 0):
+        check_integral(arr, loc, "pixel_status", " (0 = good)")
+        if arr.dtype.kind == "i" and np.any(arr < 0):
             raise ConfigError(f"'pixel_status': {loc.describe()} has negative values; 0 = good, bits = problems",
                               "pixel_status")
         pixel_status = _readonly(arr.astype(np.uint32))

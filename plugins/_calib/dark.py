@@ -20,8 +20,7 @@ sigma is the robust 1.4826 x median absolute deviation over the pixels with data
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -44,7 +43,6 @@ class DarkRequest:
     rms_nsigma: float | None = 6.0
     mean_nsigma: float | None = 6.0
     saturation: float | None = None     # None: dtype maximum (single) or 0x3FFF (multi-gain)
-    requested_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -53,7 +51,6 @@ class DarkResult:
     rms: np.ndarray             # float32 (H, W)
     status: np.ndarray          # uint32 (H, W)
     frames: int
-    stage: int | None
 
 
 def _robust(values: np.ndarray) -> tuple[float, float]:
@@ -137,7 +134,7 @@ class DarkCollector:
             med, sig = _robust(mean[have])
             status[have & (np.abs(mean - med) > req.mean_nsigma * sig)] |= MEAN_OUTLIER
         return DarkResult(mean.astype(np.float32).reshape(self.shape), rms.astype(np.float32).reshape(self.shape),
-                          status.reshape(self.shape), self.frames, req.stage)
+                          status.reshape(self.shape), self.frames)
 
 
 def write_dark_file(path: str, pedestal: np.ndarray, rms: np.ndarray, status: np.ndarray, attrs: dict) -> None:

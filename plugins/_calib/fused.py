@@ -3,14 +3,15 @@
 The numpy kernels (``kernels.py``) make three or more passes over a 1 Mpixel
 frame (cast, subtract, multiply, gain-bit search); these make one, compiled
 with numba, release the GIL, and serve the common configuration:
-contiguous uint16/uint32 raw data, float32 energies, pedestal and gain both
-given, no common mode (which must run between pedestal and gain). Everything else
-takes the numpy path; both give the same numbers (tests compare them).
+uint16/uint32 raw data (contiguous, or strided through layout "A"
+signatures), float32 energies, pedestal and gain both given, no common mode
+(which must run between pedestal and gain). Everything else takes the numpy
+path; both give the same numbers (tests compare them).
 
 Multi-gain: each 32-pixel block is computed with the G0 formula while the
 block's raw words are OR-ed together; only a block whose OR has a gain bit set
 is revisited, pixel by pixel, reading ``P[g]`` and ``R[g]`` from the
-interleaved ``switch_table`` (``P1 R1 P2 R2`` per pixel: one cache line serves
+interleaved ``switch_pairs`` (``P1 R1 P2 R2`` per pixel: one cache line serves
 four pixels). A frame with few switched pixels so costs one pass plus a
 little.
 
@@ -36,8 +37,11 @@ _CF32 = numba.types.Array(numba.float32, 1, "C", readonly=True)   # constants ar
 
 
 def _raw(dtype: numba.types.Integer) -> list[numba.types.Array]:
-    """Raw frames come writable (own buffer) or read-only (shared between plugins): one signature each."""
-    return [numba.types.Array(dtype, 1, "C"), numba.types.Array(dtype, 1, "C", readonly=True)]
+    """Raw frames come writable (own buffer) or read-only (shared between plugins), contiguous or strided
+    (a view an upstream plugin pushed): one signature each, the contiguous ones first so they are chosen
+    (vectorized) whenever they match."""
+    return [numba.types.Array(dtype, 1, layout, readonly=readonly) for layout in ("C", "A")
+            for readonly in (False, True)]
 
 
 @numba.njit([numba.int64(r, _CF32, _F32, numba.int64, numba.int64, numba.float32) for r in _raw(numba.uint16)],
@@ -85,20 +89,19 @@ def _single(raw, pedestal, recip, out):  # pragma: no cover - compiled
 def single_supported(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> bool:
     """Whether ``fused_single`` serves this frame (else use the numpy kernels)."""
     return (c.pedestal is not None and c.recip is not None and c.common_mode is None
-            and raw.dtype in (np.uint16, np.uint32) and raw.flags.c_contiguous and out.dtype == np.float32)
+            and raw.dtype in (np.uint16, np.uint32) and out.dtype == np.float32)
 
 
-def multigain_supported(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> bool:
-    """Whether ``fused_multigain`` serves this frame (raw must be uint16, as multi-gain requires)."""
-    return c.common_mode is None and raw.flags.c_contiguous and out.dtype == np.float32
+def multigain_supported(c: CalibrationConstants, out: np.ndarray) -> bool:
+    """Whether ``fused_multigain`` serves a (uint16, as multi-gain requires) frame (else use the numpy kernels)."""
+    return c.common_mode is None and out.dtype == np.float32
 
 
 def fused_single(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> None:
-    """``out = (raw - pedestal) * recip`` in one pass (flat, contiguous arrays)."""
+    """``out = (raw - pedestal) * recip`` in one pass (flat arrays, ``out`` contiguous)."""
     _single(raw, c.pedestal, c.recip, out)
 
 
 def fused_multigain(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> int:
     """``out = ((raw & 0x3FFF) - P[g]) * R[g]`` in one pass; returns the number of invalid-code pixels."""
-    return int(_multigain(raw, c.pedestal, c.recip, c.switch_table.view(np.float32), out,
-                          np.float32(c.invalid_fill)))
+    return int(_multigain(raw, c.pedestal, c.recip, c.switch_pairs, out, c.invalid_fill))

@@ -1,7 +1,10 @@
 """The calibration arithmetic on flat arrays: single gain, JUNGFRAU multi-gain, photonize.
 
-Every function writes into preallocated arrays (``out=``); the only
-allocations are proportional to the number of gain-switched pixels.
+The numpy path, for what the fused kernels (``fused.py``) do not serve: common
+mode (which runs between pedestal and gain), float64 output, a missing pedestal
+or gain, raw data other than uint16/uint32; photonize always runs here. Every
+function writes into preallocated arrays (``out=``); the only allocations are
+proportional to the number of gain-switched pixels.
 
 Single gain::
 
@@ -29,7 +32,6 @@ __all__ = ["find_switched", "subtract_pedestal_single", "subtract_pedestal_multi
 
 _ADC_MASK = np.uint16(0x3FFF)
 _SWITCH_MIN = np.uint16(0x4000)
-_EIGHT = np.arange(8)
 
 
 class SwitchedPixels:
@@ -64,21 +66,9 @@ def apply_gain_single(c: CalibrationConstants, out: np.ndarray) -> None:
 
 
 def find_switched(raw: np.ndarray, scratch: Scratch) -> np.ndarray:
-    """Flat indices (ascending) of the pixels whose gain bits are not 00.
-
-    The compare mask is scanned eight pixels (one uint64 word) at a time first,
-    so a frame with few switched pixels costs less than a full ``flatnonzero``;
-    the full one is used when many words hold a switched pixel.
-    """
+    """Flat indices (ascending) of the pixels whose gain bits are not 00."""
     switched = scratch.get("switched", np.bool_)
     np.greater_equal(raw, _SWITCH_MIN, out=switched)
-    if raw.size % 8 == 0:
-        hit = scratch.get("switched_words", np.bool_, raw.size // 8)
-        np.not_equal(switched.view(np.uint64), 0, out=hit)
-        words = np.flatnonzero(hit)
-        if words.size <= raw.size // 64:
-            cand = (words[:, None] * 8 + _EIGHT).reshape(-1)
-            return cand[switched[cand]]
     return np.flatnonzero(switched)
 
 

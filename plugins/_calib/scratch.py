@@ -13,10 +13,9 @@ class Scratch:
     Only the plugin thread touches a Scratch.
     """
 
-    def __init__(self, shape: tuple[int, ...], float_dtype: np.dtype) -> None:
+    def __init__(self, shape: tuple[int, ...]) -> None:
         self.shape = shape
         self.size = int(np.prod(shape))
-        self.float_dtype = np.dtype(float_dtype)
         self._arrays: dict[str, np.ndarray] = {}
 
     def get(self, name: str, dtype: np.dtype | str, size: int | None = None) -> np.ndarray:

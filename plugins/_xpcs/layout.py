@@ -144,10 +144,6 @@ class PixelLayout:
         out[..., self.active] = values
         return out
 
-    def compress_pixels(self, frame: np.ndarray) -> np.ndarray:
-        """Unpadded bin-sorted pixel values of ``frame`` (float64), e.g. for tests or two-time."""
-        return frame.reshape(-1)[self.pixels].astype(np.float64)
-
     def __repr__(self) -> str:
         return (f"<PixelLayout {self.shape} pixels={self.num_pixels} bins={self.num_bins} "
                 f"active={self.num_active} chunks={self.num_chunks}x{self.chunk}>")

@@ -54,7 +54,6 @@ class LivePublisher:
             self._socket.close()
             self._socket = None
             raise
-        self.sent = 0
 
     @property
     def closed(self) -> bool:
@@ -67,7 +66,6 @@ class LivePublisher:
         data = json.dumps(message, allow_nan=False).encode()
         try:
             self._socket.send(data, zmq.NOBLOCK)
-            self.sent += 1
         except zmq.Again:
             pass
 

@@ -77,10 +77,6 @@ class MultitauResult:
     frames_bad: int
     g2_err: np.ndarray | None = None
 
-    def valid(self) -> np.ndarray:
-        """Boolean mask of lags with at least one pair."""
-        return self.pairs > 0
-
 
 class MultitauCorrelator:
     """Online multi-tau auto-correlation over the bins of a :class:`PixelLayout`.
@@ -174,13 +170,6 @@ class MultitauCorrelator:
         assert x is not None                               # level 0 is always made
         self.layout.gather(frame, x)                      # straight into its ring slot: no extra copy
         return self._add_slot(x)
-
-    def add_compressed(self, x: np.ndarray) -> bool:
-        """Add a frame already in the layout (``(n_chunks, chunk)`` float64, padding zero)."""
-        view = self._slot_view(0)
-        assert view is not None                            # level 0 is always made
-        view[...] = x
-        return self._add_slot(view)
 
     def _add_slot(self, x: np.ndarray) -> bool:
         sums = x.sum(axis=1, dtype=np.float64)

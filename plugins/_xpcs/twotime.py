@@ -31,12 +31,9 @@ class TwoTimeAccumulator:
         self.layout = layout
         self.max_frames = max_frames
         self._data: np.ndarray | None = None
+        self._scratch: dict[np.dtype, np.ndarray] = {}   # per frame dtype: the gathered pixels before the cast
         self.n = 0
         self.frames_beyond = 0
-
-    def nbytes(self) -> int:
-        """Bytes of the kept frames."""
-        return self.max_frames * self.layout.num_pixels * 4
 
     @staticmethod
     def matrix_bytes(frames: int, num_bins: int, max_bin_pixels: int = 0) -> int:
@@ -61,8 +58,15 @@ class TwoTimeAccumulator:
             self._data = np.empty((self.max_frames, self.layout.num_pixels), np.float32)
         row = self._data[self.n]
         if good:
-            np.take(frame.reshape(-1), self.layout.pixels, out=row) if frame.dtype == np.float32 else \
-                row.__setitem__(slice(None), frame.reshape(-1)[self.layout.pixels])
+            flat = frame.reshape(-1)
+            if flat.dtype == np.float32:
+                np.take(flat, self.layout.pixels, out=row)
+            else:
+                gathered = self._scratch.get(flat.dtype)
+                if gathered is None:
+                    gathered = self._scratch[flat.dtype] = np.empty(self.layout.num_pixels, flat.dtype)
+                np.take(flat, self.layout.pixels, out=gathered)
+                row[:] = gathered
         else:
             row[:] = np.nan
         self.n += 1
