@@ -69,6 +69,11 @@ class Frame:
     def nbytes(self) -> int:
         return self.data.nbytes
 
+    def fan_out(self, consumers: int) -> None:
+        """Call before handing the frame to ``consumers`` plugins: shared by several, it becomes read-only."""
+        if consumers > 1 and self.data.flags.writeable:
+            self.data.flags.writeable = False
+
     def derive(self, data: np.ndarray, on_release: Callable[[], None] | None = None) -> Frame:
         """A new Frame with this frame's metadata (parameters copied) over ``data``."""
         f = Frame(data, self.frame_number, self.dataset, self.acquisition_id, self.timestamp,

@@ -104,8 +104,7 @@ class FrameProcessorPlugin:
         writable is its only consumer and may modify it in place.
         """
         outputs = self._outputs
-        if len(outputs) > 1 and frame.data.flags.writeable:
-            frame.data.flags.writeable = False
+        frame.fan_out(len(outputs))
         for worker, blocking in outputs:
             worker.submit(frame, blocking)
 

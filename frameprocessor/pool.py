@@ -59,6 +59,8 @@ class DataBlockPool:
         self.max_memory = max_memory
         self._free: dict[int, list[DataBlock]] = defaultdict(list)
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # notified by release() when frame_like waits
+        self._waiting = 0
         self._allocated = 0
         self._blocks = 0
         self._in_use = 0
@@ -68,40 +70,43 @@ class DataBlockPool:
     def acquire(self, size: int) -> DataBlock:
         """A free block of exactly ``size`` bytes (new if none free); raise PoolExhausted at the limit."""
         with self._lock:
-            free = self._free.get(size)
-            if free:
-                self._in_use += 1
-                self._reused += 1
-                return free.pop()
-            if self._allocated + size > self.max_memory:
-                # Give back idle blocks of other sizes before refusing.
-                for other, blocks in self._free.items():
-                    while blocks and self._allocated + size > self.max_memory:
-                        blocks.pop()
-                        self._allocated -= other
-                        self._blocks -= 1
-                if self._allocated + size > self.max_memory:
-                    self._exhausted += 1
-                    raise PoolExhausted(f"DataBlockPool at its limit of {self.max_memory} bytes")
-            self._allocated += size
-            self._blocks += 1
+            got = self._take(size)
+        return got if got.__class__ is DataBlock else DataBlock(size, got)
+
+    def _take(self, size: int) -> DataBlock | int:
+        """With the lock held: a free block, or the index of a new block to allocate; PoolExhausted at the limit."""
+        free = self._free.get(size)
+        if free:
             self._in_use += 1
-            index = self._blocks
-        return DataBlock(size, index)
+            self._reused += 1
+            return free.pop()
+        if self._allocated + size > self.max_memory:
+            # Give back idle blocks of other sizes before refusing.
+            for other, blocks in self._free.items():
+                while blocks and self._allocated + size > self.max_memory:
+                    blocks.pop()
+                    self._allocated -= other
+                    self._blocks -= 1
+            if self._allocated + size > self.max_memory:
+                self._exhausted += 1
+                raise PoolExhausted(f"DataBlockPool at its limit of {self.max_memory} bytes")
+        self._allocated += size
+        self._blocks += 1
+        self._in_use += 1
+        return self._blocks
 
     def release(self, block: DataBlock) -> None:
-        """Return a block for reuse."""
+        """Return a block for reuse (waking any ``frame_like`` waiting for memory)."""
         with self._lock:
             self._in_use -= 1
             self._free[block.size].append(block)
+            if self._waiting:
+                self._released.notify_all()
 
     def frame(self, shape: tuple[int, ...], dtype: np.dtype | str, frame_number: int, **meta: object) -> Frame:
         """A new Frame over a pooled block; the block returns to the pool when the Frame dies."""
         dt = np.dtype(dtype)
-        nbytes = dt.itemsize
-        for d in shape:
-            nbytes *= d
-        block = self.acquire(nbytes)
+        block = self.acquire(_nbytes(dt, shape))
         return Frame(block.view(dt, shape), frame_number, on_release=lambda: self.release(block), **meta)
 
     def frame_like(self, frame: Frame, dtype: np.dtype | str | None = None, timeout: float = 0.0) -> Frame | None:
@@ -110,22 +115,30 @@ class DataBlockPool:
         When the pool is at its limit, waits up to ``timeout`` seconds for downstream
         plugins to release frames; returns None if there is still no memory (count it as a drop).
         """
+        dt, shape = np.dtype(frame.dtype if dtype is None else dtype), frame.shape
+        size = _nbytes(dt, shape)
         deadline = None
-        while True:
-            try:
-                new = self.frame(frame.shape, frame.dtype if dtype is None else dtype, frame.frame_number,
-                                 dataset=frame.dataset, acquisition_id=frame.acquisition_id,
-                                 timestamp=frame.timestamp, parameters=dict(frame.parameters))
-            except PoolExhausted:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout
-                if now >= deadline:
-                    return None
-                time.sleep(0.001)
-                continue
-            new.mask = frame.mask
-            return new
+        with self._lock:
+            while True:
+                try:
+                    got = self._take(size)
+                    break
+                except PoolExhausted:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + timeout
+                    if now >= deadline:
+                        return None
+                    self._waiting += 1
+                    try:
+                        self._released.wait(deadline - now)
+                    finally:
+                        self._waiting -= 1
+        block = got if got.__class__ is DataBlock else DataBlock(size, got)
+        new = Frame(block.view(dt, shape), frame.frame_number, frame.dataset, frame.acquisition_id,
+                    frame.timestamp, dict(frame.parameters), on_release=lambda: self.release(block))
+        new.mask = frame.mask
+        return new
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -133,3 +146,10 @@ class DataBlockPool:
                     "blocks_free": self._blocks - self._in_use, "memory_allocated": self._allocated,
                     "max_memory": self.max_memory, "blocks_reused": self._reused,
                     "exhausted": self._exhausted}
+
+
+def _nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n

@@ -161,14 +161,9 @@ class SharedMemoryController:
     # -- data path -------------------------------------------------------------
     def on_ready(self, limit: int = 256) -> None:
         """Read up to ``limit`` messages from the ready channel (stops early when stalled)."""
-        sock = self.ready.socket
-        for _ in range(limit):
-            if self.stalled is not None or self.stalled_ready is not None:
-                return
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self.busy:
+            return
+        for raw in self.ready.pending(limit):
             try:
                 msg = IpcMessage.decode(raw)
             except ValueError as err:
@@ -185,6 +180,8 @@ class SharedMemoryController:
                 if isinstance(name, str):
                     self._map(name)
                     self.drain_waiting()
+            if self.busy:
+                return  # leave the rest on the socket until the stalled frame is placed
 
     def handle_ready(self, p: dict[str, Any]) -> None:
         if p.get("end_of_acquisition"):
@@ -195,7 +192,7 @@ class SharedMemoryController:
         self.frames_received += 1
         buf = self.buffer
         number, bid = p.get("frame"), p.get("buffer_id")
-        if not isinstance(bid, int) or isinstance(bid, bool) or not 0 <= bid < buf.num_buffers:
+        if not self._valid_bid(bid):
             self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
             return
         fields = buf.header_fields(bid)
@@ -206,7 +203,8 @@ class SharedMemoryController:
         if number != fields[3]:
             self._bad(f"frame_ready says frame {number} but the header holds frame {fields[3]}", bid, number)
             return
-        dtype, shape, size, acq, dset, views = layout
+        dtype, shape, size, acq, dset = layout
+        view = buf.views(dtype, shape, writeable=False)[bid]  # receiver memory: plugins read it, never write it
         ts = fields[5]
         if self.copy:
             try:
@@ -216,38 +214,38 @@ class SharedMemoryController:
                 self.stalled_ready = p
                 return
             data = block.view(dtype, shape)
-            np.copyto(data, views[bid])
-            if len(self.chain.sources) > 1:
-                data.flags.writeable = False  # shared by several chains: nobody may change it
+            np.copyto(data, view)
             self._send_release(number, bid)
             pool = self.pool
             frame = Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
         else:
             releases = self.releases
             self.outstanding += 1
-            frame = Frame(views[bid], number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
+            frame = Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
         self._dispatch(frame)
+
+    def _valid_bid(self, bid: Any) -> bool:
+        """Whether ``bid`` names a buffer of the mapped segment."""
+        return (self.buffer is not None and isinstance(bid, int) and not isinstance(bid, bool)
+                and 0 <= bid < self.buffer.num_buffers)
 
     def _layout(self, fields: tuple, buf: SharedBuffer) -> tuple | str:
         """Validate a header's layout, cached: frames of a run share dtype, shape and names.
 
-        Returns (dtype, shape, size, acquisition_id, dataset, per-buffer views) or a problem sentence.
+        Returns (dtype, shape, size, acquisition_id, dataset) or a problem sentence.
         """
         if fields[2] != STATE_READY:
             return f"buffer state is {fields[2]}, not ready ({STATE_READY})"
-        key = (fields[0], fields[1], fields[4], fields[6], fields[7], fields[9:13], fields[13], fields[14], id(buf))
+        key = (fields[0], fields[1], fields[4], fields[6], fields[7], fields[9:13], fields[13], fields[14],
+               buf.buffer_size)
         if key == self._layout_key:
             return self._layout_value
         hdr = FrameHeader.from_fields(fields)
         problem = hdr.problem(buf.buffer_size)
         if problem is not None:
             return problem
-        dtype = np.dtype(hdr.dtype)
-        views = [buf.data(i, dtype, hdr.shape) for i in range(buf.num_buffers)]
-        for v in views:
-            v.flags.writeable = False  # receiver memory: plugins read it, never write it
         self._layout_key = key
-        self._layout_value = (dtype, hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, views)
+        self._layout_value = (np.dtype(hdr.dtype), hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset)
         return self._layout_value
 
     def _dispatch(self, item: Frame | EndOfAcquisition) -> None:
@@ -256,6 +254,8 @@ class SharedMemoryController:
             if item.__class__ is Frame:
                 self.frames_unrouted += 1
             return  # the Frame dies here and releases its buffer
+        if item.__class__ is Frame:
+            item.fan_out(len(targets))
         left = self.chain.offer(item, list(targets))
         if left:
             self.stalled = (item, left)
@@ -301,18 +301,10 @@ class SharedMemoryController:
 
     def on_release_channel(self) -> None:
         """Subscription events from the receiver's release SUB: send held releases once it has joined."""
-        sock = self.release.socket
-        while True:
-            try:
-                event = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if event[:1] == b"\x01":
-                self.release_subscribed = True
-            elif event[:1] == b"\x00":
-                self.release_subscribed = False
+        for joined in self.release.subscription_events():
+            self.release_subscribed = joined
         while self.release_subscribed and self._unsent:
-            sock.send(self._unsent.popleft())
+            self.release.socket.send(self._unsent.popleft())
 
     def drain_releases(self) -> None:
         """Send the releases of zero-copy frames that plugin threads have dropped."""
@@ -322,12 +314,7 @@ class SharedMemoryController:
 
     def discard_pending(self) -> None:
         """At shutdown: release buffers announced but not yet taken (counted in frames/discarded)."""
-        sock = self.ready.socket
-        while True:
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for raw in self.ready.pending():
             try:
                 msg = IpcMessage.decode(raw)
             except ValueError:
@@ -336,7 +323,7 @@ class SharedMemoryController:
                 self.waiting.append(msg.params)
         for p in self.waiting:
             bid = p.get("buffer_id")
-            if self.buffer is not None and isinstance(bid, int) and 0 <= bid < self.buffer.num_buffers:
+            if self._valid_bid(bid):
                 self.frames_discarded += 1
                 self._send_release(p.get("frame") if isinstance(p.get("frame"), int) else -1, bid)
         self.waiting.clear()

@@ -77,8 +77,6 @@ class ReceiverController:
         self.shutdown_requested = False
         self.subscribers = 0  # processors subscribed to frame_ready
         self._warnings = 0
-        self._view_key: tuple | None = None
-        self._data_views: list = []
         self._header: FrameHeader | None = None
         self.reset_statistics()
 
@@ -304,7 +302,7 @@ class ReceiverController:
         self.source.reset()
         src = self.source
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
-        self._views()
+        self.buffer.views(src.dtype, src.shape)  # build the per-buffer views now, not on the first frame
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -336,7 +334,7 @@ class ReceiverController:
         """Announce up to ``limit`` frames that are due; return how many were handled."""
         if self.state != "running":
             return 0
-        src, buf, buffers = self.source, self.buffer, self.buffers
+        src, buffers = self.source, self.buffers
         rate = src.rate
         done = 0
         now = time.monotonic()
@@ -361,22 +359,13 @@ class ReceiverController:
                 now = time.monotonic()
         return done
 
-    def _views(self) -> list:
-        """Per-buffer numpy views for the current source (built once per source/layout)."""
-        src, buf = self.source, self.buffer
-        key = (id(buf), src.dtype, src.shape)
-        if self._view_key != key:
-            self._data_views = [buf.data(i, src.dtype, src.shape) for i in range(buf.num_buffers)]
-            self._view_key = key
-        return self._data_views
-
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer
         n = self.next_frame
         header = self._header
         header.frame_number, header.state, header.timestamp = n, STATE_FILLING, 0.0
         buf.write_header(bid, header)
-        src.fill(n, self._data_views[bid])
+        src.fill(n, buf.views(src.dtype, src.shape)[bid])
         buf.set_state(bid, STATE_READY, time.time())
         self.publish_raw(frame_notification("frame_ready", n, bid))
 

@@ -49,12 +49,7 @@ class FrameReceiverDaemon:
                  self.release.endpoint)
 
     def handle_releases(self, limit: int = 1024) -> None:
-        sock = self.release.socket
-        for _ in range(limit):
-            try:
-                raw = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for raw in self.release.pending(limit):
             try:
                 self.controller.on_release(IpcMessage.decode(raw))
             except ProtocolError as err:
@@ -62,15 +57,9 @@ class FrameReceiverDaemon:
 
     def handle_subscriptions(self) -> None:
         """Count processors subscribed to frame_ready (XPUB delivers subscribe/unsubscribe events)."""
-        while True:
-            try:
-                event = self.ready.socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event[:1] == b"\x01":
-                self.controller.subscribers += 1
-            elif event[:1] == b"\x00":
-                self.controller.subscribers = max(0, self.controller.subscribers - 1)
+        ctl = self.controller
+        for joined in self.ready.subscription_events():
+            ctl.subscribers = ctl.subscribers + 1 if joined else max(0, ctl.subscribers - 1)
 
     def apply_config_file(self, path: str) -> None:
         with open(path) as fh:

@@ -8,7 +8,8 @@ from other threads through a queue the owning thread drains.
 from __future__ import annotations
 
 import socket as _socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import count
 from typing import Any
 
 import zmq
@@ -92,6 +93,27 @@ class IpcChannel:
             else:
                 reply = handle(msg)
             self.send(reply, identity)
+
+    def pending(self, limit: int | None = None) -> Iterator[bytes]:
+        """Yield the messages waiting on a one-part socket (SUB, XPUB, DEALER) without blocking.
+
+        Stops when none is left or after ``limit``. Each is read only when the loop asks for it,
+        so breaking out of the loop leaves the rest on the socket.
+        """
+        recv = self.socket.recv
+        for _ in (count() if limit is None else range(limit)):
+            try:
+                yield recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def subscription_events(self, limit: int | None = None) -> Iterator[bool]:
+        """On an XPUB: yield True for each subscribe and False for each unsubscribe waiting (see ``pending``)."""
+        for event in self.pending(limit):
+            if event[:1] == b"\x01":
+                yield True
+            elif event[:1] == b"\x00":
+                yield False
 
     def poll(self, timeout_ms: int) -> bool:
         return bool(self.socket.poll(timeout_ms))

@@ -77,10 +77,6 @@ class FrameHeader:
                                *shape, self.acquisition_id.encode(), self.dataset.encode())
 
     @classmethod
-    def unpack_from(cls, buf: memoryview | mmap.mmap, offset: int) -> FrameHeader:
-        return cls.from_fields(FRAME_HEADER.unpack_from(buf, offset))
-
-    @classmethod
     def from_fields(cls, fields: tuple) -> FrameHeader:
         (magic, version, state, number, size, ts, dtype, ndim, _r, s0, s1, s2, s3, acq, dset) = fields
         shape = (s0, s1, s2, s3)[:min(ndim, 4)]
@@ -114,7 +110,7 @@ class SharedBuffer:
     """A mapped shared-memory buffer pool (creator or user side).
 
     Use :meth:`create` in the receiver and :meth:`open` in the processor.
-    ``close()`` unmaps; ``unlink()`` (creator) removes the name.
+    ``close()`` drops the cached :meth:`views` and unmaps; ``unlink()`` (creator) removes the name.
     """
 
     def __init__(self, name: str, mem: posix_ipc.SharedMemory, mapping: mmap.mmap, owner: bool,
@@ -126,6 +122,7 @@ class SharedBuffer:
         self.owner = owner
         self.manager_id, self.num_buffers, self.buffer_size = SEGMENT_HEADER.unpack_from(mapping, 0)
         self.closed = False
+        self._views: tuple[tuple, list[np.ndarray]] | None = None  # (dtype, shape, writeable), views
 
     @property
     def identity(self) -> tuple[int, int, int, int]:
@@ -214,9 +211,6 @@ class SharedBuffer:
         """The raw unpacked FRAME_HEADER tuple of ``buffer_id`` (fast path; see FrameHeader for meaning)."""
         return FRAME_HEADER.unpack_from(self._map, self.offset(buffer_id))
 
-    def header(self, buffer_id: int) -> FrameHeader:
-        return FrameHeader.unpack_from(self._map, self.offset(buffer_id))
-
     def write_header(self, buffer_id: int, header: FrameHeader) -> None:
         header.pack_into(self._map, self.offset(buffer_id))
 
@@ -234,16 +228,35 @@ class SharedBuffer:
         count = int(np.prod(shape))
         return np.frombuffer(self._map, dtype=dt, count=count, offset=start).reshape(shape)
 
+    def views(self, dtype: np.dtype | str, shape: tuple[int, ...], writeable: bool = True) -> list[np.ndarray]:
+        """Per-buffer numpy views of the pixel data, indexed by buffer id; cached until another layout or close().
+
+        Keep the list only as long as this buffer: ``close()`` drops it so that the mapping can go.
+        """
+        key = (np.dtype(dtype), tuple(shape), writeable)
+        cached = self._views
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if self.closed:
+            raise ShmError(f"shared buffer {self.name!r} is closed")
+        views = [self.data(i, key[0], key[1]) for i in range(self.num_buffers)]
+        if not writeable:
+            for v in views:
+                v.flags.writeable = False
+        self._views = (key, views)
+        return views
+
     def raw(self, buffer_id: int, nbytes: int) -> memoryview:
         """The first ``nbytes`` of pixel data of ``buffer_id`` as a memoryview."""
         start = self.offset(buffer_id) + FRAME_HEADER.size
         return memoryview(self._map)[start:start + nbytes]
 
     def close(self) -> None:
-        """Unmap (safe to call twice). Views still held elsewhere keep the mapping alive."""
+        """Drop the cached views and unmap (safe to call twice). Views still held elsewhere keep the mapping alive."""
         if self.closed:
             return
         self.closed = True
+        self._views = None
         try:
             self._map.close()
         except BufferError:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import Pipeline, wait_for
+from harness import Pipeline, stop_process, wait_for
 from ipc import free_tcp_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,15 +86,9 @@ class RestServer:
         return self.log_path.read_text()
 
     def close(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, 10, terminate=True)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 @contextmanager

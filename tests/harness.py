@@ -20,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipc import IpcClient, IpcMessage, free_tcp_endpoint
+import zmq
 
-__all__ = ["Daemon", "Pipeline", "wait_for", "unique_shm_name"]
+from ipc import IpcChannel, IpcClient, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
+
+__all__ = ["Daemon", "Pipeline", "FakeReceiver", "wait_for", "stop_process", "unique_shm_name"]
 
 
 def unique_shm_name() -> str:
@@ -42,6 +44,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
             last_err = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; last error {last_err!r}")
+
+
+def stop_process(proc: subprocess.Popen, grace: float, terminate: bool = False) -> int:
+    """Wait up to ``grace`` s for ``proc`` to exit (after SIGTERM when ``terminate``), then kill it; its exit code."""
+    if terminate and proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
 
 
 class Daemon:
@@ -84,11 +97,7 @@ class Daemon:
                 self.client.request("shutdown", timeout=30)
             except TimeoutError:
                 pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_process(self.proc, 15)
         self.client.close()
         self._log.close()
         return self.proc.returncode
@@ -157,23 +166,29 @@ class Pipeline:
 
 
 class FakeReceiver:
-    """The test plays the receiver: a real shm segment, a bound PUB (ready) and SUB (release)."""
+    """The test plays the receiver: a real shm segment, a bound XPUB (ready) and SUB (release)."""
 
     def __init__(self, num_buffers: int, frame_bytes: int) -> None:
-        import zmq
-
-        from ipc import SharedBuffer, buffer_size_for
         self.name = unique_shm_name()
         self.ready, self.release = free_tcp_endpoint(), free_tcp_endpoint()
-        ctx = zmq.Context.instance()
-        self.pub, self.sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        self.pub = IpcChannel(zmq.XPUB)  # XPUB: we see the processor subscribe
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
         self.pub.bind(self.ready)
         self.sub.bind(self.release)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.buf, _ = SharedBuffer.create(self.name, num_buffers, buffer_size_for(frame_bytes))
 
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Wait until a processor's SUB has joined the ready XPUB (what it is sent before then is lost)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(self.pub.subscription_events()):
+                return
+            self.pub.poll(50)
+        raise AssertionError(f"no processor subscribed to {self.ready} within {timeout} s")
+
     def send(self, msg_val: str, params: dict) -> None:
-        self.pub.send(IpcMessage("notify", msg_val, params).encode())
+        self.pub.send(IpcMessage("notify", msg_val, params))
 
     def released(self, count: int, timeout: float = 20) -> set[int]:
         """Buffer ids of the frame_release messages seen until ``count`` distinct ones or ``timeout``."""

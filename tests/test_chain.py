@@ -1,6 +1,7 @@
 """Plugin chain mechanics in-process with real threads: pooling, EOA, loading, option validation."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,17 +16,21 @@ from plugins.dummy import DummyPlugin
 class Recorder(FrameProcessorPlugin):
     options = {"gain": Option(float, 1.0, "a number"), "mode": Option(str, "a", "a choice", choices=("a", "b"))}
 
-    def __init__(self, name):
+    def __init__(self, name, delay=0.0):
         super().__init__(name)
-        self.frames, self.eoas = [], []
+        self.delay = delay
+        self.frames, self.eoas, self.frames_at_eoa = [], [], []
         self.done = threading.Event()
 
     def process_frame(self, frame):
+        if self.delay:
+            time.sleep(self.delay)
         self.frames.append(frame.frame_number)
         self.push(frame)
 
     def process_end_of_acquisition(self, eoa):
         self.eoas.append(eoa)
+        self.frames_at_eoa.append(len(self.frames))
         self.done.set()
 
 
@@ -55,11 +60,13 @@ def test_frame_release_callback_runs_once_when_last_reference_goes():
     assert calls == [1]
 
 
-def test_diamond_chain_delivers_every_frame_and_one_eoa_per_plugin():
+def test_diamond_chain_delivers_every_frame_and_one_eoa_per_plugin_after_the_slow_branch():
+    """a fans out to a slow b (a long queue, so it lags) and a fast c; d joins them and must see
+    every frame of both branches before its one end of acquisition."""
     chain = PluginChain()
-    plugins = {n: Recorder(n) for n in ("a", "b", "c", "d")}
+    plugins = {"a": Recorder("a"), "b": Recorder("b", delay=0.002), "c": Recorder("c"), "d": Recorder("d")}
     for p in plugins.values():
-        chain.add(p, "tests", queue_size=4)
+        chain.add(p, "tests", queue_size=200 if p.name == "b" else 4)
     chain.connect("a", FRAME_RECEIVER)
     chain.connect("b", "a")
     chain.connect("c", "a")
@@ -67,17 +74,20 @@ def test_diamond_chain_delivers_every_frame_and_one_eoa_per_plugin():
     chain.connect("d", "c")
     with pytest.raises(PluginError, match="cycle"):
         chain.connect("a", "d")
-    eoa = EndOfAcquisition("acq", 50)
-    for i in range(50):
+    n = 100
+    eoa = EndOfAcquisition("acq", n)
+    for i in range(n):
         for worker, _ in chain.sources:
             worker.submit(Frame(np.full(4, i), i), True)
     for worker, _ in chain.sources:
         worker.submit(eoa, True)
-    assert plugins["d"].done.wait(10)
+    assert plugins["d"].done.wait(20)
     assert chain.drain(10)
-    assert plugins["a"].frames == list(range(50))
-    assert sorted(plugins["d"].frames) == sorted(list(range(50)) * 2)  # two paths into d
+    assert plugins["a"].frames == list(range(n))
+    assert sorted(plugins["d"].frames) == sorted(list(range(n)) * 2)  # two paths into d
     assert all(len(p.eoas) == 1 for p in plugins.values())
+    assert plugins["d"].frames_at_eoa == [2 * n]  # the EOA waited for the slow branch's last frame
+    assert chain.status()["d"]["acquisitions"] == 1
     chain.stop()
 
 

@@ -2,7 +2,6 @@
 
 import json
 import textwrap
-import time
 
 import h5py
 import numpy as np
@@ -168,7 +167,7 @@ def test_inconsistent_frame_headers_are_counted_bad_and_released(tmp_path):
                                            "fr_shared_mem": fake.name},
                               "plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
                                          "connect": {"index": "d", "connection": "frame_receiver"}}})
-        time.sleep(0.5)  # let the processor's SUB join our PUB
+        fake.wait_subscribed()  # what we publish before the processor's SUB joins is lost
         while fake.sub.poll(10):
             fake.sub.recv()  # its request_buffer_config
         headers = [FrameHeader(0, "<u2", (8, 8), 128),             # good
