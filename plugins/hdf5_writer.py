@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
-from time import perf_counter_ns
 from typing import Any
 
 import numpy as np
@@ -32,13 +31,13 @@ from ipc.errors import ConfigError
 
 from ._hdf5.codecs import make_codec
 from ._hdf5.config import WriterConfig, check_path, merge
-from ._hdf5.distribution import Distribution
 from ._hdf5.engine import Job, WriterEngine
 from ._hdf5.session import Session, file_name
 
 __all__ = ["FileWriterPlugin"]
 
 _ids = itertools.count(1)
+_DEFAULTS = WriterConfig().describe()  # the options' defaults are the configuration's
 
 
 class FileWriterPlugin(FrameProcessorPlugin):
@@ -64,26 +63,22 @@ class FileWriterPlugin(FrameProcessorPlugin):
 
     commands = ("start_writing", "stop_writing")
     version = "0.1.0"
-    options = {
-        "process": Option(dict, {"number": 1, "rank": 0, "frames_per_block": 1, "blocks_per_file": 0},
-                          "number of writer processes, this one's rank, frames per block, blocks per file"),
-        "file": Option(dict, {"path": "", "prefix": "", "use_numbers": True, "first_number": 1, "postfix": "",
-                              "extension": "h5", "temp_suffix": ".tmp", "overwrite": False},
-                       "output directory and name parts (or the older {path, name})"),
-        "dataset": Option(dict, {}, "{<name>: {datatype, dims, chunks, compression, blosc_compressor, "
-                                    "blosc_level, blosc_shuffle}}"),
-        "frames": Option(int, 0, "frames in the acquisition (all ranks); 0 = unlimited"),
-        "master": Option(str, "data", "dataset counted as frames written and linked into /entry/data"),
-        "acquisition_id": Option(str, "", "acquisition id when frames carry none; part of the file name"),
-        "close_file_timeout": Option(float, 5.0, "seconds to wait for missing frames after end of acquisition"),
-        "swmr": Option(bool, True, "write files SWMR-readable"),
-        "flush_frames": Option(int, 1000, "flush after this many frames (or after flush_ms, whichever comes first)"),
-        "flush_ms": Option(int, 1000, "flush at most this many ms after the first unflushed frame"),
-        "vds": Option(bool, True, "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file"),
-        "threads": Option(int, 2, "compression threads"),
-        "watchdog_ms": Option(int, 2000, "report create/write/flush/close calls slower than this"),
-        "write": Option(bool, False, "true = start_writing, false = stop_writing"),
-    }
+    options = {k: Option(type(_DEFAULTS[k]), _DEFAULTS[k], text) for k, text in {
+        "process": "number of writer processes, this one's rank, frames per block, blocks per file",
+        "file": "output directory and name parts (or the older {path, name})",
+        "dataset": "{<name>: {datatype, dims, chunks, compression, blosc_compressor, blosc_level, blosc_shuffle}}",
+        "frames": "frames in the acquisition (all ranks); 0 = unlimited",
+        "master": "dataset counted as frames written and linked into /entry/data",
+        "acquisition_id": "acquisition id when frames carry none; part of the file name",
+        "close_file_timeout": "seconds to wait for missing frames after end of acquisition",
+        "swmr": "write files SWMR-readable",
+        "flush_frames": "flush after this many frames (or after flush_ms, whichever comes first)",
+        "flush_ms": "flush at most this many ms after the first unflushed frame",
+        "vds": "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file",
+        "threads": "compression threads",
+        "watchdog_ms": "report create/write/flush/close calls slower than this",
+    }.items()}
+    options["write"] = Option(bool, False, "true = start_writing, false = stop_writing")
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -95,20 +90,21 @@ class FileWriterPlugin(FrameProcessorPlugin):
 
     # -- configuration --------------------------------------------------------------------
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``params``; with ``write: true`` also build the session start_writing needs (carried to apply)."""
         cfg, write = merge(self._cfg, params)
         changing = [k for k in params if k != "write"]
         if self._writing and changing:
             raise ConfigError(f"{self.owner} is writing {self._file_hint()}; stop_writing before changing "
                               f"{changing}", changing[0])
-        if write and not self._writing:
-            self._session_for(cfg)
-        return {"config": cfg, "write": write}
+        session = self._session_for(cfg) if write and not self._writing else None
+        return {"config": cfg, "write": write, "session": session}
 
     def apply(self, values: dict[str, Any]) -> None:
         self._cfg = values["config"]
         write = values["write"]
         if write is True and not self._writing:
-            self._start(self._session_for(self._cfg))
+            # no session only when writing stopped by itself (frames reached) since validate
+            self._start(values["session"] or self._session_for(self._cfg))
         elif write is False:
             self._stop()
 
@@ -138,14 +134,13 @@ class FileWriterPlugin(FrameProcessorPlugin):
                               f"{sorted(cfg.datasets)}", "master")
         check_path(cfg.file.path)
         p = cfg.process
-        dist = Distribution(p.number, p.rank, p.frames_per_block, p.blocks_per_file)
         if not cfg.file.use_numbers and (p.number > 1 or p.blocks_per_file):
             raise ConfigError(f"{self.owner} 'file/use_numbers' is false but {p.number} processes / "
                               f"blocks_per_file {p.blocks_per_file} write several files; names would collide",
                               "use_numbers")
         codecs = {n: make_codec(d.compression, d.dtype, d.dims, d.blosc_compressor, d.blosc_level,
                                 d.blosc_shuffle) for n, d in cfg.datasets.items()}
-        session = Session(next(_ids), cfg, dist, codecs)
+        session = Session(next(_ids), cfg, codecs)
         path = session.existing("")  # with the configured acquisition_id; ids frames carry are checked at open
         if path:
             raise ConfigError(f"{self.owner}: file {path} already exists; choose another file/prefix or "
@@ -153,7 +148,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
         return session
 
     def _start(self, session: Session) -> None:
-        self._engine.start(session)
+        self._engine.start(session)  # gives the session its buffers: before the plugin thread can see it
         self._session = session
         self._writing = True
 
@@ -174,7 +169,6 @@ class FileWriterPlugin(FrameProcessorPlugin):
 
     # -- data path ---------------------------------------------------------------------------
     def process_frame(self, frame: Frame) -> None:
-        t0 = perf_counter_ns()
         s = self._session
         if self._writing and s is not None:
             spec = s.config.datasets.get(frame.dataset)
@@ -186,22 +180,14 @@ class FileWriterPlugin(FrameProcessorPlugin):
                                     f"{spec.datatype} {list(spec.dims)}")
             elif 0 < s.config.frames <= frame.frame_number or frame.frame_number < 0:
                 self._reject(frame, f"frame number outside the acquisition's {s.config.frames} frames")
-            elif not s.dist.owns(frame.frame_number):
+            elif not s.config.process.owns(frame.frame_number):
                 self.frames_other_rank += 1
             else:
                 f = frame if data.flags.c_contiguous else frame.derive(np.ascontiguousarray(data))
-                job = Job(s.id, frame.dataset, f, frame.frame_number,
-                          frame.acquisition_id or s.config.acquisition_id)
-                job.params = dict(frame.parameters)
+                job = Job(s.id, f, frame.acquisition_id or s.config.acquisition_id)
                 self.frames_processed += 1
-                self._engine.submit(job, s.codecs[frame.dataset])
+                self._engine.submit(job, s)
                 f = job = None
-        dt = perf_counter_ns() - t0
-        self._t_last = dt
-        self._t_sum += dt
-        self._t_n += 1
-        if dt > self._t_max:
-            self._t_max = dt
         self.push(frame)
 
     def _reject(self, frame: Frame, why: str) -> None:
@@ -221,14 +207,16 @@ class FileWriterPlugin(FrameProcessorPlugin):
         e, s, cfg = self._engine, self._session, self._cfg
         acq = e.acquisition
         paths = e.current_paths()
-        frames_max = acq.frames_max if acq is not None else (s.frames_max() if s is not None else
-                                                              Session(0, cfg, Distribution(), {}).frames_max())
+        if acq is not None:
+            frames_max = acq.frames_max
+        else:
+            frames_max = s.frames_max() if s is not None else cfg.process.frames_mine(cfg.frames)
         cur = paths[0] if paths else ""
         name = os.path.basename(cur[:-len(cfg.file.temp_suffix)] if cur and cfg.file.temp_suffix else cur)
         if not name and e.last_file_path and not self._writing:
             name = os.path.basename(e.last_file_path)  # the file just closed, acquisition id and all
         if not name and s is not None:
-            name = file_name(s.config, s.stem(""), s.dist.rank)
+            name = file_name(s.config, s.stem(""), s.config.process.rank)
         return {
             "writing": self._writing,
             "frames_max": frames_max,
@@ -255,9 +243,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "stalled": e.stalled(),
             "datasets": {n: {"dimensions": list(d.dims), "type": d.datatype, "compression": d.compression}
                          for n, d in cfg.datasets.items()},
-            "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
-                       "mean_process": self._t_sum / self._t_n / 1000 if self._t_n else 0.0,
-                       **e.timing_status()},
+            "timing": e.timing_status(),  # the worker adds {last,max,mean}_process
         }
 
     def reset_statistics(self) -> None:
@@ -265,7 +251,6 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self.frames_rejected = 0
         self.frames_other_rank = 0
         self.last_rejected = ""
-        self._t_last = self._t_max = self._t_sum = self._t_n = 0
         self._engine.reset_statistics()
 
     def close(self) -> None:

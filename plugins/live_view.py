@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import zmq
 
 from frameprocessor import Frame, FrameProcessorPlugin, Option
-from ipc.errors import ConfigError
+from ipc.channel import IpcChannel
+from ipc.errors import ConfigError, FramechainError
 
 __all__ = ["LiveViewPlugin", "DEFAULT_ADDRESS"]
 
@@ -82,10 +82,10 @@ class LiveViewPlugin(FrameProcessorPlugin):
     def __init__(self, name: str, context: zmq.Context | None = None) -> None:
         super().__init__(name)
         self._ctx = context or zmq.Context.instance()
-        self._sock: zmq.Socket | None = None
+        self._chan: IpcChannel | None = None
         self._bound = ""
         self._bound_req = ""  # the address as requested (the bound one may differ: port 0, host names)
-        self._next: zmq.Socket | None = None  # applied on the control thread, adopted by the plugin thread
+        self._next: IpcChannel | None = None  # applied on the control thread, adopted by the plugin thread
         self._next_addr = ""
         self._next_req = ""
         self._lock = threading.Lock()
@@ -97,33 +97,31 @@ class LiveViewPlugin(FrameProcessorPlugin):
     def apply(self, values: dict[str, Any]) -> None:
         """Bind a changed address first; if that fails, raise ConfigError with nothing changed."""
         addr = values.get("live_view_socket_addr")
-        old: zmq.Socket | None = None
+        old: IpcChannel | None = None
         with self._lock:  # the plugin thread adopts a pending socket under this lock
             pending = self._next is not None
             back = pending and addr == self._bound_req  # back to the socket in use: drop the pending one
-            new: zmq.Socket | None = None
+            new: IpcChannel | None = None
             if addr is not None and not back and addr != (self._next_req if pending else self._bound_req):
                 new = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))  # ConfigError: no change
             super().apply(values)
             if new is not None or back:
                 old, self._next = self._next, new
                 self._next_req = addr if new is not None else ""
-                self._next_addr = new.getsockopt_string(zmq.LAST_ENDPOINT) if new is not None else ""
+                self._next_addr = (new.endpoint or "") if new is not None else ""
         if old is not None:
-            old.close(linger=0)
+            old.close()
 
-    def _bind(self, addr: str, hwm: int) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.PUB)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full viewer queue raises Again (counted) instead of silently dropping
+    def _bind(self, addr: str, hwm: int) -> IpcChannel:
+        chan = IpcChannel(zmq.PUB, self._ctx, hwm=hwm)  # linger 0, SNDHWM = hwm
+        chan.socket.setsockopt(zmq.XPUB_NODROP, 1)  # a full viewer queue raises Again (counted), no silent drop
         try:
-            sock.bind(addr)
-        except zmq.ZMQError as err:
-            sock.close(linger=0)
+            chan.bind(addr)
+        except FramechainError as err:
+            chan.close()
             raise ConfigError(f"The 'live_view_socket_addr' option of {self.owner}: cannot bind {addr!r}: "
-                              f"{err}", "live_view_socket_addr") from err
-        return sock
+                              f"{err.__cause__ or err}", "live_view_socket_addr") from err
+        return chan
 
     @property
     def endpoint(self) -> str:
@@ -133,9 +131,9 @@ class LiveViewPlugin(FrameProcessorPlugin):
     # -- data path ----------------------------------------------------------------------
     def process_frame(self, frame: Frame) -> None:
         if self._wanted(frame):
-            sock = self._socket()
-            if sock is not None:
-                self._send(sock, frame)
+            chan = self._channel()
+            if chan is not None:
+                self._send(chan.socket, frame)
         self.push(frame)
 
     def _wanted(self, frame: Frame) -> bool:
@@ -155,26 +153,26 @@ class LiveViewPlugin(FrameProcessorPlugin):
             self._last_sent = now
         return True
 
-    def _socket(self) -> zmq.Socket | None:
+    def _channel(self) -> IpcChannel | None:
         if self._next is not None:
             with self._lock:
                 new, addr, req = self._next, self._next_addr, self._next_req
                 self._next, self._next_addr, self._next_req = None, "", ""
-                old = self._sock
+                old = self._chan
                 if new is not None:
-                    self._sock, self._bound, self._bound_req = new, addr, req
+                    self._chan, self._bound, self._bound_req = new, addr, req
             if new is not None and old is not None:
-                old.close(linger=0)
-        if self._sock is None and not self._closed:
+                old.close()
+        if self._chan is None and not self._closed:
             try:
-                self._sock = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
-                self._bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                self._chan = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
+                self._bound = self._chan.endpoint or ""
                 self._bound_req = self.config["live_view_socket_addr"]
             except ConfigError as err:
                 self.error = str(err)
                 self.frames_dropped += 1
                 return None
-        return self._sock
+        return self._chan
 
     def _send(self, sock: zmq.Socket, frame: Frame) -> None:
         data = frame.data
@@ -211,7 +209,7 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self._closed = True
         with self._lock:
             nxt, self._next = self._next, None
-        for s in (nxt, self._sock):
-            if s is not None:
-                s.close(linger=0)
-        self._sock = None
+        for c in (nxt, self._chan):
+            if c is not None:
+                c.close()
+        self._chan = None

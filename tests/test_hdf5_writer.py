@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the filters for reading)
 import numpy as np
 import pytest
+from harness import wait_for
 
 from frameprocessor.frame import EndOfAcquisition, Frame
 from frameprocessor.pool import DataBlockPool
 from ipc.errors import ConfigError
 from plugins._hdf5.distribution import Distribution, frames_for_rank
+from plugins._hdf5.engine import Job
 from plugins.hdf5_writer import FileWriterPlugin
 
 SHAPE = (32, 48)
@@ -53,6 +58,8 @@ def feed(p: FileWriterPlugin, numbers, pool: DataBlockPool | None = None, acq: s
 def test_rank_test_vectors():
     assert [frames_for_rank(1141, 4, r, 1) for r in range(4)] == [286, 285, 285, 285]
     assert [frames_for_rank(1141, 4, r, 1000) for r in range(4)] == [1000, 141, 0, 0]
+    assert [Distribution(4, r, 1000).frames_mine(1141) for r in range(4)] == [1000, 141, 0, 0]
+    assert Distribution(4, 1, 1000).frames_mine(0) == 0
     for fpb in (1, 1000):
         counts = [0] * 4
         for o in range(1141):
@@ -106,6 +113,15 @@ def test_bad_config_nacks_and_changes_nothing(hdf, tmp_path, params, key):
     with pytest.raises(ConfigError, match=key.split("/")[-1]):
         hdf.configure(params)
     assert hdf.request_configuration() == before
+
+
+def test_new_dims_bring_their_own_chunks_unless_chunks_are_given(hdf, tmp_path):
+    hdf.configure(base(tmp_path))
+    hdf.configure({"dataset": {"data": {"dims": [8, 6]}}})
+    assert hdf.request_configuration()["dataset"]["data"]["chunks"] == [1, 8, 6]
+    with pytest.raises(ConfigError, match="chunks"):
+        hdf.configure({"dataset": {"data": {"dims": [4, 4], "chunks": [1, 8, 6]}}})
+    assert hdf.request_configuration()["dataset"]["data"]["dims"] == [8, 6]
 
 
 def test_unwritable_path_nacks(hdf, tmp_path):
@@ -184,8 +200,12 @@ def test_existing_file_for_frames_acquisition_id_counts_every_frame(hdf, tmp_pat
         assert f["/entry/data/data"].shape[0] == 3
 
 
-def test_refused_acquisition_does_not_stop_an_unbounded_session(hdf, tmp_path):
-    (tmp_path / "run_a1_000001.h5.tmp").write_bytes(b"a crashed writer's frames")
+@pytest.mark.parametrize("a1_exists", [False, True])
+def test_next_acquisition_id_opens_next_file(hdf, tmp_path, a1_exists):
+    """A new acquisition id closes the file and opens the next one; an acquisition refused because its
+    file exists does not stop an unbounded session either: the next one is written."""
+    if a1_exists:
+        (tmp_path / "run_a1_000001.h5.tmp").write_bytes(b"a crashed writer's frames")
     hdf.configure(base(tmp_path, frames=0))
     hdf.execute("start_writing", {})
     pool = DataBlockPool(1 << 26)
@@ -194,9 +214,18 @@ def test_refused_acquisition_does_not_stop_an_unbounded_session(hdf, tmp_path):
     hdf.execute("stop_writing", {})
     assert hdf.sync()
     st = hdf.status()
-    assert (st["frames_lost"], st["frames_written"], st["frames_processed"]) == (4, 2, 6), st
-    assert accounted(st), st
-    assert sorted(os.listdir(tmp_path)) == ["run_a1_000001.h5.tmp", "run_a2_000001.h5"]
+    # frames_written counts the last acquisition's frames (a2's)
+    assert (st["frames_lost"], st["frames_written"], st["frames_processed"]) == (4 if a1_exists else 0, 2, 6), st
+    a1 = "run_a1_000001.h5" + (".tmp" if a1_exists else "")
+    assert sorted(os.listdir(tmp_path)) == [a1, "run_a2_000001.h5"]
+    if a1_exists:
+        assert accounted(st), st  # nothing of a1 written
+        assert (tmp_path / a1).read_bytes() == b"a crashed writer's frames"
+    else:
+        with h5py.File(tmp_path / a1) as f:
+            assert f["/entry/data/data"].shape[0] == 4 and f["/entry"].attrs["acquisition_id"] == "a1"
+    with h5py.File(tmp_path / "run_a2_000001.h5") as f:
+        assert f["/entry/data/data"].shape[0] == 2
 
 
 def test_later_file_that_exists_loses_only_its_frames(hdf, tmp_path):
@@ -306,10 +335,7 @@ def test_end_of_acquisition_closes_and_missing_frames_time_out(hdf, tmp_path):
     assert hdf.sync()
     assert hdf.status()["timeout_active"] is True
     feed(hdf, [2])  # a late frame still lands
-    import time
-    deadline = time.monotonic() + 10
-    while hdf.status()["writing"] and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: not hdf.status()["writing"], timeout=10, what="close_file_timeout to close the file")
     st = hdf.status()
     assert not st["writing"] and "3 of 5" not in st["error"] and "4 of 5" in st["error"], st
     with h5py.File(tmp_path / "run_000001.h5") as f:
@@ -327,18 +353,30 @@ def test_end_of_acquisition_complete_closes_cleanly(hdf, tmp_path):
     assert (tmp_path / "run_000001.h5").exists()
 
 
-def test_next_acquisition_id_opens_next_file(hdf, tmp_path):
-    hdf.configure(base(tmp_path))
+def test_frame_of_a_replaced_session_takes_its_own_buffers_and_a_live_pool(hdf, tmp_path):
+    """The plugin thread can hand over a frame checked against session A after the control thread started
+    session B (other frame size, other pool size): it compresses into A's buffers on a pool that is not
+    shut down, reaches the writer after B's start and is discarded, not written into B's file."""
+    big, small = [64, 64], [8, 8]
+    hdf.configure(base(tmp_path, threads=2, dataset={"data": {"dims": big, "compression": "BSLZ4"}}))
     hdf.execute("start_writing", {})
-    pool = DataBlockPool(1 << 26)
-    feed(hdf, range(3), pool, acq="a1")
-    feed(hdf, range(2), pool, acq="a2")
+    a = hdf._session
+    hdf.execute("stop_writing", {})
+    hdf.configure({"threads": 3, "dataset": {"data": {"dims": small}}})
+    hdf.execute("start_writing", {})
+    b = hdf._session
+    depth = a.bufs["data"].qsize()
+    assert b.bufs["data"] is not a.bufs["data"] and depth > 0
+    hdf._engine.submit(Job(a.id, Frame(np.full(big, 3, "u2"), 0), ""), a)  # A's frame, late
+    for n in range(2):
+        hdf.process_frame(Frame(np.full(small, n, "u2"), n))
     hdf.execute("stop_writing", {})
     assert hdf.sync()
-    with h5py.File(tmp_path / "run_a1_000001.h5") as f:
-        assert f["/entry/data/data"].shape[0] == 3 and f["/entry"].attrs["acquisition_id"] == "a1"
-    with h5py.File(tmp_path / "run_a2_000001.h5") as f:
-        assert f["/entry/data/data"].shape[0] == 2
+    st = hdf.status()
+    assert (st["frames_discarded"], st["frames_written"], st["frames_lost"], st["error"]) == (1, 2, 0, ""), st
+    assert a.bufs["data"].qsize() == depth  # A's buffer came back to A
+    with h5py.File(tmp_path / "run_000001.h5") as f:
+        assert [int(f["/entry/data/data"][i][0, 0]) for i in range(2)] == [0, 1]
 
 
 def test_pool_blocks_return_after_writing(hdf, tmp_path):
@@ -386,16 +424,18 @@ hdf.close()
 """
 
 
+def run_child(script: str, *args: str) -> dict:
+    """Run ``script`` in a fresh interpreter from the repository root; return the status it prints as JSON."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                       cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 def test_disk_full_stops_writing_and_keeps_written_frames(tmp_path):
     """A real write failure (file size limit in a child process) stops writing with an error."""
-    import json
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True,
-                       timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
-    assert r.returncode == 0, r.stderr
-    st = json.loads(r.stdout)
+    st = run_child(FULL_DISK, str(tmp_path))
     assert not st["writing"] and "too large" in st["error"].lower(), st
     written = st["frames_written"]
     assert written > 10
@@ -424,7 +464,6 @@ def test_existing_master_file_nacks(hdf, tmp_path):
 
 
 def test_timer_flush_makes_frames_durable_without_frame_count(hdf, tmp_path):
-    from harness import wait_for
     hdf.configure(base(tmp_path, flush_frames=1000, flush_ms=50))
     hdf.execute("start_writing", {})
     feed(hdf, range(3))
@@ -540,20 +579,13 @@ def test_permission_denied_mid_acquisition_stops_and_keeps_written_frames(tmp_pa
     root capabilities that bypass file modes). With a temp suffix the first file's rename fails, without
     one the second file's creation: either way writing stops with the error, the frame that could not be
     written is counted in frames_lost, and the first file keeps its 5 frames."""
-    import json
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "out"
     out.mkdir()
-    r = subprocess.run([sys.executable, "-c", PERMISSION_DENIED, str(out), temp_suffix], capture_output=True,
-                       text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": root})
-    assert r.returncode == 0, r.stderr
-    st = json.loads(r.stdout)
+    st = run_child(PERMISSION_DENIED, str(out), temp_suffix)
     assert st["dir_writable"] is False  # the kernel really refuses us
     assert not st["writing"] and "permission denied" in st["error"].lower(), st
     assert (st["frames_written"], st["frames_lost"]) == (5, 1), st
-    assert st["frames_processed"] == st["frames_written"] + st["frames_lost"] + st["frames_discarded"], st
+    assert accounted(st), st
     assert sorted(os.listdir(out)) == [kept]
     with h5py.File(out / kept, "r") as f:
         assert [int(f["/entry/data/data"][i][0, 0]) for i in range(f["/entry/data/data"].shape[0])] == \

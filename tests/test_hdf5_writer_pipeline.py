@@ -54,7 +54,8 @@ def test_every_compression_bit_exact_with_parameters(pipeline, tmp_path):
         st = pipeline.plugin_status(f"hdf_{c}")
         assert st["frames_written"] == n and st["frames_max"] == n and st["error"] == "", st
         assert set(st["timing"]) >= {f"{a}_{b}" for a in ("last", "max", "mean")
-                                     for b in ("create", "write", "flush", "close")}
+                                     for b in ("create", "write", "flush", "close", "process")}  # process: the worker's
+        assert st["timing"]["max_process"] > 0, st["timing"]
     wait_for(lambda: pipeline.plugin_status("after")["frames_processed"] == n, what="frames downstream")
     expect = ramp(shape, n)
     for c in codecs:

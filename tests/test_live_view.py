@@ -14,6 +14,7 @@ from harness import wait_for
 from framereceiver.sources import SimulatedSource
 from frameprocessor.frame import Frame
 from ipc import free_tcp_endpoint
+from ipc.channel import IpcChannel
 from ipc.errors import ConfigError
 from plugins.live_view import LiveViewPlugin
 
@@ -32,12 +33,11 @@ def live():
     p.close()
 
 
-def subscriber(ctx, endpoint):
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.connect(endpoint)
-    return sub
+def subscriber(ctx, endpoint, hwm=None):
+    """A viewer's SUB socket (subscribed to everything, linger 0), closed with ``ctx``."""
+    chan = IpcChannel(zmq.SUB, ctx, hwm=hwm)
+    chan.connect(endpoint)
+    return chan.socket
 
 
 def join(live, sub, shape=(4, 4)):
@@ -106,8 +106,7 @@ def test_per_second_throttle(live):
 
 def test_slow_viewer_never_blocks(live, ctx):
     live.configure({"live_view_socket_addr": free_tcp_endpoint(), "send_hwm": 2})
-    sub = subscriber(ctx, live.endpoint)
-    sub.setsockopt(zmq.RCVHWM, 2)
+    sub = subscriber(ctx, live.endpoint, hwm=2)  # RCVHWM 2, set before connecting
     join(live, sub)
     big = np.zeros((512, 512), "u2")
     for n in range(500):  # the viewer reads nothing; every call must return

@@ -95,9 +95,6 @@ class Codec:
     def compress(self, data: np.ndarray, out: np.ndarray) -> np.ndarray:
         return data
 
-    def describe(self) -> dict[str, Any]:
-        return {"compression": self.name}
-
 
 class Lz4Codec(Codec):
     name = "LZ4"
@@ -175,10 +172,6 @@ class BloscCodec(Codec):
         if n <= 0:
             raise RuntimeError(f"blosc_compress_ctx failed ({n})")
         return out[:n]
-
-    def describe(self) -> dict[str, Any]:
-        return {"compression": self.name, "blosc_compressor": self.compressor, "blosc_level": self.level,
-                "blosc_shuffle": self.shuffle}
 
 
 def make_codec(compression: str, dtype: np.dtype, shape: tuple[int, ...], blosc_compressor: int = 1,

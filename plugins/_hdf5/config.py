@@ -18,22 +18,15 @@ import numpy as np
 from ipc.errors import ConfigError
 
 from .codecs import BLOSC_COMPRESSORS, COMPRESSIONS
+from .distribution import Distribution
 
-__all__ = ["DATATYPES", "DatasetSpec", "FileSpec", "ProcessSpec", "WriterConfig", "merge"]
+__all__ = ["DATATYPES", "DatasetSpec", "FileSpec", "WriterConfig", "merge"]
 
 DATATYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
              "float32": np.float32}
 #: the seed README's integer enumeration (raw8bit, raw16bit, float32bit)
 _DATATYPE_ENUM = {0: "uint8", 1: "uint16", 2: "float32"}
 _OWNER = "FileWriterPlugin"
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    number: int = 1
-    rank: int = 0
-    frames_per_block: int = 1
-    blocks_per_file: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,7 +65,7 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class WriterConfig:
-    process: ProcessSpec = ProcessSpec()
+    process: Distribution = Distribution()  # the "process" keys: number, rank, frames_per_block, blocks_per_file
     file: FileSpec = FileSpec()
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     frames: int = 0
@@ -138,7 +131,7 @@ def _dims(where: str, v: Any) -> tuple[int, ...]:
 
 
 # -- sections -------------------------------------------------------------------------
-def _process(cur: ProcessSpec, v: Any) -> ProcessSpec:
+def _process(cur: Distribution, v: Any) -> Distribution:
     v = _obj("process", v, {"number", "rank", "frames_per_block", "blocks_per_file"})
     out = replace(cur, **{
         k: _int(f"process/{k}", x, 1 if k in ("number", "frames_per_block") else 0) for k, x in v.items()})
@@ -211,6 +204,8 @@ def _dataset(name: str, cur: DatasetSpec | None, v: Any) -> DatasetSpec:
             vals[k] = _int(f"{where}/{k}", x, 0, 9)
         elif k == "blosc_shuffle":
             vals[k] = _int(f"{where}/{k}", x, 0, 2)
+    if "dims" in vals and "chunks" not in vals:
+        vals["chunks"] = ()  # new frame shape: its one-frame chunks follow unless given
     out = replace(cur, **vals) if cur is not None else DatasetSpec(name, **vals)
     if not out.dims:
         raise ConfigError(f"{_OWNER} '{where}' needs 'dims' (the frame shape, e.g. [512, 512])", "dims")

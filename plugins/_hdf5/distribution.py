@@ -9,6 +9,8 @@ starting the next. Files are numbered globally so that file ``k`` of rank
 Examples
 --------
 >>> d = Distribution(number=4, rank=0, frames_per_block=1)
+>>> d.frames_mine(1141)
+286
 >>> [frames_for_rank(1141, 4, r, 1) for r in range(4)]
 [286, 285, 285, 285]
 >>> [frames_for_rank(1141, 4, r, 1000) for r in range(4)]
@@ -41,6 +43,10 @@ class Distribution:
     def owns(self, offset: int) -> bool:
         """True when frame ``offset`` belongs to this rank: ``(offset // fpb) % number == rank``."""
         return (offset // self.frames_per_block) % self.number == self.rank
+
+    def frames_mine(self, total: int) -> int:
+        """How many of frames ``0 .. total-1`` this rank writes (0 when ``total`` is 0)."""
+        return frames_for_rank(total, self.number, self.rank, self.frames_per_block)
 
     def index_in_file(self, offset: int) -> int:
         """``((offset // (fpb*N)) * fpb) % (bpf*fpb) + offset % fpb`` (no modulo when bpf is 0)."""

@@ -14,7 +14,6 @@ Logger ``plugins.hdf5_writer.engine``.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,7 +26,6 @@ from frameprocessor import Frame
 
 from .codecs import Codec
 from .config import DatasetSpec
-from .distribution import frames_for_rank
 from .h5file import H5File, versions
 from .master import write_master
 from .session import Session, file_name
@@ -42,18 +40,17 @@ _TIMINGS = ("create", "write", "flush", "close")
 class Job:
     """One frame on its way to the file."""
 
-    __slots__ = ("session", "dataset", "frame", "offset", "frame_number", "timestamp", "acq", "params",
-                 "future", "buf", "bufq")
+    __slots__ = ("session", "dataset", "frame", "offset", "timestamp", "acq", "params", "future", "buf", "bufq")
 
-    def __init__(self, session: int, dataset: str, frame: Frame | None, offset: int, acq: str) -> None:
+    def __init__(self, session: int, frame: Frame, acq: str) -> None:
         self.session = session
-        self.dataset = dataset
-        self.frame = frame
-        self.offset = offset
+        self.dataset = frame.dataset
+        self.frame: Frame | None = frame  # dropped as soon as its pixels are compressed or written
+        self.offset = frame.frame_number
+        self.timestamp = frame.timestamp
         self.acq = acq
-        self.frame_number = frame.frame_number if frame is not None else offset
-        self.timestamp = frame.timestamp if frame is not None else 0.0
-        self.params: dict[str, Any] = frame.parameters if frame is not None else {}
+        # a copy: the frame goes on downstream, where plugins may still add parameters
+        self.params: dict[str, Any] = dict(frame.parameters)
         self.future: Future | None = None
         self.buf: np.ndarray | None = None
         self.bufq: queue.SimpleQueue[np.ndarray] | None = None
@@ -109,7 +106,7 @@ class WriterEngine:
         self.queue_size = queue_size
         self._pool: ThreadPoolExecutor | None = None
         self._pool_threads = 0
-        self._bufs: dict[str, queue.SimpleQueue[np.ndarray]] = {}
+        self._pool_lock = threading.Lock()  # submit never hands a task to a pool start() is shutting down
         self._session: Session | None = None
         self._acq: _Acquisition | None = None
         self._since_flush = 0
@@ -122,7 +119,6 @@ class WriterEngine:
         self._busy: tuple[str, float] | None = None
         self.last_written = 0
         self.frames_flushed = 0
-        self.files_closed: list[str] = []
         self._thread = threading.Thread(target=self._run, name="hdf5-writer", daemon=True)
         self._started = threading.Event()
         self._thread.start()
@@ -131,7 +127,6 @@ class WriterEngine:
 
     def reset_statistics(self) -> None:
         self.timing = {k: _Timing() for k in _TIMINGS}
-        self.frames_written_total = 0
         self.frames_discarded = 0
         self.frames_lost = 0
         self.watchdog_warnings = 0
@@ -139,21 +134,23 @@ class WriterEngine:
 
     # -- called from the control thread -------------------------------------------
     def start(self, session: Session) -> None:
-        """Begin a writing session; the first frame opens the file."""
+        """Begin a writing session; the first frame opens the file.
+
+        Call before the plugin thread can see ``session``: this gives the session its own
+        compression buffers. A pool of another size replaces the current one first, and the old
+        one is shut down only once ``submit`` can no longer reach it (frames of the previous
+        session still on their way compress on the new pool, into their own session's buffers).
+        """
         threads = session.config.threads
-        if any(c.compressed for c in session.codecs.values()) and self._pool_threads != threads:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hdf5-compress")
-            self._pool_threads = threads
-        bufs = {}
-        for name, codec in session.codecs.items():
-            if codec.compressed:
-                q: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-                for _ in range(self.queue_size + threads + 2):
-                    q.put(codec.alloc())
-                bufs[name] = q
-        self._bufs = bufs
+        depth = self.queue_size + threads + 2
+        session.bufs = {n: _buffers(c, depth) for n, c in session.codecs.items() if c.compressed}
+        old = None
+        if session.bufs and self._pool_threads != threads:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="hdf5-compress")
+            with self._pool_lock:
+                old, self._pool, self._pool_threads = self._pool, pool, threads
+        if old is not None:
+            old.shutdown(wait=True)
         self._q.put(("start", session))
 
     def stop(self, session_id: int) -> None:
@@ -169,12 +166,20 @@ class WriterEngine:
         return done.wait(timeout)
 
     # -- called from the plugin thread --------------------------------------------------
-    def submit(self, job: Job, codec: Codec) -> None:
-        """Queue one frame (compressing on the pool when the dataset is compressed); blocks when full."""
+    def submit(self, job: Job, session: Session) -> None:
+        """Queue one frame of ``session`` (compressing on the pool when the dataset is compressed).
+
+        Blocks while every buffer of the dataset, or the queue, is full.
+        """
+        codec = session.codecs[job.dataset]
         if codec.compressed:
-            bufq = job.bufq = self._bufs.get(job.dataset)
-            job.buf = bufq.get() if bufq is not None else codec.alloc()
-            job.future = self._pool.submit(_compress, codec, job)  # type: ignore[union-attr]
+            bufq = job.bufq = session.bufs[job.dataset]
+            job.buf = bufq.get()
+            with self._pool_lock:
+                if self._pool is None:
+                    bufq.put(job.buf)
+                    raise RuntimeError("the HDF5 writer is closed")
+                job.future = self._pool.submit(_compress, codec, job)
         self._q.put(("frame", job))
 
     # -- writer thread --------------------------------------------------------------------
@@ -189,7 +194,7 @@ class WriterEngine:
                 self._tick()
                 continue
             if item is _STOP:
-                self._end_session("the plugin closed", clean=True)
+                self._end_session(clean=True)
                 return
             kind = item[0]
             try:
@@ -199,7 +204,7 @@ class WriterEngine:
                     self._start(item[1])
                 elif kind == "stop":
                     if self._session is not None and self._session.id == item[1]:
-                        self._end_session("", clean=True)
+                        self._end_session(clean=True)
                 elif kind == "eoa":
                     self._eoa(item[1], item[2])
                 elif kind == "sync":
@@ -235,13 +240,13 @@ class WriterEngine:
                     self.error = (f"acquisition {acq.id!r}: closed after close_file_timeout {timeout:g} s "
                                   f"with {acq.written} of {acq.frames_max} frames written")
                     log.warning("%s", self.error)
-                self._end_session("", clean=True)
+                self._end_session(clean=True)
         except Exception as err:
             self._fail(err)
 
     def _start(self, session: Session) -> None:
         if self._session is not None:
-            self._end_session("", clean=True, notify=False)
+            self._end_session(clean=True, notify=False)
         self._session = session
         self.error = ""
         self.last_written = self.frames_flushed = 0
@@ -259,11 +264,11 @@ class WriterEngine:
             h5 = None if acq.failed else self._file_for(s, acq, job)
             if h5 is not None:
                 chunk = job.future.result() if job.future is not None else job.frame.data  # type: ignore[union-attr]
-                index = s.dist.index_in_file(job.offset)
+                index = s.config.process.index_in_file(job.offset)
                 t0 = self._begin("write")
                 h5.write_chunk(job.dataset, index, chunk)
                 if job.dataset == h5.master:
-                    h5.set_parameters(index, job.frame_number, job.timestamp, job.params)
+                    h5.set_parameters(index, job.offset, job.timestamp, job.params)
                 self._timed("write", t0)
                 written = True
         finally:
@@ -275,7 +280,6 @@ class WriterEngine:
         if written:
             acq.written += 1
             self.last_written = acq.written
-            self.frames_written_total += 1
             self._since_flush += 1
             if self._since_flush == 1:
                 self._next_flush = time.monotonic() + s.config.flush_ms / 1000
@@ -284,7 +288,7 @@ class WriterEngine:
         else:
             acq.lost += 1
         if acq.frames_max and acq.done >= acq.frames_max:
-            self._end_session("", clean=True)
+            self._end_session(clean=True)
 
     def _acquisition_for(self, s: Session, job: Job) -> _Acquisition:
         """The job's acquisition: a new id closes the current one and starts the next (checking its names)."""
@@ -306,7 +310,7 @@ class WriterEngine:
 
     def _file_for(self, s: Session, acq: _Acquisition, job: Job) -> H5File | None:
         """The open file for the job's frame, opening it (and closing the previous one) when needed."""
-        fi = s.dist.file_index(job.offset)
+        fi = s.config.process.file_index(job.offset)
         h5 = acq.files.get(fi)
         if h5 is None:
             for other in list(acq.files):
@@ -336,28 +340,27 @@ class WriterEngine:
         job.frame = None
 
     def _open(self, s: Session, acq: _Acquisition, fi: int, job: Job) -> H5File:
+        c = s.config
         path = s.file_path(acq.id, fi)
-        n = s.dist.frames_in_file(s.config.frames, fi) if s.config.frames else 0
-        specs: dict[str, DatasetSpec] = s.config.datasets
+        n = c.process.frames_in_file(c.frames, fi)  # 0 when frames is 0 (unlimited)
+        specs: dict[str, DatasetSpec] = c.datasets
         t0 = self._begin("create")
-        h5 = H5File(path, s.config.file.temp_suffix, {k: (specs[k], s.codecs[k]) for k in specs},
-                     s.config.master, n, job.params,
-                     {"acquisition_id": acq.id, "file_index": fi, "rank": s.dist.rank,
-                      "processes": s.dist.number, "config": s.config.describe(), "versions": versions(),
-                      "writer": "framechain FileWriterPlugin"}, s.config.swmr, s.config.file.overwrite)
+        h5 = H5File(path, c.file.temp_suffix, {k: (specs[k], s.codecs[k]) for k in specs}, c.master, n, job.params,
+                    {"acquisition_id": acq.id, "file_index": fi, "rank": c.process.rank,
+                     "processes": c.process.number, "config": c.describe(), "versions": versions(),
+                     "writer": "framechain FileWriterPlugin"}, c.swmr, c.file.overwrite)
         self._timed("create", t0)
         self._since_flush = 0
         return h5
 
     def _write_master(self, s: Session, acq: str) -> None:
+        """Write the VDS master when this rank writes one (its name was checked by ``s.existing(acq)``)."""
         c = s.config
         if not s.wants_master():
             return
         stem = s.stem(acq)
         path = s.master_path(acq)
-        if os.path.exists(path) and not c.file.overwrite:
-            raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-        write_master(path, s.dist, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi))
+        write_master(path, c.process, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi))
         self.master_file = path
 
     def _flush(self) -> None:
@@ -376,27 +379,24 @@ class WriterEngine:
         if s is None:
             return
         if acq is None:  # nothing arrived for this rank: the acquisition is over for us
-            self._end_session("", clean=True)
+            self._end_session(clean=True)
             return
         if acquisition_id and acquisition_id != acq.id:
             return
         c = s.config
         total = min(c.frames, frames) if c.frames and frames else (c.frames or frames)
-        expected = frames_for_rank(total, c.process.number, c.process.rank, c.process.frames_per_block)
+        expected = c.process.frames_mine(total)
         if acq.done >= expected or c.close_file_timeout == 0:
             if acq.done < expected and not acq.failed:
                 self.error = (f"acquisition {acq.id!r}: ended with {acq.written} of {expected} frames written")
-            self._end_session("", clean=True)
+            self._end_session(clean=True)
         else:
             acq.frames_max = expected
             acq.deadline = time.monotonic() + c.close_file_timeout
 
     def _closed_file(self, acq: _Acquisition, fi: int) -> None:
         s = self._session
-        path = s.file_path(acq.id, fi) if s else ""
-        self.last_file_path = path
-        self.files_closed.append(path)
-        del self.files_closed[:-16]
+        self.last_file_path = s.file_path(acq.id, fi) if s else ""
 
     def _close_acquisition(self, acq: _Acquisition, clean: bool) -> None:
         t0 = self._begin("close")
@@ -415,7 +415,7 @@ class WriterEngine:
             self._since_flush = 0
         self._timed("close", t0)
 
-    def _end_session(self, reason: str, clean: bool, notify: bool = True) -> None:
+    def _end_session(self, clean: bool, notify: bool = True) -> None:
         s = self._session
         acq = self._acq
         try:
@@ -427,19 +427,11 @@ class WriterEngine:
                 self._on_idle(s.id)
 
     def _fail(self, err: BaseException) -> None:
+        """Stop writing after an error: open files closed under their temporary names, the plugin told."""
         self._busy = None
         self.error = f"writing stopped: {type(err).__name__}: {' '.join(str(err).split())}"
         log.error("HDF5 writer: %s", self.error)
-        acq = self._acq
-        if acq is not None:
-            for h5 in acq.files.values():
-                h5.abort()
-            acq.files.clear()
-        self._acq = None
-        s = self._session
-        self._session = None
-        if s is not None:
-            self._on_idle(s.id)
+        self._end_session(clean=False)
 
     def _begin(self, what: str) -> float:
         """Mark an HDF5 operation as running (the status watchdog sees one that hangs)."""
@@ -492,11 +484,21 @@ class WriterEngine:
         self._closed = True
         self._q.put(_STOP)
         self._thread.join(timeout)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        with self._pool_lock:
+            pool, self._pool, self._pool_threads = self._pool, None, 0
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return f"<WriterEngine {'closed' if self._closed else 'running'} files={self.current_paths()}>"
+
+
+def _buffers(codec: Codec, n: int) -> queue.SimpleQueue[np.ndarray]:
+    """``n`` output buffers for ``codec``, touched now (see ``Codec.alloc``)."""
+    q: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+    for _ in range(n):
+        q.put(codec.alloc())
+    return q
 
 
 def _compress(codec: Codec, job: Job) -> Any:

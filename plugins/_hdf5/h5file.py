@@ -27,11 +27,10 @@ import numpy as np
 from .codecs import Codec
 from .config import DatasetSpec
 
-__all__ = ["H5File", "DETECTOR", "PARAMETERS"]
+__all__ = ["H5File", "DETECTOR"]
 
 log = logging.getLogger("plugins.hdf5_writer.file")
 DETECTOR = "/entry/instrument/detector"
-PARAMETERS = DETECTOR + "/parameters"
 _GROW = 1024
 
 
@@ -48,10 +47,9 @@ def _param_dtype(value: Any) -> np.dtype | None:
 class _ParamColumn:
     """In-memory values for one parameter, written to its dataset at flush."""
 
-    __slots__ = ("name", "values", "hwm", "dirty_lo", "fill")
+    __slots__ = ("values", "hwm", "dirty_lo", "fill")
 
-    def __init__(self, name: str, dtype: np.dtype, capacity: int) -> None:
-        self.name = name
+    def __init__(self, dtype: np.dtype, capacity: int) -> None:
         self.fill = np.nan if dtype.kind == "f" else 0
         self.values = np.full(max(capacity, 1), self.fill, dtype)
         self.hwm = 0
@@ -100,7 +98,6 @@ class H5File:
                 raise FileExistsError(f"{p} already exists; refusing to overwrite it")
         self.frames = frames
         self.master = master
-        self.frames_written = 0
         self.closed = False
         self._f = h5py.File(self.path, "w-", libver="latest")
         try:
@@ -147,11 +144,10 @@ class H5File:
             dt = _param_dtype(value)
             if dt is None or "/" in key:
                 continue
-            self._params[key] = _ParamColumn(key, dt, cap)
+            self._params[key] = _ParamColumn(dt, cap)
             self._pds[key] = pg.create_dataset(key, shape=(0,), maxshape=(maxn,), dtype=dt,
                                                chunks=(min(max(cap, 1), 4096),),
                                                fillvalue=self._params[key].fill)
-        self.parameters_ignored = 0
 
     # -- writing ---------------------------------------------------------------
     def write_chunk(self, name: str, index: int, chunk: Any) -> None:
@@ -161,8 +157,6 @@ class H5File:
             dsid.set_extent((index + 1,) + dims)  # the low-level call: a third of Dataset.resize's cost
             self._extent[name] = index + 1
         dsid.write_direct_chunk((index,) + zeros, chunk)
-        if name == self.master:
-            self.frames_written += 1
 
     def set_parameters(self, index: int, frame_number: int, timestamp: float, parameters: Mapping[str, Any]) -> None:
         cols = self._params
@@ -170,13 +164,12 @@ class H5File:
         cols["timestamp"].set(index, timestamp)
         for key, value in parameters.items():
             col = cols.get(key)
-            if col is None:
-                self.parameters_ignored += 1
+            if col is None:  # not in the file's first frame, or not numeric: not stored
                 continue
             try:
                 col.set(index, value)
-            except (TypeError, ValueError):
-                self.parameters_ignored += 1
+            except (TypeError, ValueError):  # a value of another type than the first frame's: not stored
+                pass
 
     def flush(self) -> None:
         """Write pending parameter values and flush HDF5 (SWMR readers see everything up to here)."""
@@ -213,14 +206,8 @@ class H5File:
             log.warning("closing %s after an error failed: %s", self.path, " ".join(str(err).split()))
             self.closed = True
 
-    def __enter__(self) -> H5File:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close(rename=exc[0] is None)
-
     def __repr__(self) -> str:
-        return f"<H5File {self.path!r} {'closed' if self.closed else 'open'} frames={self.frames_written}>"
+        return f"<H5File {self.path!r} {'closed' if self.closed else 'open'}>"
 
 
 def versions() -> dict[str, str]:

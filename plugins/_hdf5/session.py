@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import queue
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from .codecs import Codec
 from .config import WriterConfig
-from .distribution import Distribution, frames_for_rank
 
 __all__ = ["Session", "file_name"]
 
 
 @dataclass
 class Session:
-    """Everything fixed between start_writing and the end of writing."""
+    """Everything fixed between start_writing and the end of writing.
+
+    ``bufs`` holds each compressed dataset's output buffers; ``WriterEngine.start``
+    fills it before the session is used, and only this session's frames take them.
+    """
 
     id: int
     config: WriterConfig
-    dist: Distribution
     codecs: dict[str, Codec]
+    bufs: dict[str, queue.SimpleQueue[np.ndarray]] = field(default_factory=dict, repr=False)
 
     def stem(self, acq: str) -> str:
         f = self.config.file
@@ -45,7 +51,8 @@ class Session:
         With ``frames`` 0 only the first file is known in advance (later ones, with
         ``blocks_per_file``, are checked when they open).
         """
-        c, d = self.config, self.dist
+        c = self.config
+        d = c.process
         if c.frames:
             indices = [fi for fi in d.file_indices(c.frames) if fi % d.number == d.rank]
         else:
@@ -66,13 +73,11 @@ class Session:
 
     def wants_master(self) -> bool:
         c = self.config
-        return bool(c.vds and c.frames and self.dist.rank == 0 and len(self.dist.file_indices(c.frames)) > 1)
+        return bool(c.vds and c.frames and c.process.rank == 0 and len(c.process.file_indices(c.frames)) > 1)
 
     def frames_max(self) -> int:
-        c = self.config
-        if not c.frames:
-            return 0
-        return frames_for_rank(c.frames, c.process.number, c.process.rank, c.process.frames_per_block)
+        """Frames this rank writes in the acquisition (0 = unlimited)."""
+        return self.config.process.frames_mine(self.config.frames)
 
 
 def file_name(cfg: WriterConfig, stem: str, file_index: int) -> str:
