@@ -147,9 +147,8 @@ class ProcessorController:
                                   f"{sorted(self.chain.workers)}; other keys: {sorted(known)}", key)
         setup = self._check_fr_setup(params["fr_setup"]) if "fr_setup" in params else None
         shm_cfg = self._check_shared_memory(params["shared_memory"]) if "shared_memory" in params else None
-        for index, value in params.items():
-            if index in self.chain.workers:
-                self.chain.get(index).plugin.validate(value)
+        checked = {index: self.chain.get(index).plugin.validate(value)
+                   for index, value in params.items() if index in self.chain.workers}
         # connect the new data path before changing anything, so a bad endpoint changes nothing
         new_shm = self._connect(setup) if setup is not None else None
         try:
@@ -163,9 +162,9 @@ class ProcessorController:
             self._apply_shared_memory(shm_cfg)
         if new_shm is not None:
             self._swap_shm(new_shm, setup)
-        for index, value in params.items():
-            if index in self.chain.workers and index not in loading:
-                self.chain.get(index).plugin.configure(value)
+        for index, values in checked.items():  # validated once, above: apply what validate returned
+            if index not in loading:
+                self.chain.get(index).plugin.apply(values)
         return {}
 
     @staticmethod

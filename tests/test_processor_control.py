@@ -248,3 +248,36 @@ def test_bad_switch_interval_exits_2_saying_why(value, why):
                           "--switch-interval-ms", value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert why in out.stderr
+
+
+def test_configure_validates_each_plugin_once_then_applies_what_validate_returned(tmp_path):
+    """The controller checks every plugin before changing any and then applies those checked values:
+    a plugin's (possibly costly: files, sessions) validate runs once per configure, not twice."""
+    plugin = tmp_path / "counting.py"
+    plugin.write_text(textwrap.dedent("""
+        from frameprocessor import FrameProcessorPlugin, Option
+        class Counting(FrameProcessorPlugin):
+            options = {"level": Option(int, 0, "a number")}
+            def __init__(self, name):
+                super().__init__(name)
+                self.validations = 0
+                self.applied = []
+            def validate(self, params):
+                self.validations += 1
+                return {k: v * 10 for k, v in super().validate(params).items()}
+            def apply(self, values):
+                self.applied.append(values)
+                super().apply(values)
+            def process_frame(self, frame):
+                self.push(frame)
+            def status(self):
+                return {"validations": self.validations, "applied": self.applied}
+    """))
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        d.ok("configure", {"plugin": {"load": {"index": "v", "name": "Counting", "library": str(plugin)}}})
+        d.ok("configure", {"v": {"level": 4}})
+        st = d.status()["v"]
+        assert st["validations"] == 1 and st["applied"] == [{"level": 40}]
+    finally:
+        d.stop()
