@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from frameprocessor import Frame
-from frameprocessor.worker import PluginWorker
-from plugins.calibration import CalibrationPlugin
+from framechain.frameprocessor import Frame
+from framechain.frameprocessor.worker import PluginWorker
+from framechain.plugins.calibration import CalibrationPlugin
 
 from . import Figure
 
@@ -102,7 +102,7 @@ def _rate_bare(fn, frames: list[np.ndarray], n: int) -> float:
 
 def _rate_plugin(plugin: CalibrationPlugin, frames: list[np.ndarray], n: int) -> float:
     worker = PluginWorker(plugin, queue_size=16)
-    plugin._outputs = ((_Discard(), True),)
+    plugin.set_outputs(((_Discard(), True),))
     worker.start()
     try:
         plugin.process_frame(Frame(frames[0], 0))  # warm: scratch and pool block allocated once

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from client.launcher import Launcher
-from ipc import buffer_size_for
+from framechain.client.launcher import Launcher
+from framechain.ipc import buffer_size_for
 
 from . import Figure
 
-DUMMY = {"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "plugins.dummy"},
+DUMMY = {"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                     "connect": {"index": "dummy", "connection": "frame_receiver"}}}
 CASES = [((64, 64), 40000), ((512, 512), 4000), ((1024, 1024), 1500)]
 NUM_BUFFERS = 64

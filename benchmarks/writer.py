@@ -23,9 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from frameprocessor.frame import Frame
-from plugins._hdf5.codecs import make_codec
-from plugins.hdf5_writer import FileWriterPlugin
+from framechain.frameprocessor.frame import Frame
+from framechain.plugins._hdf5.codecs import make_codec
+from framechain.plugins.hdf5_writer import FileWriterPlugin
 
 from . import Figure
 

@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from plugins._xpcs import MultitauCorrelator, PixelLayout, levels_for_frames, multitau_lags
+from framechain.plugins._xpcs import MultitauCorrelator, PixelLayout, levels_for_frames, multitau_lags
 
 from . import Figure
 

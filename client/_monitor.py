@@ -22,13 +22,13 @@ from typing import Any
 
 import zmq
 
-from ipc.client import IpcClient
-from ipc.errors import IpcTimeout
-from ipc.message import IpcMessage
+from framechain.ipc.client import IpcClient
+from framechain.ipc.errors import IpcTimeout
+from framechain.ipc.message import IpcMessage
 
 __all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "lookup", "KINDS"]
 
-log = logging.getLogger("framechain.client.monitor")
+log = logging.getLogger(__name__)
 
 #: Short kind names (odin's "fr"/"fp") and the long ones users type.
 KINDS = {"fr": "receiver", "fp": "processor", "receiver": "receiver", "processor": "processor"}

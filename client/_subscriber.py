@@ -23,7 +23,7 @@ import zmq
 
 __all__ = ["LatestSubscriber", "LiveViewSubscriber", "JsonSubscriber"]
 
-log = logging.getLogger("framechain.client.subscriber")
+log = logging.getLogger(__name__)
 
 
 class LatestSubscriber:

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from benchmarks import SUITES, Figure
+from framechain.benchmarks import SUITES, Figure
 
 __all__ = ["main", "format_table"]
 

@@ -14,9 +14,9 @@ __all__ = ["main"]
 def _daemon(module: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         if module == "receiver":
-            from framereceiver.daemon import main as daemon_main
+            from framechain.framereceiver.daemon import main as daemon_main
         else:
-            from frameprocessor.daemon import main as daemon_main
+            from framechain.frameprocessor.daemon import main as daemon_main
         return daemon_main(args.rest)
     return run
 

@@ -7,8 +7,8 @@ import json
 import sys
 from typing import Any
 
-from ipc.client import IpcClient
-from ipc.errors import IpcTimeout
+from framechain.ipc.client import IpcClient
+from framechain.ipc.errors import IpcTimeout
 
 __all__ = ["add_parser", "run_ctl"]
 

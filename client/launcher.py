@@ -32,17 +32,17 @@ from typing import Any
 
 import zmq
 
-from ipc.channel import free_tcp_endpoint
-from ipc.client import IpcClient
-from ipc.errors import FramechainError, IpcTimeout, ShmError
-from ipc.message import IpcMessage
-from ipc.shm import SharedBuffer
+from framechain.ipc.channel import free_tcp_endpoint
+from framechain.ipc.client import IpcClient
+from framechain.ipc.errors import FramechainError, IpcTimeout, ShmError
+from framechain.ipc.message import IpcMessage
+from framechain.ipc.shm import SharedBuffer
 
 from .summary import summarise
 
 __all__ = ["Launcher", "LaunchError", "main", "control_endpoints", "load_config"]
 
-log = logging.getLogger("client.launcher")
+log = logging.getLogger(__name__)
 _KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints"}
 ENDPOINT_KEYS = ("receiver", "ready", "release", "processor")
 
@@ -75,7 +75,7 @@ class Launcher:
     def _spawn(self, kind: str, args: list[str]) -> None:
         ctrl = self.endpoints[kind]
         logf = open(self.log_dir / f"{kind}.log", "w")
-        self.procs[kind] = subprocess.Popen([sys.executable, "-m", "client.cli", kind, "--ctrl", ctrl, *args],
+        self.procs[kind] = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
                                             stdout=logf, stderr=subprocess.STDOUT,
                                             start_new_session=True)  # Ctrl-C reaches us; we stop them in order
         logf.close()

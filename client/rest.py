@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["add_parser", "main", "serve", "STATIC_DIR", "odin_argv"]
 
-log = logging.getLogger("framechain.client.rest")
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -79,9 +79,9 @@ def odin_argv(args: argparse.Namespace) -> tuple[list[str], Path | None]:
 def _with_endpoints(ini: configparser.ConfigParser, path: Path, endpoints: str) -> Path:
     """Write a copy of the INI whose framechain adapter sections use ``endpoints``."""
     sections = [s for s in ini.sections()
-                if s.startswith("adapter.") and ini.get(s, "module", fallback="").startswith("client.rest_adapter.")]
+                if s.startswith("adapter.") and ini.get(s, "module", fallback="").startswith("framechain.client.rest_adapter.")]
     if not sections:
-        raise ValueError(f"--endpoints given but {str(path)!r} loads no client.rest_adapter adapter")
+        raise ValueError(f"--endpoints given but {str(path)!r} loads no framechain.client.rest_adapter adapter")
     for section in sections:
         ini.set(section, "endpoints", endpoints)
     fd, name = tempfile.mkstemp(prefix="framechain-rest-", suffix=".cfg")
@@ -175,6 +175,6 @@ def serve(argv: list[str], remove_after_parse: Path | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from client.cli import main as cli_main
+    from framechain.client.cli import main as cli_main
 
     sys.exit(cli_main(["rest", *sys.argv[1:]]))

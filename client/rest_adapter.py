@@ -5,7 +5,7 @@ Load it in an odin-control INI (see ``examples/rest.cfg``)::
     [server]
     adapters = framechain
     [adapter.framechain]
-    module = client.rest_adapter.FramechainAdapter
+    module = framechain.client.rest_adapter.FramechainAdapter
     endpoints = fr:tcp://127.0.0.1:5000, fp:tcp://127.0.0.1:5004
 
 Routes (under ``/api/framechain/``; every answer is JSON except the PNG):
@@ -42,7 +42,7 @@ from odin_control.adapters.async_adapter import AsyncApiAdapter
 from odin_control.adapters.parameter_tree import ParameterTree, ParameterTreeError
 from odin_control.adapters.response import ApiAdapterResponse
 
-from ipc.errors import IpcTimeout
+from framechain.ipc.errors import IpcTimeout
 
 from ._monitor import DaemonLink, Monitor, parse_endpoints
 from ._png import COLORMAPS, render_png
@@ -50,7 +50,7 @@ from ._subscriber import JsonSubscriber, LiveViewSubscriber
 
 __all__ = ["FramechainAdapter", "FramechainController", "RestError", "OPTIONS"]
 
-log = logging.getLogger("framechain.client.rest")
+log = logging.getLogger(__name__)
 
 #: adapter option -> (type, default, help)
 OPTIONS: dict[str, tuple[type, Any, str]] = {
@@ -299,7 +299,7 @@ class FramechainController:
 
 def _version() -> str:
     try:
-        from ipc import __version__
+        from framechain import __version__
         return __version__
     except ImportError:
         return "unknown"

@@ -105,6 +105,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from client.cli import main as cli_main
+    from framechain.client.cli import main as cli_main
 
     sys.exit(cli_main(["tui", *sys.argv[1:]]))

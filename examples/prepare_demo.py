@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framereceiver.sources import make_source
+from framechain.framereceiver.sources import make_source
 
 
 def main(config_path: str) -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from ipc.errors import PluginError
+from framechain.ipc.errors import PluginError
 
 from .frame import EndOfAcquisition, Frame
 from .loader import load_plugin_class
@@ -15,7 +15,7 @@ from .worker import PluginWorker
 
 __all__ = ["PluginChain", "FRAME_RECEIVER"]
 
-log = logging.getLogger("frameprocessor.chain")
+log = logging.getLogger(__name__)
 FRAME_RECEIVER = "frame_receiver"
 
 
@@ -112,7 +112,7 @@ class PluginChain:
             for up, blocking in ups:
                 outputs[up].append((self.workers[index], blocking))
         for index, worker in self.workers.items():
-            worker.plugin._outputs = tuple(outputs[index])  # atomic swap; threads read the tuple
+            worker.plugin.set_outputs(tuple(outputs[index]))  # one swap; threads read the tuple
             worker.inputs = len(self.inputs.get(index, ()))
         self.sources = tuple(outputs[FRAME_RECEIVER])
 

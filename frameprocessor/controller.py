@@ -18,8 +18,10 @@ import h5py
 import numpy as np
 import zmq
 
-from ipc.errors import ConfigError, FramechainError, PluginError
-from ipc.message import IpcMessage
+from framechain import __version__ as VERSION
+
+from framechain.ipc.errors import ConfigError, FramechainError, PluginError
+from framechain.ipc.message import IpcMessage
 
 from .chain import PluginChain
 from .plugin import FrameProcessorPlugin
@@ -28,8 +30,7 @@ from .shm_controller import ReleaseQueue, SharedMemoryController
 
 __all__ = ["ProcessorController", "VERSION"]
 
-log = logging.getLogger("frameprocessor.controller")
-VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 _FR_SETUP_KEYS = {"fr_ready_cnxn", "fr_release_cnxn", "fr_shared_mem"}
 _SHM_KEYS = {"copy": bool, "max_pool_memory": int}
 
@@ -147,25 +148,51 @@ class ProcessorController:
                                   f"{sorted(self.chain.workers)}; other keys: {sorted(known)}", key)
         setup = self._check_fr_setup(params["fr_setup"]) if "fr_setup" in params else None
         shm_cfg = self._check_shared_memory(params["shared_memory"]) if "shared_memory" in params else None
-        checked = {index: self.chain.get(index).plugin.validate(value)
-                   for index, value in params.items() if index in self.chain.workers}
-        # connect the new data path before changing anything, so a bad endpoint changes nothing
-        new_shm = self._connect(setup) if setup is not None else None
+        # prepare: every part checks its values and makes what it needs; nothing in use changes
+        prepared: list[tuple[FrameProcessorPlugin, Any]] = []
+        new_shm: SharedMemoryController | None = None
         try:
-            if "plugin" in params:  # rolled back as a whole on error
+            for index, value in params.items():
+                if index in self.chain.workers and index not in loading:
+                    plugin = self.chain.get(index).plugin
+                    prepared.append((plugin, plugin.prepare(value)))
+            if setup is not None:
+                new_shm = self._connect(setup)  # a bad endpoint fails here, before anything changed
+            if "plugin" in params:  # loads, connects, disconnects: rolled back as a whole on error
                 self._configure_plugins(params["plugin"], {k: v for k, v in params.items() if k in loading})
         except BaseException:
+            for plugin, change in reversed(prepared):
+                self._abort(plugin, change)
             if new_shm is not None:
                 new_shm.close()
             raise
+        # commit: every part prepared; nothing below fails for a bad request
         if shm_cfg is not None:
             self._apply_shared_memory(shm_cfg)
         if new_shm is not None:
             self._swap_shm(new_shm, setup)
-        for index, values in checked.items():  # validated once, above: apply what validate returned
-            if index not in loading:
-                self.chain.get(index).plugin.apply(values)
+        failed = [f"{plugin.owner}: {err}" for plugin, change in prepared
+                  if (err := self._commit(plugin, change)) is not None]
+        if failed:
+            raise FramechainError("configure committed, but a plugin's commit raised (a bug in the plugin; "
+                                  "see the processor log): " + "; ".join(failed))
         return {}
+
+    @staticmethod
+    def _commit(plugin: FrameProcessorPlugin, change: Any) -> str | None:
+        try:
+            plugin.commit(change)
+        except Exception as err:  # commit must not fail; if it does, the other parts still commit
+            log.exception("%s commit failed", plugin.owner)
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    @staticmethod
+    def _abort(plugin: FrameProcessorPlugin, change: Any) -> None:
+        try:
+            plugin.abort(change)
+        except Exception:
+            log.exception("%s abort failed", plugin.owner)
 
     @staticmethod
     def _loading_indices(plugin_cfg: Any) -> set[str]:

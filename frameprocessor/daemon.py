@@ -15,15 +15,15 @@ from typing import Any
 
 import zmq
 
-from ipc.channel import IpcChannel
-from ipc.errors import FramechainError
-from ipc.message import IpcMessage
+from framechain.ipc.channel import IpcChannel
+from framechain.ipc.errors import FramechainError
+from framechain.ipc.message import IpcMessage
 
 from .controller import ProcessorController
 
 __all__ = ["FrameProcessorDaemon", "main"]
 
-log = logging.getLogger("frameprocessor")
+log = logging.getLogger(__name__)
 DEFAULT_CTRL = "tcp://127.0.0.1:5004"
 #: GIL switch interval of the daemon (ms). h5py and numpy release the GIL inside their C calls and must take
 #: it back afterwards; at Python's default 5 ms a thread busy in Python code (a Python plugin's loop) holds

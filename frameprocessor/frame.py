@@ -2,8 +2,10 @@
 
 A Frame is passed by reference through the plugin chains. When the last
 reference goes, its release callback returns the memory: a DataBlock to its
-pool, or a shared-memory buffer to the receiver (zero-copy mode). Do not keep
-``frame.data`` (or views of it) after you drop the Frame; copy what you keep.
+pool, or a shared-memory buffer to the receiver (zero-copy mode). A Frame made
+by ``derive`` over a view of its parent's pixels keeps the parent (and so its
+memory) alive. Do not keep ``frame.data`` (or views of it) after you drop every
+Frame over it; copy what you keep.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Frame:
     """
 
     __slots__ = ("data", "frame_number", "dataset", "acquisition_id", "timestamp", "parameters",
-                 "mask", "_on_release", "__weakref__")
+                 "mask", "_on_release", "_base", "__weakref__")
 
     def __init__(self, data: np.ndarray, frame_number: int, dataset: str = "data",
                  acquisition_id: str = "", timestamp: float = 0.0,
@@ -56,6 +58,7 @@ class Frame:
         self.parameters = {} if parameters is None else parameters
         self.mask: np.ndarray | None = None
         self._on_release = on_release
+        self._base: Frame | None = None  # the frame whose memory ``data`` views (set by derive)
 
     @property
     def dtype(self) -> np.dtype:
@@ -75,10 +78,18 @@ class Frame:
             self.data.flags.writeable = False
 
     def derive(self, data: np.ndarray, on_release: Callable[[], None] | None = None) -> Frame:
-        """A new Frame with this frame's metadata (parameters copied) over ``data``."""
+        """A new Frame with this frame's metadata (parameters copied, mask shared) over ``data``.
+
+        When ``data`` may share memory with this frame's pixels (a crop, a reshaped or
+        re-typed view), the new Frame keeps this one alive, so the pool block or shared-memory
+        buffer underneath is not recycled while the derived frame is in use. ``on_release``
+        is for memory the caller owns (called when the derived frame dies).
+        """
         f = Frame(data, self.frame_number, self.dataset, self.acquisition_id, self.timestamp,
                   dict(self.parameters), on_release)
         f.mask = self.mask
+        if data is self.data or np.may_share_memory(data, self.data):
+            f._base = self
         return f
 
     def __del__(self) -> None:

@@ -1,7 +1,11 @@
-"""Dynamic plugin loading: by dotted module path, ``module:Class``, ``.py`` file path or entry point.
+"""Dynamic plugin loading: by short name, dotted module path, ``module:Class`` or ``.py`` file path.
 
 Built-in and installed plugins are listed in the ``framechain.plugins``
-entry-point group; a ``library`` of ``"dummy"`` resolves through it.
+entry-point group; a ``library`` of ``"hdf5_writer"`` resolves through it (the
+class name may be given or omitted). ``framechain.plugins.hdf5_writer`` names a
+built-in module directly. The pre-namespace form ``plugins.hdf5_writer`` still
+loads the built-in (never a ``plugins`` package of the current directory) and
+logs a deprecation warning.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import sys
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from ipc.errors import PluginError
+from framechain.ipc.errors import PluginError
 
 from .plugin import FrameProcessorPlugin
 
 __all__ = ["load_plugin_class"]
 
-log = logging.getLogger("frameprocessor.loader")
+log = logging.getLogger(__name__)
 
 
 def _import_file(path: str) -> ModuleType:
@@ -55,13 +59,38 @@ def _import_module(name: str) -> ModuleType:
         raise PluginError(f"plugin module {name!r} raised {type(err).__name__} on import: {err}") from err
 
 
+_BUILTIN_PACKAGE = "framechain.plugins"
+
+
+def _builtin_modules() -> set[str]:
+    """Module names of the built-in plugins (from the entry points this distribution declares)."""
+    return {ep.value.partition(":")[0].rpartition(".")[2]
+            for ep in entry_points().select(group="framechain.plugins")
+            if ep.value.startswith(_BUILTIN_PACKAGE + ".")}
+
+
+def _entry_point(library: str, name: str | None) -> type[FrameProcessorPlugin] | None:
+    """The class a short name's entry point names, or None when there is no such entry point."""
+    eps = {ep.name: ep for ep in entry_points().select(group="framechain.plugins")}
+    ep = eps.get(library)
+    if ep is None:
+        return None
+    if name and ep.value.rpartition(":")[2] != name:  # the short name picks a module; name picks its class
+        return _class_in(_import_module(ep.value.partition(":")[0]), library, name)
+    try:
+        cls = ep.load()
+    except Exception as err:
+        raise PluginError(f"plugin {library!r} failed to load: {err}") from err
+    return _check(cls, library)
+
+
 def load_plugin_class(library: str, name: str | None = None) -> type[FrameProcessorPlugin]:
     """Resolve a plugin class.
 
     Parameters
     ----------
     library : str
-        ``plugins.hdf5_writer``, ``plugins.sum:SumPlugin``, ``/path/to/my_plugin.py`` or an
+        ``framechain.plugins.hdf5_writer``, ``framechain.plugins.sum:SumPlugin``, ``/path/to/my_plugin.py`` or an
         entry-point name such as ``dummy``.
     name : str, optional
         The class name; may be omitted when ``library`` carries ``:Class`` or is an entry point.
@@ -78,19 +107,26 @@ def load_plugin_class(library: str, name: str | None = None) -> type[FrameProces
         name = name or cls_name
     if library.endswith(".py") or os.sep in library:
         module = _import_file(library)
-    elif "." not in library and name is None:
-        eps = {ep.name: ep for ep in entry_points().select(group="framechain.plugins")}
-        if library not in eps:
-            raise PluginError(f"no plugin named {library!r}; installed plugins: {sorted(eps)}")
-        try:
-            cls = eps[library].load()
-        except Exception as err:
-            raise PluginError(f"plugin {library!r} failed to load: {err}") from err
-        return _check(cls, library)
+    elif "." not in library:
+        cls = _entry_point(library, name)
+        if cls is not None:
+            return cls
+        if name is None:
+            eps = sorted(ep.name for ep in entry_points().select(group="framechain.plugins"))
+            raise PluginError(f"no plugin named {library!r}; installed plugins: {eps}")
+        module = _import_module(library)
     else:
+        head, _, tail = library.partition(".")
+        if head == "plugins" and tail in _builtin_modules():
+            log.warning("plugin library %r is deprecated: use %r or %r", library, tail, f"{_BUILTIN_PACKAGE}.{tail}")
+            library = f"{_BUILTIN_PACKAGE}.{tail}"
         module = _import_module(library)
     if not name:
         raise PluginError(f"plugin load of {library!r} needs 'name': the plugin class")
+    return _class_in(module, library, name)
+
+
+def _class_in(module: ModuleType, library: str, name: str) -> type[FrameProcessorPlugin]:
     cls = getattr(module, name, None)
     if cls is None:
         found = [n for n, v in vars(module).items()

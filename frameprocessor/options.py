@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 __all__ = ["Option", "validate_options"]
 

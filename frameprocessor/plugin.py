@@ -9,25 +9,40 @@ thread or a socket. Minimal example::
         def process_frame(self, frame):
             self.push(frame)
 
-Configuration keys are declared in ``options`` and validated before any is
-applied; a bad value raises ConfigError naming the key and the plugin.
+Configuration is two-phase. ``prepare(params)`` checks the values and does
+every costly or fallible step (files read, sockets bound, sessions built)
+without changing anything the plugin's thread can see, and returns a
+*change*; ``commit(change)`` then swaps references and must not fail, or
+``abort(change)`` releases what prepare made. The processor prepares every
+part of a configure message and commits all of them only when all prepared.
+
+Threads: ``prepare``, ``commit``, ``abort``, ``execute``, ``request_configuration``,
+``status`` and ``reset_statistics`` run on the processor's control thread;
+``process_frame`` and ``process_end_of_acquisition`` run on the plugin's own
+thread; ``close`` runs on the control thread after the plugin's thread ended.
+A commit that replaces whole objects (``self.config``, a table, a socket handed
+over through a queue) needs no lock: the plugin thread reads the old or the new.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 from .frame import EndOfAcquisition, Frame
 from .options import Option, validate_options
 
-if TYPE_CHECKING:
-    from .worker import PluginWorker
+__all__ = ["FrameProcessorPlugin", "FrameSink", "Option"]
 
-__all__ = ["FrameProcessorPlugin", "Option"]
+
+class FrameSink(Protocol):
+    """Where a plugin's ``push`` delivers: a plugin's worker, or a test's collector."""
+
+    def submit(self, item: Frame | EndOfAcquisition, blocking: bool) -> None:
+        """Take ``item``; when ``blocking``, wait for room, else drop (and count) when full."""
 
 
 class FrameProcessorPlugin:
@@ -49,7 +64,7 @@ class FrameProcessorPlugin:
     config : dict
         Current values of every declared option.
     log : logging.Logger
-        ``frameprocessor.plugin.<name>``.
+        ``framechain.frameprocessor.plugin.<name>``.
     """
 
     options: ClassVar[dict[str, Option]] = {}
@@ -58,37 +73,53 @@ class FrameProcessorPlugin:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.log = logging.getLogger(f"frameprocessor.plugin.{name}")
+        self.log = logging.getLogger(__name__).getChild(name)
         self.config: dict[str, Any] = {k: o.default for k, o in self.options.items()}
-        self._outputs: tuple[tuple[PluginWorker, bool], ...] = ()
+        self._outputs: tuple[tuple[FrameSink, bool], ...] = ()
 
     @property
     def owner(self) -> str:
         return f"{type(self).__name__} '{self.name}'"
 
-    # -- configuration ----------------------------------------------------
-    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check ``params`` against ``options`` without changing anything; return coerced values."""
+    # -- configuration (control thread) -----------------------------------------
+    def prepare(self, params: Mapping[str, Any]) -> Any:
+        """Check ``params`` and make what the change needs; change nothing in use; return the change.
+
+        The default validates against ``options`` and returns the coerced values. Raise
+        ConfigError (naming the key) to refuse; anything made before raising must be released.
+        """
         return validate_options(self.owner, self.options, params)
 
-    def configure(self, params: Mapping[str, Any]) -> None:
-        """Validate then apply. Override ``apply`` (not this) to act on new values."""
-        values = self.validate(params)
-        self.apply(values)
+    def commit(self, change: Any) -> None:
+        """Put a prepared change in use; must not fail. The default merges values into ``config``."""
+        self.config = {**self.config, **change}
 
-    def apply(self, values: dict[str, Any]) -> None:
-        """Apply validated values. The default stores them in ``self.config``."""
-        self.config.update(values)
+    def abort(self, change: Any) -> None:
+        """Release what ``prepare`` made for a change that will not be committed (default: nothing)."""
+
+    def configure(self, params: Mapping[str, Any]) -> None:
+        """Prepare then commit: a one-plugin configure (the processor uses the phases itself)."""
+        self.commit(self.prepare(params))
 
     def request_configuration(self) -> dict[str, Any]:
         return dict(self.config)
 
     def execute(self, command: str, params: Mapping[str, Any]) -> None:
-        """Run a command; the default knows none."""
+        """Run a command (control thread); the default knows none."""
         known = ", ".join(self.commands) or "none"
         raise ConfigError(f"{self.owner} has no command {command!r}; its commands: {known}", "command")
 
-    # -- data path ----------------------------------------------------------
+    # -- wiring ---------------------------------------------------------------
+    def set_outputs(self, outputs: tuple[tuple[FrameSink, bool], ...]) -> None:
+        """Replace the downstream sinks as ``(sink, blocking)`` pairs (one reference swap)."""
+        self._outputs = tuple(outputs)
+
+    @property
+    def outputs(self) -> tuple[tuple[FrameSink, bool], ...]:
+        """The downstream ``(sink, blocking)`` pairs ``push`` delivers to."""
+        return self._outputs
+
+    # -- data path (plugin thread) ---------------------------------------------
     def process_frame(self, frame: Frame) -> None:
         """Handle one frame (runs on the plugin's thread). Subclasses must implement it."""
         raise NotImplementedError

@@ -5,7 +5,7 @@ daemon's single control thread. Plugin threads never touch a socket: in
 zero-copy mode a Frame's release callback queues the buffer id and wakes the
 control thread through an eventfd.
 
-Logger ``frameprocessor.shm``. Every frame_ready ends in exactly one of:
+Logger ``framechain.frameprocessor.shm``. Every frame_ready ends in exactly one of:
 passed to the chain, counted bad, or counted unrouted (no plugin attached);
 all three release the buffer.
 """
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ipc.channel import IpcChannel
-from ipc.errors import FramechainError, ShmError
-from ipc.message import IpcMessage, frame_notification
-from ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
+from framechain.ipc.channel import IpcChannel
+from framechain.ipc.errors import FramechainError, ShmError
+from framechain.ipc.message import IpcMessage, frame_notification
+from framechain.ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
 from .chain import PluginChain
 from .frame import EndOfAcquisition, Frame
@@ -33,7 +33,7 @@ from .pool import DataBlockPool, PoolExhausted
 
 __all__ = ["SharedMemoryController"]
 
-log = logging.getLogger("frameprocessor.shm")
+log = logging.getLogger(__name__)
 _CONFIG_RETRY_S = 0.25
 _MAX_WARNINGS = 5
 

@@ -1,6 +1,6 @@
 """PluginWorker: runs one plugin on its own thread with a bounded input queue.
 
-Logger ``frameprocessor.worker``. Counters: frames_received (accepted into the
+Logger ``framechain.frameprocessor.worker``. Counters: frames_received (accepted into the
 queue), frames_processed, frames_dropped (non-blocking input full), errors,
 and timing/{last,max,mean}_process in microseconds.
 """
@@ -18,7 +18,7 @@ from .plugin import FrameProcessorPlugin
 
 __all__ = ["PluginWorker"]
 
-log = logging.getLogger("frameprocessor.worker")
+log = logging.getLogger(__name__)
 _STOP = object()
 
 
@@ -167,7 +167,7 @@ class PluginWorker:
             self.last_error = f"end of acquisition: {type(err).__name__}: {err}"
             log.exception("plugin %s failed at end of acquisition", self.name)
         self.acquisitions += 1  # after the plugin's end-of-acquisition work (result files) is done
-        for worker, _blocking in self.plugin._outputs:
+        for worker, _blocking in self.plugin.outputs:
             worker.submit(eoa, True)
 
     def status(self) -> dict[str, Any]:

@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ipc.errors import ConfigError, FramechainError, ShmError
-from ipc.message import IpcMessage, frame_notification
-from ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
+from framechain import __version__ as VERSION
+
+from framechain.ipc.errors import ConfigError, FramechainError, ShmError
+from framechain.ipc.message import IpcMessage, frame_notification
+from framechain.ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
 
 from .buffers import BufferManager
 from .sources import FrameSource, make_source
 
 __all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS"]
 
-log = logging.getLogger("framereceiver.controller")
-VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 DEFAULT_BUFFERS = 64
 MIN_BUFFERS = 4  # the default pool shrinks to fit memory, but not below this
 _KEYS = {"shared_buffer_name", "max_buffer_mem", "mode", "source"}

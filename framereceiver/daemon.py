@@ -14,15 +14,15 @@ from typing import Any
 
 import zmq
 
-from ipc.channel import IpcChannel
-from ipc.errors import FramechainError, ProtocolError
-from ipc.message import IpcMessage
+from framechain.ipc.channel import IpcChannel
+from framechain.ipc.errors import FramechainError, ProtocolError
+from framechain.ipc.message import IpcMessage
 
 from .controller import ReceiverController
 
 __all__ = ["FrameReceiverDaemon", "main"]
 
-log = logging.getLogger("framereceiver")
+log = logging.getLogger(__name__)
 DEFAULTS = {"ctrl": "tcp://127.0.0.1:5000", "ready": "tcp://127.0.0.1:5001", "release": "tcp://127.0.0.1:5002"}
 
 

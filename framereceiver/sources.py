@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 __all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "make_source", "speckle_g2"]
 

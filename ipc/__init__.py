@@ -8,5 +8,5 @@ from .shm import FRAME_HEADER, SEGMENT_HEADER, FrameHeader, SharedBuffer, buffer
 
 __all__ = ["IpcChannel", "IpcClient", "IpcMessage", "MSG_TYPES", "MSG_VALS", "FrameHeader", "SharedBuffer",
            "FRAME_HEADER", "SEGMENT_HEADER", "buffer_size_for", "free_tcp_endpoint", "FramechainError",
-           "ProtocolError", "ConfigError", "ShmError", "PluginError", "IpcTimeout"]
-__version__ = "0.1.0"
+           "ProtocolError", "ConfigError", "ShmError", "PluginError", "IpcTimeout", "__version__"]
+from framechain import __version__

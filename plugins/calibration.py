@@ -12,7 +12,7 @@ Constants come from ``file.npy`` or ``file.h5:/dataset``; they are loaded and
 checked at configure time (a bad file is a nack and the previous constants stay
 in use) and swapped in by one reference assignment between frames.
 
-Loggers: ``frameprocessor.plugin.<index>`` (no per-frame logging).
+Loggers: ``framechain.frameprocessor.plugin.<index>`` (no per-frame logging).
 
 Example::
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
-from ipc.errors import ConfigError
+from framechain.frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
+from framechain.ipc.errors import ConfigError
 
 from ._calib.common_mode import apply_common_mode
 from ._calib.constants import CalibrationConstants, build_constants
@@ -96,9 +96,8 @@ class CalibrationPlugin(FrameProcessorPlugin):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._lock = threading.Lock()          # configure / dark finish (never the hot path)
+        self._lock = threading.Lock()          # dark collection commands / dark finish (never the hot path)
         self._constants: CalibrationConstants = build_constants(self.config)
-        self._checked: tuple[str, CalibrationConstants] | None = None
         self.pool = DataBlockPool(self.config["pool_memory"] << 20)
         self._scratch: Scratch | None = None
         self._mask_and: IdentityCache[np.ndarray] = IdentityCache(and_masks)   # upstream mask & pixel status
@@ -110,31 +109,22 @@ class CalibrationPlugin(FrameProcessorPlugin):
         self.reset_statistics()
 
     # -- configuration ------------------------------------------------------------
-    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def prepare(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], CalibrationConstants | None]:
         """Check types, then, if a constant, mode or setting changes, load and check the new constants.
 
         A configure of other keys only (``pool_memory``, ``dark_file``, ``attach_mask``) or with
         unchanged values reads no file; ``reload`` re-reads files rewritten under the same name.
         """
-        values = super().validate(params)
+        values = super().prepare(params)
         merged = {**self.config, **values}
-        key = _constants_key(merged)
-        if key != _constants_key(self.config) and (self._checked is None or self._checked[0] != key):
-            self._checked = (key, build_constants(merged))
-        return values
+        changed = _constants_key(merged) != _constants_key(self.config)
+        return values, build_constants(merged) if changed else None
 
-    def apply(self, values: dict[str, Any]) -> None:
-        with self._lock:
-            merged = {**self.config, **values}
-            key = _constants_key(merged)
-            if key != _constants_key(self.config):
-                checked = self._checked
-                constants = checked[1] if checked is not None and checked[0] == key else build_constants(merged)
-                self.config = merged
-                self._swap(constants)
-            else:
-                self.config = merged
-            self._checked = None
+    def commit(self, change: tuple[dict[str, Any], CalibrationConstants | None]) -> None:
+        values, constants = change
+        super().commit(values)
+        if constants is not None:
+            self._swap(constants)
         if "pool_memory" in values:
             self.pool.max_memory = values["pool_memory"] << 20
 

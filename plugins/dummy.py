@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from frameprocessor import Frame, FrameProcessorPlugin
+from framechain.frameprocessor import Frame, FrameProcessorPlugin
 
 __all__ = ["DummyPlugin"]
 

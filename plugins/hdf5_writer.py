@@ -13,7 +13,7 @@ a pool and a single writer thread makes every h5py call (``_hdf5/engine.py``).
 Frames that do not match their dataset's dtype and dims are counted in
 ``frames_rejected`` and never written. Frames are passed downstream unchanged.
 
-Loggers ``frameprocessor.plugin.<index>`` and ``plugins.hdf5_writer.*``.
+Loggers ``framechain.frameprocessor.plugin.<index>`` and ``framechain.plugins.hdf5_writer.*``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from frameprocessor import Frame, FrameProcessorPlugin, Option
-from frameprocessor.frame import EndOfAcquisition
-from ipc.errors import ConfigError
+from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
+from framechain.frameprocessor.frame import EndOfAcquisition
+from framechain.ipc.errors import ConfigError
 
 from ._hdf5.codecs import make_codec
 from ._hdf5.config import WriterConfig, check_path, merge
@@ -89,8 +89,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self.reset_statistics()
 
     # -- configuration --------------------------------------------------------------------
-    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check ``params``; with ``write: true`` also build the session start_writing needs (carried to apply)."""
+    def prepare(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``params``; with ``write: true`` also build the session start_writing needs (carried to commit)."""
         cfg, write = merge(self._cfg, params)
         changing = [k for k in params if k != "write"]
         if self._writing and changing:
@@ -99,11 +99,11 @@ class FileWriterPlugin(FrameProcessorPlugin):
         session = self._session_for(cfg) if write and not self._writing else None
         return {"config": cfg, "write": write, "session": session}
 
-    def apply(self, values: dict[str, Any]) -> None:
+    def commit(self, values: dict[str, Any]) -> None:
         self._cfg = values["config"]
         write = values["write"]
         if write is True and not self._writing:
-            # no session only when writing stopped by itself (frames reached) since validate
+            # no session only when writing stopped by itself (frames reached) since prepare
             self._start(values["session"] or self._session_for(self._cfg))
         elif write is False:
             self._stop()

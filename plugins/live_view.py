@@ -7,32 +7,46 @@ and the raw pixel bytes (C order). A viewer connects a SUB socket to
 everything. Sends never block the chain: the socket has a small high-water
 mark and a frame that cannot be queued is counted in ``frames_dropped``.
 
-The socket is bound when a configuration is applied, never while it is only
-validated (the processor validates every plugin of a message before applying
-any, and a message nacked for another plugin must leave no port bound): a
-malformed endpoint is a nack at validation, a busy one a nack when applied
-(the plugin keeps its previous socket and configuration). Without a configured
-address the default is bound by the first frame. Only the plugin thread sends.
+A new address is bound in ``prepare`` (on the control thread, so a busy port
+is a nack and nothing changes) and handed to the plugin thread through a
+queue at ``commit``; if another part of the message fails, ``abort`` closes
+it. The plugin thread adopts the newest socket before its next frame and
+closes the one it replaces: only the plugin thread sends or closes a socket in
+use, and no lock is needed. Without a configured address the default is bound
+by the first frame.
 
-Logger ``frameprocessor.plugin.<index>``.
+Logger ``framechain.frameprocessor.plugin.<index>``.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import queue
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from frameprocessor import Frame, FrameProcessorPlugin, Option
-from ipc.channel import IpcChannel
-from ipc.errors import ConfigError, FramechainError
+from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
+from framechain.ipc.channel import IpcChannel
+from framechain.ipc.errors import ConfigError, FramechainError
 
 __all__ = ["LiveViewPlugin", "DEFAULT_ADDRESS"]
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5020"
+
+
+@dataclass(frozen=True)
+class _Socket:
+    """A socket handed from the control thread to the plugin thread: ``chan`` bound to ``requested``.
+
+    ``chan`` None means "the socket already bound to ``requested``" (a configure back to the address in use).
+    """
+
+    chan: IpcChannel | None
+    requested: str
+    endpoint: str
 
 
 def _non_negative(v: float) -> str | None:
@@ -40,7 +54,7 @@ def _non_negative(v: float) -> str | None:
 
 
 def _endpoint(v: str) -> str | None:
-    """Syntax only (binding is left to ``apply``): ``tcp://<host>:<port|*>``, ``ipc://<path>``, ``inproc://<name>``."""
+    """Syntax only (binding is left to ``prepare``): ``tcp://<host>:<port|*>``, ``ipc://<path>``, ``inproc://<name>``."""
     example = "must be a ZeroMQ endpoint like tcp://127.0.0.1:5020"
     transport, sep, rest = v.partition("://")
     if not sep or not rest or transport not in ("tcp", "ipc", "inproc"):
@@ -82,35 +96,50 @@ class LiveViewPlugin(FrameProcessorPlugin):
     def __init__(self, name: str, context: zmq.Context | None = None) -> None:
         super().__init__(name)
         self._ctx = context or zmq.Context.instance()
-        self._chan: IpcChannel | None = None
-        self._bound = ""
-        self._bound_req = ""  # the address as requested (the bound one may differ: port 0, host names)
-        self._next: IpcChannel | None = None  # applied on the control thread, adopted by the plugin thread
-        self._next_addr = ""
-        self._next_req = ""
-        self._lock = threading.Lock()
+        self._chan: IpcChannel | None = None  # plugin thread's socket
+        self._bound = ""                      # its endpoint as bound (port 0 resolved)
+        self._bound_req = ""                  # its address as requested
+        self._handoff: queue.SimpleQueue[_Socket] = queue.SimpleQueue()  # control thread -> plugin thread
+        self._requested = ""                  # control thread: the address of the newest committed socket
+        self._endpoint = ""                   # control thread: its bound endpoint
         self._last_sent = 0.0
         self._closed = False
         self.reset_statistics()
 
-    # -- configuration ---------------------------------------------------------------
-    def apply(self, values: dict[str, Any]) -> None:
-        """Bind a changed address first; if that fails, raise ConfigError with nothing changed."""
+    # -- configuration (control thread) --------------------------------------------------
+    def prepare(self, params: Any) -> tuple[dict[str, Any], _Socket | None]:
+        """Check values and bind a changed address; a busy one is a ConfigError with nothing changed."""
+        values = super().prepare(params)
         addr = values.get("live_view_socket_addr")
-        old: IpcChannel | None = None
-        with self._lock:  # the plugin thread adopts a pending socket under this lock
-            pending = self._next is not None
-            back = pending and addr == self._bound_req  # back to the socket in use: drop the pending one
-            new: IpcChannel | None = None
-            if addr is not None and not back and addr != (self._next_req if pending else self._bound_req):
-                new = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))  # ConfigError: no change
-            super().apply(values)
-            if new is not None or back:
-                old, self._next = self._next, new
-                self._next_req = addr if new is not None else ""
-                self._next_addr = (new.endpoint or "") if new is not None else ""
-        if old is not None:
-            old.close()
+        if addr is None or addr == self._requested:
+            return values, None
+        if addr == self._bound_req:  # back to the socket the plugin thread still uses
+            return values, _Socket(None, addr, self._bound)
+        chan = self._bind(addr, values.get("send_hwm", self.config["send_hwm"]))
+        return values, _Socket(chan, addr, chan.endpoint or "")
+
+    def commit(self, change: tuple[dict[str, Any], _Socket | None]) -> None:
+        values, sock = change
+        super().commit(values)
+        if sock is not None:
+            self._requested, self._endpoint = sock.requested, sock.endpoint
+            self._drop_pending()
+            self._handoff.put(sock)
+
+    def _drop_pending(self) -> None:
+        """Close the sockets handed over but not yet taken: whichever thread dequeues one owns it."""
+        while True:
+            try:
+                old = self._handoff.get_nowait()
+            except queue.Empty:
+                return
+            if old.chan is not None:
+                old.chan.close()
+
+    def abort(self, change: tuple[dict[str, Any], _Socket | None]) -> None:
+        sock = change[1]
+        if sock is not None and sock.chan is not None:
+            sock.chan.close()  # never handed over: this thread made it and is its only user
 
     def _bind(self, addr: str, hwm: int) -> IpcChannel:
         chan = IpcChannel(zmq.PUB, self._ctx, hwm=hwm)  # linger 0, SNDHWM = hwm
@@ -125,8 +154,8 @@ class LiveViewPlugin(FrameProcessorPlugin):
 
     @property
     def endpoint(self) -> str:
-        """The endpoint actually bound (a port 0 request resolved), or the pending one."""
-        return self._next_addr or self._bound
+        """The endpoint of the newest socket (a port 0 request resolved), adopted or about to be."""
+        return self._endpoint or self._bound
 
     # -- data path ----------------------------------------------------------------------
     def process_frame(self, frame: Frame) -> None:
@@ -154,25 +183,36 @@ class LiveViewPlugin(FrameProcessorPlugin):
         return True
 
     def _channel(self) -> IpcChannel | None:
-        if self._next is not None:
-            with self._lock:
-                new, addr, req = self._next, self._next_addr, self._next_req
-                self._next, self._next_addr, self._next_req = None, "", ""
-                old = self._chan
-                if new is not None:
-                    self._chan, self._bound, self._bound_req = new, addr, req
-            if new is not None and old is not None:
-                old.close()
+        if not self._handoff.empty():
+            self._adopt()
         if self._chan is None and not self._closed:
+            addr = self.config["live_view_socket_addr"]
             try:
-                self._chan = self._bind(self.config["live_view_socket_addr"], self.config["send_hwm"])
-                self._bound = self._chan.endpoint or ""
-                self._bound_req = self.config["live_view_socket_addr"]
+                self._chan = self._bind(addr, self.config["send_hwm"])
             except ConfigError as err:
                 self.error = str(err)
                 self.frames_dropped += 1
                 return None
+            self._bound, self._bound_req = self._chan.endpoint or "", addr
         return self._chan
+
+    def _adopt(self) -> None:
+        """Plugin thread: take the newest handed-over socket, close the ones it supersedes."""
+        newest: _Socket | None = None
+        while True:
+            try:
+                sock = self._handoff.get_nowait()
+            except queue.Empty:
+                break
+            if newest is not None and newest.chan is not None:
+                newest.chan.close()  # superseded before this thread used it
+            newest = sock
+        if newest is None or (newest.chan is None and newest.requested == self._bound_req):
+            return  # back to the socket in use
+        if self._chan is not None:
+            self._chan.close()
+        self._chan = newest.chan  # None: bind the requested address on the next frame
+        self._bound, self._bound_req = (newest.endpoint, newest.requested) if newest.chan else ("", "")
 
     def _send(self, sock: zmq.Socket, frame: Frame) -> None:
         data = frame.data
@@ -205,11 +245,9 @@ class LiveViewPlugin(FrameProcessorPlugin):
         self.error = ""
 
     def close(self) -> None:
-        """Close the socket(s); safe to call twice."""
+        """Close the socket(s), once the plugin thread has ended; safe to call twice."""
         self._closed = True
-        with self._lock:
-            nxt, self._next = self._next, None
-        for c in (nxt, self._chan):
-            if c is not None:
-                c.close()
+        self._drop_pending()
+        if self._chan is not None:
+            self._chan.close()
         self._chan = None

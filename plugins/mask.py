@@ -17,7 +17,7 @@ integer dtype cannot hold the fill value: NaN, a fraction, out of range). A read
 when only ``frame.mask`` is set on one, it is set on a new Frame over the same
 pixels, so sibling branches do not see it.
 
-Logger ``frameprocessor.plugin.<index>``.
+Logger ``framechain.frameprocessor.plugin.<index>``.
 
 Example::
 
@@ -28,14 +28,13 @@ Example::
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
-from ipc.errors import ConfigError
+from framechain.frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin, Option
+from framechain.ipc.errors import ConfigError
 
 from ._calib.arrayfile import check_integral, load_array
 from ._calib.shared import IdentityCache, and_masks, check_mib
@@ -89,11 +88,6 @@ def _combine(own: np.ndarray | None, upstream: np.ndarray | None) -> tuple[np.nd
     return use, np.flatnonzero(~use.reshape(-1))
 
 
-def _view(frame: Frame) -> Frame:
-    """A new Frame over ``frame``'s pixels (no copy) that keeps ``frame``, and so its memory, alive."""
-    return frame.derive(frame.data, on_release=lambda: frame)
-
-
 class MaskPlugin(FrameProcessorPlugin):
     """Static mask (+ upstream pixel status) filled into frames or attached as ``frame.mask``.
 
@@ -124,40 +118,33 @@ class MaskPlugin(FrameProcessorPlugin):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._lock = threading.Lock()
         self._mask: StaticMask | None = None
         self._fill: float = 0
-        self._checked: tuple[tuple, StaticMask | None] | None = None
         self._combined: IdentityCache[tuple[np.ndarray, np.ndarray]] = IdentityCache(_combine)  # once per pair
         self.pool = DataBlockPool(self.config["pool_memory"] << 20)
         self.reset_statistics()
 
     # -- configuration ---------------------------------------------------------------
-    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().validate(params)
+    def prepare(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], StaticMask | None | bool]:
+        """Check values; read the mask file when it, its convention or its bits change (or are named)."""
+        values = super().prepare(params)
         merged = {**self.config, **values}
         key = (merged["mask"], merged["convention"], merged["pixel_mask_bits"])
-        if self._checked is None or self._checked[0] != key or "mask" in values:
-            mask = None if merged["mask"] is None else load_mask(*key)
-            self._checked = (key, mask)
-        return values
+        if "mask" in values or key != (self.config["mask"], self.config["convention"], self.config["pixel_mask_bits"]):
+            return values, None if merged["mask"] is None else load_mask(*key)
+        return values, False  # the mask in use stays
 
-    def apply(self, values: dict[str, Any]) -> None:
-        with self._lock:
-            merged = {**self.config, **values}
-            key = (merged["mask"], merged["convention"], merged["pixel_mask_bits"])
-            checked = self._checked
-            mask = checked[1] if checked is not None and checked[0] == key else (
-                None if key[0] is None else load_mask(*key))
-            self._checked = None
-            self.config = merged
-            fill = merged["fill_value"]
-            self._fill = float("nan") if isinstance(fill, str) else fill
+    def commit(self, change: tuple[dict[str, Any], StaticMask | None | bool]) -> None:
+        values, mask = change
+        super().commit(values)
+        fill = self.config["fill_value"]
+        self._fill = float("nan") if isinstance(fill, str) else fill
+        if mask is not False:
             self._mask = mask  # one reference assignment, picked up by the next frame
+            if mask is not None:
+                self.log.info("mask %s in use: %d of %d pixels masked", mask.source, mask.masked, mask.use.size)
         if "pool_memory" in values:
             self.pool.max_memory = values["pool_memory"] << 20
-        if mask is not None:
-            self.log.info("mask %s in use: %d of %d pixels masked", mask.source, mask.masked, mask.use.size)
 
     # -- data path ---------------------------------------------------------------------
     def process_frame(self, frame: Frame) -> None:
@@ -179,7 +166,7 @@ class MaskPlugin(FrameProcessorPlugin):
                 self.frames_dropped_pool += 1
                 return
         if frame.mask is not use and not frame.data.flags.writeable:
-            frame = _view(frame)  # shared frame: its siblings must not see our mask
+            frame = frame.derive(frame.data)  # shared frame: its siblings must not see our mask
         frame.mask = use
         self.frames_masked += 1
         self.push(frame)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from frameprocessor import Frame, FrameProcessorPlugin, Option
+from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
 
 __all__ = ["SumPlugin"]
 

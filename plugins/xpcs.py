@@ -1,6 +1,6 @@
 """XpcsCorrelatorPlugin: online multi-tau g2 per q-bin, two-time, live results and APS result files.
 
-Logger ``frameprocessor.plugin.<index>``. The math lives in ``plugins._xpcs``
+Logger ``framechain.frameprocessor.plugin.<index>``. The math lives in ``plugins._xpcs``
 (no threads there); this module wires it to frames, configuration, status,
 the live PUB socket and the end of acquisition. See docs/xpcs.md for the
 definitions and docs/plugins.md (section ``xpcs``) for every key.
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin, Option
-from ipc.errors import ConfigError
+from framechain.frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin, Option
+from framechain.ipc.errors import ConfigError
 
 from ._xpcs.aps import aps_g2
 from ._xpcs.averages import TimeAverages
@@ -199,8 +199,6 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._lock = threading.RLock()
         self._qmap: QMap | None = None
         self._mask: np.ndarray | None = None
-        # the inputs validate loaded, for apply (and a repeated validate) of the same configure
-        self._checked: tuple[tuple[str, ...], tuple[QMap | None, np.ndarray | None]] | None = None
         self._publisher: LivePublisher | None = None
         self._run: _Run | None = None
         self._finished = False
@@ -226,27 +224,36 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self.warnings: list[str] = []
 
     # -- configuration --------------------------------------------------------------
-    def validate(self, params: Any) -> dict[str, Any]:
-        """Check types; read qmap and mask when ``qmap`` or ``mask`` is given; check two-time memory.
+    def prepare(self, params: Any) -> dict[str, Any]:
+        """Check types; read qmap and mask when ``qmap`` or ``mask`` is given; check two-time memory;
+        bind a changed ``publish_endpoint``. A configure of other keys only reads no file.
 
-        A configure of other keys only (``update_every``, ``frame_time`` ...) reads no file.
+        The change: ``{"values", "inputs" (qmap, mask), "publisher" (new, or None: keep)}``.
         """
-        values = super().validate(params)
+        values = super().prepare(params)
         cfg = {**self.config, **values}
-        qmap, mask = self._inputs(cfg, values)
+        inputs = self._inputs(cfg, values)
         if cfg["twotime"] and not _TWOTIME_KEYS.isdisjoint(values):
-            self._check_twotime(cfg, qmap, mask)
-        return values
+            self._check_twotime(cfg, *inputs)
+        publisher: LivePublisher | None = None
+        endpoint = values.get("publish_endpoint")
+        if endpoint and endpoint != self.config["publish_endpoint"]:
+            try:
+                publisher = LivePublisher(endpoint)
+            except zmq.ZMQError as err:
+                raise ConfigError(f"The 'publish_endpoint' option of {self.owner}: cannot bind "
+                                  f"{endpoint!r}: {err}", "publish_endpoint") from err
+        return {"values": values, "inputs": inputs, "publisher": publisher}
+
+    def abort(self, change: dict[str, Any]) -> None:
+        if change["publisher"] is not None:
+            change["publisher"].close()
 
     def _inputs(self, cfg: dict[str, Any], values: dict[str, Any]) -> tuple[QMap | None, np.ndarray | None]:
-        """The qmap and mask of ``cfg``: the ones in use unless ``values`` names a file, else read once per
-        configure (validate keeps them for apply)."""
+        """The qmap and mask of ``cfg``: the ones in use unless ``values`` names a file, else read now."""
         if all(k not in values for k in _INPUT_KEYS):
             return self._qmap, self._mask
-        key = tuple(cfg[k] for k in _INPUT_KEYS)
-        if self._checked is None or self._checked[0] != key:
-            self._checked = (key, self._load_inputs(cfg))
-        return self._checked[1]
+        return self._load_inputs(cfg)
 
     def _load_inputs(self, cfg: dict[str, Any]) -> tuple[QMap | None, np.ndarray | None]:
         """Read qmap and mask files named in ``cfg``; ConfigError naming the key on any problem."""
@@ -283,31 +290,23 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                               + f"), more than max_memory ({cfg['max_memory'] / 2**20:.0f} MiB); lower "
                               f"twotime_frames or raise max_memory", "twotime_frames")
 
-    def apply(self, values: dict[str, Any]) -> None:
-        with self._lock:
-            qmap, mask = self._inputs({**self.config, **values}, values)
-            self._checked = None
-            publisher = self._publisher
+    def commit(self, change: dict[str, Any]) -> None:
+        values = change["values"]
+        old_publisher = None
+        with self._lock:  # the correlator runs a whole frame under this lock: the swap lands between frames
             if "publish_endpoint" in values and values["publish_endpoint"] != self.config["publish_endpoint"]:
-                publisher = None
-                if values["publish_endpoint"]:
-                    try:
-                        publisher = LivePublisher(values["publish_endpoint"])
-                    except zmq.ZMQError as err:
-                        raise ConfigError(f"The 'publish_endpoint' option of {self.owner}: cannot bind "
-                                          f"{values['publish_endpoint']!r}: {err}", "publish_endpoint") from err
-                if self._publisher is not None:
-                    self._publisher.close()
-                self._publisher = publisher
+                old_publisher, self._publisher = self._publisher, change["publisher"]
             rebuild = any(k in _REBUILD and values[k] != self.config[k] for k in values)
-            self.config.update(values)
+            self.config = {**self.config, **values}
             self._explicit.update(values)
-            self._qmap, self._mask = qmap, mask
+            self._qmap, self._mask = change["inputs"]
             self._refusal = None
             self._logged.clear()
             if rebuild and self._run is not None:
                 self.log.info("%s: configuration changed; the correlation starts over with the next frame", self.name)
                 self._run = None
+        if old_publisher is not None:
+            old_publisher.close()
 
     def execute(self, command: str, params: Any) -> None:
         if command != "reset":

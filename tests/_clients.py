@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import Pipeline, stop_process, wait_for
-from ipc import free_tcp_endpoint
+from framechain.ipc import free_tcp_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
 
 
 class RestServer:
-    """``python -m client.rest --config CFG --port P`` as a subprocess on a free loopback port."""
+    """``python -m framechain.client.rest --config CFG --port P`` as a subprocess on a free loopback port."""
 
     def __init__(self, tmp_path: Path, endpoints: str, live: str, xpcs: str,
                  config: Path | None = None, interval: float = 0.2, env: dict[str, str] | None = None) -> None:
@@ -48,7 +48,7 @@ class RestServer:
         cfg = config or tmp_path / "rest.cfg"
         if config is None:
             cfg.write_text("[server]\nadapters = framechain\n[tornado]\nlogging = warning\n"
-                           "[adapter.framechain]\nmodule = client.rest_adapter.FramechainAdapter\n"
+                           "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n"
                            f"endpoints = {endpoints}\nupdate_interval = {interval}\npoll_timeout = 0.5\n"
                            f"request_timeout = 5\nlive_endpoint = {live}\nxpcs_endpoint = {xpcs}\n")
             extra = []
@@ -56,7 +56,7 @@ class RestServer:
             extra = ["--endpoints", endpoints]
         self.log_path = tmp_path / "rest.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.rest", "--config", str(cfg),
+        self.proc = subprocess.Popen([sys.executable, "-m", "framechain.client.rest", "--config", str(cfg),
                                       "--port", str(self.port), *extra],
                                      cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
@@ -104,9 +104,9 @@ def speckle_stack(tmp_path: Path, shape: list[int], live_per_second: float, befo
                                  "rate": 100, "correlation_time": 20.0, "contrast": 0.3, "intensity": 5.0})
         pipe.setup_processor([
             *before,
-            ("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
+            ("xpcs", "XpcsCorrelatorPlugin", "framechain.plugins.xpcs", "frame_receiver",
              {"publish_endpoint": xpcs_ep, "update_every": 20, "num_bufs": 8}),
-            ("live", "LiveViewPlugin", "plugins.live_view", "xpcs",
+            ("live", "LiveViewPlugin", "framechain.plugins.live_view", "xpcs",
              {"live_view_socket_addr": live_ep, "per_second": live_per_second}),
             *after,
         ])

@@ -7,7 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from frameprocessor import Frame
+from framechain.frameprocessor import Frame
+from framechain.frameprocessor.testing import FrameCollector, attach_collector
 
 CODES = {0: 0, 1: 1, 2: 3}  # gain stage -> gain bits
 
@@ -20,7 +21,7 @@ import os
 import time
 
 import numpy as np
-from frameprocessor import FrameProcessorPlugin, Option
+from framechain.frameprocessor import FrameProcessorPlugin, Option
 
 
 class CapturePlugin(FrameProcessorPlugin):
@@ -40,20 +41,8 @@ class CapturePlugin(FrameProcessorPlugin):
 '''
 
 
-class Sink:
-    """A downstream stand-in that keeps what a plugin pushes (what a PluginWorker.submit receives)."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-
-    def submit(self, item: Frame, blocking: bool) -> None:
-        self.frames.append(item)
-
-
-def attach(plugin) -> Sink:
-    sink = Sink()
-    plugin._outputs = ((sink, True),)
-    return sink
+def attach(plugin) -> FrameCollector:
+    return attach_collector(plugin)
 
 
 def save_npy(path: Path, arr: np.ndarray) -> str:

@@ -4,7 +4,7 @@ Usage::
 
     with Pipeline(tmp_path) as p:
         p.configure_receiver({"type": "simulated", "shape": [64, 64], "frames": 100})
-        p.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+        p.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
         p.start()
         p.wait_for(lambda: p.plugin_status("dummy")["frames_processed"] == 100)
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from ipc import IpcChannel, IpcClient, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
+from framechain.ipc import IpcChannel, IpcClient, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
 
 __all__ = ["Daemon", "Pipeline", "FakeReceiver", "wait_for", "stop_process", "unique_shm_name"]
 
@@ -63,7 +63,7 @@ class Daemon:
     def __init__(self, kind: str, args: list[str], ctrl: str, log_path: Path) -> None:
         self.kind, self.ctrl, self.log_path = kind, ctrl, log_path
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.cli", kind, "--ctrl", ctrl, *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
                                      stdout=self._log, stderr=subprocess.STDOUT)
         self.client = IpcClient(ctrl, timeout=10)
         wait_for(self._answers, timeout=20, what=f"{kind} to answer on {ctrl}")

@@ -2,8 +2,8 @@
 
 import json
 
-from benchmarks import Figure
-from client.bench import format_table
+from framechain.benchmarks import Figure
+from framechain.client.bench import format_table
 
 
 def test_figure_ratio_target_and_json():

@@ -7,9 +7,9 @@ import pytest
 from calib_helpers import (attach, multigain_constants, multigain_raw, ref_common_mode, ref_multigain, save_h5,
                           save_npy)
 
-from frameprocessor import Frame
-from ipc.errors import ConfigError
-from plugins.calibration import CalibrationPlugin
+from framechain.frameprocessor import Frame
+from framechain.ipc.errors import ConfigError
+from framechain.plugins.calibration import CalibrationPlugin
 
 H, W = 32, 48
 
@@ -228,14 +228,14 @@ def test_configure_rebuilds_constants_only_when_a_constant_key_changes(consts, t
     p = CalibrationPlugin("calib")
     ped_file = tmp_path / "moved_ped.npy"
     ped_spec = save_npy(ped_file, consts["ped"])
-    with caplog.at_level("INFO", logger="frameprocessor.plugin"):
+    with caplog.at_level("INFO", logger="framechain.frameprocessor.plugin"):
         p.configure({"pedestal": ped_spec, "gain": consts["gain_spec"]})
     loads, before = p.status()["constants"]["loads"], p._constants
     in_use = [r for r in caplog.records if "constants in use" in r.getMessage()]
     assert len(in_use) == 1
     ped_file.unlink()   # a constant file moved away after it was loaded: other settings must still work
     caplog.clear()
-    with caplog.at_level("INFO", logger="frameprocessor.plugin"):
+    with caplog.at_level("INFO", logger="framechain.frameprocessor.plugin"):
         p.configure({"pool_memory": 64})
         p.configure({"dark_file": str(tmp_path / "dark.h5")})
         p.configure({"attach_mask": False})

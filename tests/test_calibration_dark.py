@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from calib_helpers import attach, save_h5
 
-from frameprocessor import Frame
-from ipc.errors import ConfigError
-from plugins._calib.dark import COLD_RMS, HOT_RMS, INVALID_GAIN, MEAN_OUTLIER, NO_DATA, SATURATED
-from plugins.calibration import CalibrationPlugin
+from framechain.frameprocessor import Frame
+from framechain.ipc.errors import ConfigError
+from framechain.plugins._calib.dark import COLD_RMS, HOT_RMS, INVALID_GAIN, MEAN_OUTLIER, NO_DATA, SATURATED
+from framechain.plugins.calibration import CalibrationPlugin
 
 H, W, N, SIGMA = 24, 32, 200, 5.0
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from calib_helpers import attach, multigain_constants, multigain_raw, ref_multigain
 
-from frameprocessor import Frame
-from plugins._calib.constants import build_constants
-from plugins._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
-from plugins._calib.kernels import (apply_gain_multigain, apply_gain_single, subtract_pedestal_multigain,
+from framechain.frameprocessor import Frame
+from framechain.plugins._calib.constants import build_constants
+from framechain.plugins._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
+from framechain.plugins._calib.kernels import (apply_gain_multigain, apply_gain_single, subtract_pedestal_multigain,
                                     subtract_pedestal_single)
-from plugins._calib.scratch import Scratch
-from plugins.calibration import CalibrationPlugin
+from framechain.plugins._calib.scratch import Scratch
+from framechain.plugins.calibration import CalibrationPlugin
 
 _BASE = {"flatfield": None, "pixel_status": None, "common_mode": None, "photonize": None,
          "output_dtype": "float32", "invalid_gain_value": "nan"}

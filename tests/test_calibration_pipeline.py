@@ -29,8 +29,8 @@ def test_multigain_calib_and_mask_in_the_processor(pipeline, tmp_path):
     cap = {"dir": str(out_dir)}
     pipeline.configure_receiver({"type": "hdf5", "file": str(tmp_path / "raw.h5"), "dataset": "/data"})
     pipeline.setup_processor([
-        ("calib", "CalibrationPlugin", "plugins.calibration", "frame_receiver", calib_cfg),
-        ("mask", "MaskPlugin", "plugins.mask", "calib", {"mask": save_npy(tmp_path / "mask.npy", mask),
+        ("calib", "CalibrationPlugin", "framechain.plugins.calibration", "frame_receiver", calib_cfg),
+        ("mask", "MaskPlugin", "framechain.plugins.mask", "calib", {"mask": save_npy(tmp_path / "mask.npy", mask),
                                                           "fill_value": "nan"}),
         ("cap", "CapturePlugin", str(tmp_path / "capture.py"), "mask", cap),
         ("rawcap", "CapturePlugin", str(tmp_path / "capture.py"), "frame_receiver", cap),
@@ -82,7 +82,7 @@ def test_dark_from_the_simulated_source_recovers_its_pedestal_within_noise(pipel
     has sigma / sqrt(N). At 1e-9 photons per pixel per frame the expected number of photons in the whole
     run is 1e-9 * N * H * W < 1e-3, so no photon biases the mean.
     """
-    from framereceiver.sources import SimulatedSource
+    from framechain.framereceiver.sources import SimulatedSource
 
     n, shape = 200, (H, W)
     src = {"type": "simulated", "pattern": "speckle", "shape": list(shape), "dtype": "uint16", "frames": n,
@@ -92,7 +92,7 @@ def test_dark_from_the_simulated_source_recovers_its_pedestal_within_noise(pipel
     sigma = np.sqrt(5.0 ** 2 + 1 / 12)
     dark = tmp_path / "dark.h5"
     pipeline.configure_receiver(src)
-    pipeline.setup_processor([("calib", "CalibrationPlugin", "plugins.calibration", "frame_receiver", {})])
+    pipeline.setup_processor([("calib", "CalibrationPlugin", "framechain.plugins.calibration", "frame_receiver", {})])
     pipeline.processor.ok("execute", {"calib": {"command": "collect_dark", "frames": n, "file": str(dark)}})
     pipeline.start()
     pipeline.wait_done()

@@ -6,11 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from frameprocessor import DataBlockPool, EndOfAcquisition, Frame, FrameProcessorPlugin, Option, PoolExhausted
-from frameprocessor.chain import FRAME_RECEIVER, PluginChain
-from frameprocessor.loader import load_plugin_class
-from ipc import ConfigError, PluginError
-from plugins.dummy import DummyPlugin
+from framechain.frameprocessor import DataBlockPool, EndOfAcquisition, Frame, FrameProcessorPlugin, Option, PoolExhausted
+from framechain.frameprocessor.chain import FRAME_RECEIVER, PluginChain
+from framechain.frameprocessor.loader import load_plugin_class
+from framechain.ipc import ConfigError, PluginError
+from framechain.plugins.dummy import DummyPlugin
 
 
 class Recorder(FrameProcessorPlugin):
@@ -103,8 +103,8 @@ def test_options_validate_types_and_choices():
 
 
 def test_loader_forms(tmp_path):
-    assert load_plugin_class("plugins.dummy", "DummyPlugin") is DummyPlugin
-    assert load_plugin_class("plugins.dummy:DummyPlugin") is DummyPlugin
+    assert load_plugin_class("framechain.plugins.dummy", "DummyPlugin") is DummyPlugin
+    assert load_plugin_class("framechain.plugins.dummy:DummyPlugin") is DummyPlugin
     assert load_plugin_class("dummy") is DummyPlugin  # entry point
     with pytest.raises(PluginError, match="no plugin named 'nope'"):
         load_plugin_class("nope")

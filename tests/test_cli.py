@@ -10,11 +10,11 @@ import pytest
 from harness import Daemon, wait_for
 from test_pipeline import CHECKER
 
-from benchmarks import Figure
-from client.bench import format_table
-from client.cli import main
-from client.launcher import control_endpoints
-from ipc import IpcClient, IpcTimeout, free_tcp_endpoint
+from framechain.benchmarks import Figure
+from framechain.client.bench import format_table
+from framechain.client.cli import main
+from framechain.client.launcher import control_endpoints
+from framechain.ipc import IpcClient, IpcTimeout, free_tcp_endpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_status_prints_the_reply_as_json(processor, capsys):
 
 
 def test_configure_from_text_and_file_then_execute_and_version(processor, capsys, tmp_path):
-    load = {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}}
+    load = {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "framechain.plugins.sum"}}}
     assert main(["ctl", "--endpoint", processor.ctrl, "configure", json.dumps(load)]) == 0
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"s": {"enabled": False}}))
@@ -67,9 +67,9 @@ def test_timeout_exits_1(capsys):
 def test_run_launcher_end_to_end(tmp_path, capsys):
     cfg = {"receiver": {"source": {"type": "simulated", "pattern": "speckle", "shape": [16, 16],
                                    "frames": 150, "correlation_time": 5.0, "acquisition_id": "scan7"}},
-           "processor": [{"plugin": {"load": [{"index": "sum", "name": "SumPlugin", "library": "plugins.sum"},
+           "processor": [{"plugin": {"load": [{"index": "sum", "name": "SumPlugin", "library": "framechain.plugins.sum"},
                                               {"index": "hdf", "name": "FileWriterPlugin",
-                                               "library": "plugins.hdf5_writer"}],
+                                               "library": "framechain.plugins.hdf5_writer"}],
                                      "connect": [{"index": "sum", "connection": "frame_receiver"},
                                                  {"index": "hdf", "connection": "sum"}]}},
                          {"hdf": {"file": {"path": str(tmp_path), "prefix": "run"}, "frames": 150,
@@ -89,11 +89,11 @@ def test_run_launcher_end_to_end(tmp_path, capsys):
 
 def test_run_with_bad_plugin_reports_the_nack(tmp_path, capsys):
     cfg = {"receiver": {"source": {"type": "simulated", "shape": [8, 8], "frames": 5}},
-           "processor": [{"plugin": {"load": {"index": "x", "name": "Nope", "library": "plugins.nothere"}}}]}
+           "processor": [{"plugin": {"load": {"index": "x", "name": "Nope", "library": "framechain.plugins.nothere"}}}]}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(cfg))
     assert main(["run", str(path), "--no-progress", "--log-dir", str(tmp_path / "logs")]) == 1
-    assert "no plugin module 'plugins.nothere'" in capsys.readouterr().err
+    assert "no plugin module 'framechain.plugins.nothere'" in capsys.readouterr().err
 
 
 def test_run_rejects_unknown_config_keys(tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_run_with_fixed_endpoints(tmp_path, capsys):
     eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
     cfg = {"endpoints": eps,
            "receiver": {"source": {"type": "simulated", "shape": [8, 8], "frames": 20}},
-           "processor": [{"plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
+           "processor": [{"plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                                      "connect": {"index": "d", "connection": "frame_receiver"}}}]}
     path = tmp_path / "fixed.json"
     path.write_text(json.dumps(cfg))
@@ -142,7 +142,7 @@ def _start_long_run(tmp_path, plugin: dict, extra_processor: list | None = None)
                          *(extra_processor or [])]}
     path = tmp_path / "long.json"
     path.write_text(json.dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress",
+    proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "run", str(path), "--no-progress",
                              "--log-dir", str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     def status(kind: str) -> dict | None:
@@ -172,7 +172,7 @@ def _kill_leftovers(pids: dict) -> None:
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "terminated")])
 def test_run_ctrl_c_or_sigterm_stops_everything_cleanly(tmp_path, sig, code, word):
-    proc, pids, shm = _start_long_run(tmp_path, {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"})
+    proc, pids, shm = _start_long_run(tmp_path, {"index": "d", "name": "DummyPlugin", "library": "framechain.plugins.dummy"})
     try:
         assert os.path.exists(shm)
         proc.send_signal(sig)

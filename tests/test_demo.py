@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_runs_calibrates_correlates_and_writes(tmp_path):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    out = subprocess.run([sys.executable, "-m", "client.cli", "run", "examples/xpcs_demo.json", "--no-progress",
+    out = subprocess.run([sys.executable, "-m", "framechain.client.cli", "run", "examples/xpcs_demo.json", "--no-progress",
                           "--timeout", "240"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     s = out.stdout

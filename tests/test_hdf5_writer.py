@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from harness import wait_for
 
-from frameprocessor.frame import EndOfAcquisition, Frame
-from frameprocessor.pool import DataBlockPool
-from ipc.errors import ConfigError
-from plugins._hdf5.distribution import Distribution, frames_for_rank
-from plugins._hdf5.engine import Job
-from plugins.hdf5_writer import FileWriterPlugin
+from framechain.frameprocessor.frame import EndOfAcquisition, Frame
+from framechain.frameprocessor.pool import DataBlockPool
+from framechain.ipc.errors import ConfigError
+from framechain.plugins._hdf5.distribution import Distribution, frames_for_rank
+from framechain.plugins._hdf5.engine import Job
+from framechain.plugins.hdf5_writer import FileWriterPlugin
 
 SHAPE = (32, 48)
 
@@ -404,8 +404,8 @@ def test_blocks_per_file_rotates_files_and_vds(hdf, tmp_path):
 FULL_DISK = """
 import json, resource, signal, sys
 import numpy as np
-from frameprocessor.frame import Frame
-from plugins.hdf5_writer import FileWriterPlugin
+from framechain.frameprocessor.frame import Frame
+from framechain.plugins.hdf5_writer import FileWriterPlugin
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))  # the 'disk' fills at 1.5 MB
 hdf = FileWriterPlugin("hdf")
@@ -527,8 +527,8 @@ def test_watchdog_counts_every_call_over_the_limit(hdf, tmp_path, watchdog_ms):
 PERMISSION_DENIED = """
 import ctypes, json, os, sys
 import numpy as np
-from frameprocessor.frame import Frame
-from plugins.hdf5_writer import FileWriterPlugin
+from framechain.frameprocessor.frame import Frame
+from framechain.plugins.hdf5_writer import FileWriterPlugin
 
 
 def drop_dac_override():

@@ -13,9 +13,9 @@ import hdf5plugin  # noqa: F401  (registers the filters for reading)
 import numpy as np
 from harness import Pipeline, wait_for
 
-from framereceiver.sources import SimulatedSource
+from framechain.framereceiver.sources import SimulatedSource
 
-HDF = ("FileWriterPlugin", "plugins.hdf5_writer")
+HDF = ("FileWriterPlugin", "framechain.plugins.hdf5_writer")
 DATA = "/entry/instrument/detector/data"
 
 
@@ -40,9 +40,9 @@ def test_every_compression_bit_exact_with_parameters(pipeline, tmp_path):
     out.mkdir()
     codecs = ["none", "LZ4", "BSLZ4", "blosc"]
     pipeline.configure_receiver({"type": "simulated", "shape": shape, "frames": n, "pattern": "ramp"})
-    plugins = [("sum", "SumPlugin", "plugins.sum", "frame_receiver")]
+    plugins = [("sum", "SumPlugin", "framechain.plugins.sum", "frame_receiver")]
     plugins += [(f"hdf_{c}", *HDF, "sum", writer_cfg(out, c, shape, n, c)) for c in codecs]
-    plugins += [("after", "DummyPlugin", "plugins.dummy", "hdf_BSLZ4")]  # the writer passes frames on
+    plugins += [("after", "DummyPlugin", "framechain.plugins.dummy", "hdf_BSLZ4")]  # the writer passes frames on
     pipeline.setup_processor(plugins)
     for c in codecs:
         pipeline.processor.ok("execute", {f"hdf_{c}": {"command": "start_writing"}})

@@ -5,7 +5,7 @@ import time
 import pytest
 import zmq
 
-from ipc import IpcChannel, free_tcp_endpoint
+from framechain.ipc import IpcChannel, free_tcp_endpoint
 
 
 def _wait(predicate, timeout=10.0):

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipc import IpcMessage, ProtocolError
-from ipc.message import MSG_VALS, nack_for_garbage
+from framechain.ipc import IpcMessage, ProtocolError
+from framechain.ipc.message import MSG_VALS, nack_for_garbage
 
 GOOD = {"msg_type": "cmd", "msg_val": "configure", "id": 263, "timestamp": "2026-11-23T08:53:06.340914",
         "params": {"a": 1}}
@@ -106,7 +106,7 @@ def test_fuzz_bytes(raw):
 
 
 def test_fast_frame_notification_is_a_valid_identical_message():
-    from ipc.message import frame_notification
+    from framechain.ipc.message import frame_notification
     raw = frame_notification("frame_release", 12345, 7)
     msg = IpcMessage.decode(raw)
     assert (msg.msg_type, msg.msg_val, msg.params) == ("notify", "frame_release", {"frame": 12345, "buffer_id": 7})
@@ -133,8 +133,8 @@ def test_non_finite_params_are_sent_as_null():
                          ids=["nan", "inf", "-inf", "1e400"])
 def test_option_refuses_non_finite_numbers(value):
     # a plugin's float option is the last guard for numbers that reach it from a JSON file read by Python
-    from frameprocessor.options import Option
-    from ipc.errors import ConfigError
+    from framechain.frameprocessor.options import Option
+    from framechain.ipc.errors import ConfigError
     with pytest.raises(ConfigError, match="'close_file_timeout' option of hdf must be a finite number") as err:
         Option(float, 1.0, "seconds").coerce("hdf", "close_file_timeout", value)
     assert err.value.key == "close_file_timeout"

@@ -11,12 +11,12 @@ import pytest
 import zmq
 from harness import wait_for
 
-from framereceiver.sources import SimulatedSource
-from frameprocessor.frame import Frame
-from ipc import free_tcp_endpoint
-from ipc.channel import IpcChannel
-from ipc.errors import ConfigError
-from plugins.live_view import LiveViewPlugin
+from framechain.framereceiver.sources import SimulatedSource
+from framechain.frameprocessor.frame import Frame
+from framechain.ipc import free_tcp_endpoint
+from framechain.ipc.channel import IpcChannel
+from framechain.ipc.errors import ConfigError
+from framechain.plugins.live_view import LiveViewPlugin
 
 
 @pytest.fixture
@@ -169,19 +169,24 @@ def endpoint_free(addr) -> bool:
             return False
 
 
-def test_validate_acquires_nothing(live):
+def test_prepare_binds_and_abort_releases(live):
+    """prepare binds the new address (a busy one is refused there); abort gives it back, nothing changed."""
     addr = free_tcp_endpoint()
-    live.validate({"live_view_socket_addr": addr})
-    assert endpoint_free(addr)
+    change = live.prepare({"live_view_socket_addr": addr})
+    assert not endpoint_free(addr)
+    live.abort(change)
+    wait_for(lambda: endpoint_free(addr), what="the aborted socket to release its port")
+    assert live.config["live_view_socket_addr"] != addr
 
 
 def test_configure_nacked_for_another_plugin_leaves_the_endpoint_free(pipeline):
-    """The processor validates every plugin before applying any: a nack caused by the sum plugin's bad key
-    must not leave the live view's new endpoint bound (nor change its configuration)."""
+    """The processor prepares every plugin before committing any: a nack caused by the sum plugin's bad key
+    aborts the live view's prepared socket, so its new endpoint is not left bound (nor its configuration
+    changed)."""
     proc = pipeline.processor
     proc.ok("configure", {"plugin": {"load": [
-        {"index": "live", "name": "LiveViewPlugin", "library": "plugins.live_view"},
-        {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"}]}})
+        {"index": "live", "name": "LiveViewPlugin", "library": "framechain.plugins.live_view"},
+        {"index": "sum", "name": "SumPlugin", "library": "framechain.plugins.sum"}]}})
     before = proc.ok("request_configuration")["live"]
     addr = free_tcp_endpoint()
     r = proc.request("configure", {"live": {"live_view_socket_addr": addr}, "sum": {"bogus": 1}})
@@ -197,7 +202,7 @@ def test_live_view_through_the_daemons(pipeline, ctx):
     shape, n = [24, 40], 60
     addr = free_tcp_endpoint()
     pipeline.configure_receiver({"type": "simulated", "shape": shape, "frames": n, "pattern": "ramp", "rate": 200})
-    pipeline.setup_processor([("live", "LiveViewPlugin", "plugins.live_view", "frame_receiver",
+    pipeline.setup_processor([("live", "LiveViewPlugin", "framechain.plugins.live_view", "frame_receiver",
                                {"live_view_socket_addr": addr, "frame_frequency": 3})])
     sub = subscriber(ctx, addr)
     time.sleep(0.3)  # let the SUB join before the source starts (frames are not repeated)
@@ -217,12 +222,11 @@ def test_live_view_through_the_daemons(pipeline, ctx):
     assert st["frames_shown"] == len(got) and st["live_view_socket_addr"] == addr
 
 
-def test_validate_then_configure_binds_once(live, ctx):
-    """The processor validates a message before applying it: a host name address must not bind twice."""
+def test_prepare_then_commit_binds_once(live, ctx):
+    """The socket prepare binds is the one commit hands over: a host name address binds once."""
     port = free_tcp_endpoint().rsplit(":", 1)[1]
     params = {"live_view_socket_addr": f"tcp://localhost:{port}"}
-    live.validate(params)
-    live.configure(params)
+    live.commit(live.prepare(params))
     sub = subscriber(ctx, f"tcp://127.0.0.1:{port}")
     join(live, sub)
     live.process_frame(Frame(np.ones((4, 4), "u2"), 3))

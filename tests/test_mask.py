@@ -7,10 +7,10 @@ import pytest
 from calib_helpers import CAPTURE, attach, save_h5, save_npy
 from harness import wait_for
 
-from frameprocessor import Frame
-from ipc.errors import ConfigError
-from plugins.calibration import CalibrationPlugin
-from plugins.mask import MaskPlugin
+from framechain.frameprocessor import Frame
+from framechain.ipc.errors import ConfigError
+from framechain.plugins.calibration import CalibrationPlugin
+from framechain.plugins.mask import MaskPlugin
 
 H, W = 16, 20
 
@@ -177,7 +177,7 @@ def test_fill_leaves_the_frame_a_sibling_on_frame_receiver_shares_untouched(pipe
     lib = str(tmp_path / "capture.py")
     pipeline.configure_receiver({"type": "simulated", "pattern": "ramp", "shape": [H, W], "frames": n})
     pipeline.setup_processor([
-        ("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": save_npy(tmp_path / "m.npy", m),
+        ("mask", "MaskPlugin", "framechain.plugins.mask", "frame_receiver", {"mask": save_npy(tmp_path / "m.npy", m),
                                                                    "fill_value": fill}),
         ("cap", "CapturePlugin", lib, "mask", {"dir": str(out)}),
         ("rawcap", "CapturePlugin", lib, "frame_receiver", {"dir": str(out), "after": "cap"}),

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from harness import Pipeline, wait_for
 
-from ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
+from framechain.ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
 
 CHECKER = textwrap.dedent("""
     import json, time
     import numpy as np
-    from frameprocessor import FrameProcessorPlugin, Option
+    from framechain.frameprocessor import FrameProcessorPlugin, Option
 
     class RampChecker(FrameProcessorPlugin):
         \"\"\"Checks every pixel of every frame against the ramp formula (frame + index) mod 2**16.\"\"\"
@@ -69,7 +69,7 @@ def test_every_pixel_of_1000_ramp_frames_reaches_a_plugin_loaded_by_path(pipelin
     pipeline.configure_receiver({"type": "simulated", "pattern": "ramp", "shape": [96, 80], "dtype": "uint16",
                                  "frames": n}, max_buffer_mem=16 * buffer_size_for(96 * 80 * 2))
     pipeline.setup_processor([("check", "RampChecker", checker, "frame_receiver"),
-                              ("sum", "SumPlugin", "plugins.sum", "check")], copy=copy)
+                              ("sum", "SumPlugin", "framechain.plugins.sum", "check")], copy=copy)
     pipeline.start()
     rx = pipeline.wait_done()
     st = wait_for(lambda: (s := pipeline.processor.status())["sum"]["acquisitions"] == 1 and s)
@@ -112,7 +112,7 @@ def test_non_blocking_connection_counts_its_drops(pipeline, checker):
     pipeline.processor.ok("configure", {"fr_setup": {"fr_ready_cnxn": pipeline.ready,
                                                      "fr_release_cnxn": pipeline.release}})
     pipeline.processor.ok("configure", {"plugin": {
-        "load": [{"index": "fast", "name": "DummyPlugin", "library": "plugins.dummy"},
+        "load": [{"index": "fast", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                  {"index": "slow", "name": "RampChecker", "library": checker, "queue_size": 2}],
         "connect": [{"index": "fast", "connection": "frame_receiver"},
                     {"index": "slow", "connection": "fast", "blocking": False}]}, "slow": {"delay": 0.003}})
@@ -148,7 +148,7 @@ def test_hdf5_source_replays_a_file(pipeline, tmp_path):
     with h5py.File(path, "w") as f:
         f["entry/data"] = frames
     pipeline.configure_receiver({"type": "hdf5", "file": str(path), "dataset": "entry/data"})
-    pipeline.setup_processor([("sum", "SumPlugin", "plugins.sum", "frame_receiver")])
+    pipeline.setup_processor([("sum", "SumPlugin", "framechain.plugins.sum", "frame_receiver")])
     pipeline.start()
     rx = pipeline.wait_done()
     assert rx["frames"]["received"] == 25
@@ -165,7 +165,7 @@ def test_inconsistent_frame_headers_are_counted_bad_and_released(tmp_path):
     try:
         proc.ok("configure", {"fr_setup": {"fr_ready_cnxn": fake.ready, "fr_release_cnxn": fake.release,
                                            "fr_shared_mem": fake.name},
-                              "plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "plugins.dummy"},
+                              "plugin": {"load": {"index": "d", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                                          "connect": {"index": "d", "connection": "frame_receiver"}}})
         fake.wait_subscribed()  # what we publish before the processor's SUB joins is lost
         while fake.sub.poll(10):

@@ -10,14 +10,14 @@ import pytest
 import zmq
 from harness import Daemon, wait_for
 
-from ipc import IpcMessage, free_tcp_endpoint
+from framechain.ipc import IpcMessage, free_tcp_endpoint
 
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     d = Daemon("processor", [], free_tcp_endpoint(), tmp_path_factory.mktemp("fp") / "processor.log")
-    d.ok("configure", {"plugin": {"load": [{"index": "a", "name": "DummyPlugin", "library": "plugins.dummy"},
-                                           {"index": "b", "name": "SumPlugin", "library": "plugins.sum"}],
+    d.ok("configure", {"plugin": {"load": [{"index": "a", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
+                                           {"index": "b", "name": "SumPlugin", "library": "framechain.plugins.sum"}],
                                   "connect": [{"index": "b", "connection": "a"}]}})
     yield d
     assert d.stop() == 0
@@ -75,12 +75,12 @@ def _bad_plugin_file(tmp_path):
 
 @pytest.mark.parametrize("params, reason", [
     ({"nosuch": {"x": 1}}, "unknown configure key or plugin index 'nosuch'"),
-    ({"plugin": {"load": {"index": "c", "name": "Nope", "library": "plugins.nosuchmodule"}}},
-     "no plugin module 'plugins.nosuchmodule'"),
-    ({"plugin": {"load": {"index": "c", "name": "NoSuchClass", "library": "plugins.dummy"}}},
+    ({"plugin": {"load": {"index": "c", "name": "Nope", "library": "framechain.plugins.nosuchmodule"}}},
+     "no plugin module 'framechain.plugins.nosuchmodule'"),
+    ({"plugin": {"load": {"index": "c", "name": "NoSuchClass", "library": "framechain.plugins.dummy"}}},
      "has no class 'NoSuchClass'"),
     ({"plugin": {"load": {"index": "c", "name": "X", "library": "/does/not/exist.py"}}}, "does not exist"),
-    ({"plugin": {"load": {"index": "a", "name": "DummyPlugin", "library": "plugins.dummy"}}},
+    ({"plugin": {"load": {"index": "a", "name": "DummyPlugin", "library": "framechain.plugins.dummy"}}},
      "index 'a' is already loaded"),
     ({"plugin": {"connect": {"index": "zz", "connection": "a"}}}, "no plugin with index 'zz'"),
     ({"plugin": {"connect": {"index": "a", "connection": "b"}}}, "would make a cycle"),
@@ -92,7 +92,7 @@ def _bad_plugin_file(tmp_path):
     ({"fr_setup": {"fr_ready_cnxn": "nowhere"}}, "fr_ready_cnxn"),
     ({"shared_memory": {"copy": "maybe"}}, "copy must be true/false"),
     # a good load followed by a bad connect: the whole message is rolled back
-    ({"plugin": {"load": {"index": "c", "name": "DummyPlugin", "library": "plugins.dummy"},
+    ({"plugin": {"load": {"index": "c", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                  "connect": [{"index": "c", "connection": "a"}, {"index": "c", "connection": "missing"}]}},
      "no plugin with index 'missing'"),
 ])
@@ -140,7 +140,7 @@ def test_data_path_messages_on_control_channel_are_nacked(processor):
 def test_load_connect_disconnect_at_run_time(processor, tmp_path):
     plugin = tmp_path / "tagger.py"
     plugin.write_text(textwrap.dedent("""
-        from frameprocessor import FrameProcessorPlugin
+        from framechain.frameprocessor import FrameProcessorPlugin
         class Tagger(FrameProcessorPlugin):
             def process_frame(self, frame):
                 self.push(frame)
@@ -157,7 +157,7 @@ def test_load_connect_disconnect_at_run_time(processor, tmp_path):
 def test_config_file_at_start(tmp_path):
     cfg = tmp_path / "fp.json"
     cfg.write_text(json.dumps([
-        {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}},
+        {"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "framechain.plugins.sum"}}},
         {"s": {"enabled": False}},
         {"plugin": {"connect": {"index": "s", "connection": "frame_receiver"}}},
     ]))
@@ -172,9 +172,9 @@ def test_config_file_at_start(tmp_path):
 
 def test_bad_config_file_at_start_exits_2_naming_the_item(tmp_path):
     cfg = tmp_path / "bad.json"
-    cfg.write_text(json.dumps([{"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}}},
+    cfg.write_text(json.dumps([{"plugin": {"load": {"index": "s", "name": "SumPlugin", "library": "framechain.plugins.sum"}}},
                                {"s": {"enabled": 3}}]))
-    out = subprocess.run([sys.executable, "-m", "client.cli", "processor", "--ctrl", free_tcp_endpoint(),
+    out = subprocess.run([sys.executable, "-m", "framechain.client.cli", "processor", "--ctrl", free_tcp_endpoint(),
                           "--config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "item 1: The 'enabled' option of SumPlugin 's' expected true or false" in out.stderr
@@ -206,7 +206,7 @@ def test_fuzzed_commands_always_get_exactly_one_reply(processor, raw_socket, msg
 def test_execute_checks_every_command_before_running_any(tmp_path):
     plugin = tmp_path / "counter.py"
     plugin.write_text(textwrap.dedent("""
-        from frameprocessor import FrameProcessorPlugin
+        from framechain.frameprocessor import FrameProcessorPlugin
         class Counter(FrameProcessorPlugin):
             commands = ("bump",)
             def __init__(self, name):
@@ -222,7 +222,7 @@ def test_execute_checks_every_command_before_running_any(tmp_path):
     d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
     try:
         d.ok("configure", {"plugin": {"load": [{"index": "c", "name": "Counter", "library": str(plugin)},
-                                               {"index": "s", "name": "SumPlugin", "library": "plugins.sum"}]}})
+                                               {"index": "s", "name": "SumPlugin", "library": "framechain.plugins.sum"}]}})
         reply = d.request("execute", {"c": {"command": "bump"}, "s": {"command": "bump"}})
         assert reply.msg_type == "nack" and "SumPlugin 's' has no command 'bump'" in reply.error
         assert d.status()["c"]["bumps"] == 0  # nothing ran
@@ -244,40 +244,75 @@ def test_switch_interval_is_applied_in_the_daemon_and_reported(tmp_path, process
 
 @pytest.mark.parametrize("value, why", [("0", "0 ms is outside 0.01..100 ms"), ("fast", "'fast' is not a number")])
 def test_bad_switch_interval_exits_2_saying_why(value, why):
-    out = subprocess.run([sys.executable, "-m", "client.cli", "processor", "--ctrl", free_tcp_endpoint(),
+    out = subprocess.run([sys.executable, "-m", "framechain.client.cli", "processor", "--ctrl", free_tcp_endpoint(),
                           "--switch-interval-ms", value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert why in out.stderr
 
 
-def test_configure_validates_each_plugin_once_then_applies_what_validate_returned(tmp_path):
-    """The controller checks every plugin before changing any and then applies those checked values:
-    a plugin's (possibly costly: files, sessions) validate runs once per configure, not twice."""
+def test_configure_prepares_each_plugin_once_then_commits_what_prepare_returned(tmp_path):
+    """The controller prepares every plugin before changing any and then commits those prepared changes:
+    a plugin's (possibly costly: files, sessions) prepare runs once per configure, not twice."""
     plugin = tmp_path / "counting.py"
     plugin.write_text(textwrap.dedent("""
-        from frameprocessor import FrameProcessorPlugin, Option
+        from framechain.frameprocessor import FrameProcessorPlugin, Option
         class Counting(FrameProcessorPlugin):
             options = {"level": Option(int, 0, "a number")}
             def __init__(self, name):
                 super().__init__(name)
-                self.validations = 0
-                self.applied = []
-            def validate(self, params):
-                self.validations += 1
-                return {k: v * 10 for k, v in super().validate(params).items()}
-            def apply(self, values):
-                self.applied.append(values)
-                super().apply(values)
+                self.prepared = 0
+                self.committed = []
+                self.aborted = []
+            def prepare(self, params):
+                self.prepared += 1
+                return {k: v * 10 for k, v in super().prepare(params).items()}
+            def commit(self, change):
+                self.committed.append(change)
+                super().commit(change)
+            def abort(self, change):
+                self.aborted.append(change)
             def process_frame(self, frame):
                 self.push(frame)
             def status(self):
-                return {"validations": self.validations, "applied": self.applied}
+                return {"prepared": self.prepared, "committed": self.committed, "aborted": self.aborted}
     """))
     d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
     try:
         d.ok("configure", {"plugin": {"load": {"index": "v", "name": "Counting", "library": str(plugin)}}})
         d.ok("configure", {"v": {"level": 4}})
         st = d.status()["v"]
-        assert st["validations"] == 1 and st["applied"] == [{"level": 40}]
+        assert st["prepared"] == 1 and st["committed"] == [{"level": 40}] and st["aborted"] == []
+        # a later part of the message fails to prepare: this plugin's prepared change is aborted, not committed
+        reply = d.request("configure", {"v": {"level": 5}, "fr_setup": {"fr_ready_cnxn": "tcp://127.0.0.1:1",
+                                                                        "fr_release_cnxn": "nonsense"}})
+        assert reply.msg_type == "nack" and "fr_release_cnxn" in reply.params["error"]
+        reply = d.request("configure", {"v": {"level": 6}, "plugin": {"connect": {"index": "v",
+                                                                                   "connection": "nothere"}}})
+        assert reply.msg_type == "nack" and "nothere" in reply.params["error"]
+        st = d.status()["v"]
+        assert st["committed"] == [{"level": 40}] and st["aborted"] == [{"level": 60}]
+        assert d.ok("request_configuration")["v"] == {"level": 40}
     finally:
         d.stop()
+
+
+def test_nacked_configure_changes_no_plugin(tmp_path):
+    """{"sum": {"enabled": false}, "live": {<a port in use>}} is nacked and leaves sum enabled
+    (a nacked configure used to leave the parts before the failing one applied)."""
+    busy = zmq.Context.instance().socket(zmq.PUB)
+    busy.setsockopt(zmq.LINGER, 0)
+    port = busy.bind_to_random_port("tcp://127.0.0.1")
+    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        d.ok("configure", {"plugin": {"load": [{"index": "sum", "name": "SumPlugin", "library": "sum"},
+                                               {"index": "live", "name": "LiveViewPlugin", "library": "live_view"}]},
+                           "live": {"live_view_socket_addr": "tcp://127.0.0.1:0"}})
+        before = d.ok("request_configuration")
+        reply = d.request("configure", {"sum": {"enabled": False},
+                                        "live": {"live_view_socket_addr": f"tcp://127.0.0.1:{port}"}})
+        assert reply.msg_type == "nack" and f"127.0.0.1:{port}" in reply.params["error"]
+        after = d.ok("request_configuration")
+        assert after == before and after["sum"]["enabled"] is True
+    finally:
+        d.stop()
+        busy.close()

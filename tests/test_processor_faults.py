@@ -6,11 +6,11 @@ import textwrap
 
 from harness import Daemon, FakeReceiver, Pipeline, wait_for
 
-from ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
+from framechain.ipc import FrameHeader, buffer_size_for, free_tcp_endpoint
 
 SLOW = textwrap.dedent("""
     import time
-    from frameprocessor import FrameProcessorPlugin, Option
+    from framechain.frameprocessor import FrameProcessorPlugin, Option
     class Slow(FrameProcessorPlugin):
         options = {"delay": Option(float, 0.01, "seconds per frame")}
         def process_frame(self, frame):
@@ -41,7 +41,7 @@ def test_fr_setup_refused_while_zero_copy_frames_are_held(tmp_path):
 
 def test_fr_setup_with_a_bad_endpoint_changes_nothing(pipeline):
     pipeline.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": 50})
-    pipeline.setup_processor([("d", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("d", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     before = pipeline.processor.ok("request_configuration")
     reply = pipeline.processor.request("configure", {"fr_setup": {"fr_ready_cnxn": "tcp://no such host:5",
                                                                   "fr_release_cnxn": pipeline.release}})
@@ -55,7 +55,7 @@ def test_fr_setup_with_a_bad_endpoint_changes_nothing(pipeline):
 
 def test_processor_follows_a_segment_rebuilt_under_the_same_name(pipeline):
     pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 30})
-    pipeline.setup_processor([("d", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("d", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     pipeline.start()
     pipeline.wait_done()
     pipeline.configure_receiver({"type": "simulated", "shape": [64, 64], "frames": 30})  # same name, bigger

@@ -7,7 +7,7 @@ import signal
 import pytest
 from harness import Daemon, Pipeline, unique_shm_name, wait_for
 
-from ipc import IpcMessage, free_tcp_endpoint
+from framechain.ipc import IpcMessage, free_tcp_endpoint
 
 
 def _receiver(tmp_path, name="receiver"):
@@ -143,7 +143,7 @@ def test_default_pool_shrinks_to_fit_memory(receiver):
 def test_buffers_orphaned_by_a_killed_processor_are_reclaimed(tmp_path):
     with Pipeline(tmp_path) as p:
         p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 0, "rate": 2000})
-        p.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")], copy=False)
+        p.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")], copy=False)
         p.start()
         wait_for(lambda: p.plugin_status("dummy")["frames_processed"] > 20, what="frames to flow")
         os.kill(p.processor.proc.pid, signal.SIGKILL)  # dies holding buffers it mapped (zero-copy)

@@ -15,11 +15,11 @@ import pytest
 
 from _clients import REPO, RestServer, http, speckle_stack
 from harness import Daemon, Pipeline, wait_for
-from client import rest
-from client._monitor import parse_endpoints
-from client._png import colorize, downsample
-from client.rest_adapter import FramechainController
-from ipc import free_tcp_endpoint
+from framechain.client import rest
+from framechain.client._monitor import parse_endpoints
+from framechain.client._png import colorize, downsample
+from framechain.client.rest_adapter import FramechainController
+from framechain.ipc import free_tcp_endpoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,7 @@ def stack(tmp_path_factory):
     server = None
     try:
         pipe.configure_receiver({"type": "simulated", "shape": [32, 32], "frames": 400, "rate": 200})
-        pipe.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+        pipe.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
         endpoints = f"fr:{pipe.receiver.ctrl}, fp:{pipe.processor.ctrl}, fp:{dead}"
         server = RestServer(tmp, endpoints, "none", "none")
         yield pipe, server
@@ -103,11 +103,11 @@ def test_unknown_get_paths_are_404_json(stack, path):
 def test_configure_load_connect_and_configure_a_plugin(stack):
     pipe, server = stack
     # to every processor: fp0 acks, the dead fp1 times out fast -> 503 with both replies
-    code, r = server.put("config/plugin/load", {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"})
+    code, r = server.put("config/plugin/load", {"index": "sum", "name": "SumPlugin", "library": "framechain.plugins.sum"})
     assert code == 503, r
     assert r["replies"]["fp0"]["msg_type"] == "ack" and r["replies"]["fp1"]["msg_type"] == "timeout"
     assert "fp0" not in r["error"] and "fp1" in r["error"]
-    assert r["params"] == {"plugin": {"load": {"index": "sum", "name": "SumPlugin", "library": "plugins.sum"}}}
+    assert r["params"] == {"plugin": {"load": {"index": "sum", "name": "SumPlugin", "library": "framechain.plugins.sum"}}}
     # rank 0 only (rank 1 is the dead endpoint)
     code, r = server.put("config/plugin/connect?rank=0", {"index": "sum", "connection": "dummy"})
     assert code == 200 and list(r["replies"]) == ["fp0"], r
@@ -170,7 +170,7 @@ def test_unknown_put_paths_and_methods(stack):
     assert code == 404 and "unknown daemon 'fr3'" in r["error"], r
     # ... unless a plugin of that index is loaded: then it is the plugin
     code, r = server.put("config/plugin/load?rank=0", {"index": "fp5", "name": "DummyPlugin",
-                                                        "library": "plugins.dummy"})
+                                                        "library": "framechain.plugins.dummy"})
     assert code == 200, r
     wait_for(lambda: "fp5" in server.get("status/fp0/status/plugins/names")[1]["value"], timeout=10,
              what="plugin fp5 in the status")
@@ -229,7 +229,7 @@ def test_killed_daemon_is_disconnected_within_2s_and_requests_fail_fast(tmp_path
         server = RestServer(tmp_path, f"fp:{proc.ctrl}", "none", "none")
         wait_for(lambda: connected(server, "fp0"), timeout=10, what="fp0 connected")
         code, r = server.put("config/fp0/plugin/load", {"index": "dummy", "name": "DummyPlugin",
-                                                         "library": "plugins.dummy"})
+                                                         "library": "framechain.plugins.dummy"})
         assert code == 200, r
         wait_for(lambda: server.get("status/fp0/status/plugins/names")[1] == {"value": ["dummy"]}, timeout=10,
                  what="the plugin in the polled status")
@@ -274,8 +274,8 @@ def test_rest_command_config_errors_exit_2(tmp_path, capsys):
     assert "adapters" in capsys.readouterr().err
     bad = tmp_path / "bad.cfg"
     bad.write_text("[server]\nadapters = framechain\n[adapter.framechain]\n"
-                   "module = client.rest_adapter.FramechainAdapter\nendpoints = nonsense\n")
-    proc = subprocess.run([sys.executable, "-m", "client.rest", "--config", str(bad), "--port", "0"],
+                   "module = framechain.client.rest_adapter.FramechainAdapter\nendpoints = nonsense\n")
+    proc = subprocess.run([sys.executable, "-m", "framechain.client.rest", "--config", str(bad), "--port", "0"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "nonsense" in proc.stderr

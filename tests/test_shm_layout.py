@@ -10,8 +10,8 @@ import posix_ipc
 import pytest
 from harness import unique_shm_name
 
-from framereceiver.controller import ReceiverController
-from ipc import FRAME_HEADER, FrameHeader, IpcMessage, SharedBuffer, ShmError, buffer_size_for
+from framechain.framereceiver.controller import ReceiverController
+from framechain.ipc import FRAME_HEADER, FrameHeader, IpcMessage, SharedBuffer, ShmError, buffer_size_for
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from framereceiver.sources import make_source, speckle_g2
+from framechain.framereceiver.sources import make_source, speckle_g2
 
 
 @pytest.mark.parametrize("dtype, modulus", [("uint8", 256), ("uint16", 65536), ("uint32", 2**32),

@@ -20,17 +20,17 @@ import numpy as np
 import pytest
 
 from _clients import REPO
-from client import tui
-from client._monitor import Monitor, parse_endpoints
-from client._tui.app import App
-from client._tui.form import KEY_BACKSPACE, KEY_RIGHT, Field, Form
+from framechain.client import tui
+from framechain.client._monitor import Monitor, parse_endpoints
+from framechain.client._tui.app import App
+from framechain.client._tui.form import KEY_BACKSPACE, KEY_RIGHT, Field, Form
 from harness import wait_for
-from ipc import free_tcp_endpoint
+from framechain.ipc import free_tcp_endpoint
 
 pytestmark = pytest.mark.timeout(120)
 
 DOWN, UP, ENTER, TAB, ESC, CTRL_U = "Down", "Up", "Enter", "Tab", "Escape", "C-u"
-HDF = ("hdf", "FileWriterPlugin", "plugins.hdf5_writer")
+HDF = ("hdf", "FileWriterPlugin", "framechain.plugins.hdf5_writer")
 _ids = itertools.count()
 
 
@@ -39,7 +39,7 @@ class Tui:
 
     def __init__(self, args: list[str], rows: int = 24, cols: int = 80) -> None:
         self.socket = f"fctui_{os.getpid()}_{next(_ids)}"
-        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "client.tui", "--interval", "0.2", *args])
+        cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "framechain.client.tui", "--interval", "0.2", *args])
         shell = f"cd {shlex.quote(str(REPO))} && {cmd}; echo TUI-EXIT=$?; sleep 60"
         self._tmux("new-session", "-d", "-x", str(cols), "-y", str(rows), shell)
 
@@ -111,7 +111,7 @@ def received(tui: Tui, daemon: str = "fp0") -> int:
 
 def test_live_counters_and_dead_endpoint_within_2s(pipeline, tui_for):
     pipeline.configure_receiver({"type": "simulated", "shape": [32, 32], "frames": 100000, "rate": 200})
-    pipeline.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     dead = free_tcp_endpoint()
     tui = tui_for("--processor", dead)
     tui.wait(r"framechain tui")                     # running (first draw: every daemon CONNECTING)
@@ -133,11 +133,11 @@ def test_live_counters_and_dead_endpoint_within_2s(pipeline, tui_for):
 
 def test_load_and_connect_a_plugin_through_the_menus(pipeline, tui_for):
     pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 50})
-    pipeline.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     tui = tui_for()
     tui.wait(r"dummy +0/64")
-    tui.menu(0)                                     # Load plugin, prefilled with sum / SumPlugin / plugins.sum
-    tui.wait(r"Load plugin.*\n(.*\n)*  module path or \.py file: plugins\.sum")
+    tui.menu(0)                                     # Load plugin, prefilled with sum / SumPlugin / sum
+    tui.wait(r"Load plugin.*\n(.*\n)*  plugin name, module path or \.py file: sum")
     tui.keys(ENTER)
     tui.wait(r"fp0 configure ack")
     tui.menu(1)                                     # Connect plugin: daemon, index, connection, blocking
@@ -189,7 +189,7 @@ def test_start_stop_writing_and_json_form(pipeline, tui_for, tmp_path):
 
 def test_nack_shown_resize_and_help(pipeline, tui_for):
     pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
-    pipeline.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     tui = tui_for()
     tui.wait(r"dummy +0/64")
     tui.menu(3)                                     # Configure plugin with a key dummy does not have
@@ -251,12 +251,12 @@ def test_attaches_to_the_daemons_of_a_framechain_run_config(tmp_path):
     eps = {k: free_tcp_endpoint() for k in ("receiver", "ready", "release", "processor")}
     cfg = {"endpoints": eps,
            "receiver": {"source": {"type": "simulated", "shape": [16, 16], "frames": 1000000, "rate": 100}},
-           "processor": [{"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "plugins.dummy"},
+           "processor": [{"plugin": {"load": {"index": "dummy", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                                      "connect": {"index": "dummy", "connection": "frame_receiver"}}}]}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
     run_log = open(tmp_path / "run.log", "w")
-    run = subprocess.Popen([sys.executable, "-m", "client.cli", "run", str(path), "--no-progress", "--timeout", "90",
+    run = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "run", str(path), "--no-progress", "--timeout", "90",
                             "--log-dir", str(tmp_path / "logs")], cwd=REPO, stdout=run_log, stderr=subprocess.STDOUT)
     t = None
     try:
@@ -284,7 +284,7 @@ def test_attaches_to_the_daemons_of_a_framechain_run_config(tmp_path):
 
 def test_killed_daemon_shown_disconnected_within_2s_and_requests_fail_fast(pipeline, tui_for):
     pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
-    pipeline.setup_processor([("dummy", "DummyPlugin", "plugins.dummy", "frame_receiver")])
+    pipeline.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
     tui = tui_for()
     tui.wait(r"fp0 processor \S+ +CONNECTED")
     tui.wait(r"dummy +0/64")
@@ -303,7 +303,7 @@ def test_plugin_table_sums_every_drop_counter(pipeline, tui_for, tmp_path):
     mask = tmp_path / "mask.npy"
     np.save(mask, np.ones((8, 8), dtype=bool))      # frames are 16x16: every frame has the wrong shape
     pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
-    pipeline.setup_processor([("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)})])
+    pipeline.setup_processor([("mask", "MaskPlugin", "framechain.plugins.mask", "frame_receiver", {"mask": str(mask)})])
     pipeline.start()
     pipeline.wait_done()
     assert pipeline.plugin_status("mask")["frames_wrong_shape"] == 10

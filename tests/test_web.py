@@ -49,8 +49,8 @@ def stack(tmp_path):
     mask = tmp_path / "mask.npy"
     np.save(mask, np.ones((8, 8), dtype=bool))     # frames are 64x64: the mask plugin drops every one
     with speckle_stack(tmp_path, [64, 64], live_per_second=4,
-                       before=[("mask", "MaskPlugin", "plugins.mask", "frame_receiver", {"mask": str(mask)})],
-                       after=[("hdf", "FileWriterPlugin", "plugins.hdf5_writer", "xpcs",
+                       before=[("mask", "MaskPlugin", "framechain.plugins.mask", "frame_receiver", {"mask": str(mask)})],
+                       after=[("hdf", "FileWriterPlugin", "framechain.plugins.hdf5_writer", "xpcs",
                                {"file": {"path": str(out), "prefix": "web"},
                                 "dataset": {"data": {"datatype": "uint16", "dims": [64, 64]}}})]) as (pipe, server):
         yield pipe, server, out

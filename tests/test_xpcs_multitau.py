@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from framereceiver.sources import SimulatedSource, speckle_g2
-from plugins._xpcs import (MultitauCorrelator, PixelLayout, fit_g2, levels_for_frames, multitau_batch,
+from framechain.framereceiver.sources import SimulatedSource, speckle_g2
+from framechain.plugins._xpcs import (MultitauCorrelator, PixelLayout, fit_g2, levels_for_frames, multitau_batch,
                            multitau_lags)
-from plugins._xpcs.aps import aps_g2
-from plugins._xpcs.twotime import TwoTimeAccumulator
+from framechain.plugins._xpcs.aps import aps_g2
+from framechain.plugins._xpcs.twotime import TwoTimeAccumulator
 
 RTOL = 1e-9
 
@@ -323,7 +323,7 @@ def test_aps_g2_err_leaves_out_pixels_that_never_saw_a_photon():
 
 
 def test_segment_sums_stay_bounded_and_exact_on_block_edges():
-    from plugins._xpcs.averages import TimeAverages
+    from framechain.plugins._xpcs.averages import TimeAverages
     rng = np.random.default_rng(5)
     static = rng.integers(1, 4, (6, 7))
     lay = PixelLayout(static)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import zmq
 
-from frameprocessor import EndOfAcquisition, Frame
+from framechain.frameprocessor import EndOfAcquisition, Frame
 from harness import wait_for
-from ipc import free_tcp_endpoint
-from ipc.errors import ConfigError
-from plugins._xpcs import MultitauCorrelator, PixelLayout
-from plugins.xpcs import XpcsCorrelatorPlugin
+from framechain.ipc import free_tcp_endpoint
+from framechain.ipc.errors import ConfigError
+from framechain.plugins._xpcs import MultitauCorrelator, PixelLayout
+from framechain.plugins.xpcs import XpcsCorrelatorPlugin
 
 
 def make_plugin(**cfg) -> XpcsCorrelatorPlugin:
@@ -360,7 +360,7 @@ def test_speckle_through_receiver_and_processor(pipeline, tmp_path):
     pipeline.configure_receiver({"type": "simulated", "pattern": "speckle", "shape": [32, 32], "frames": 3000,
                                  "dtype": "uint16", "correlation_time": 10.0, "contrast": 0.3, "seed": 3,
                                  "acquisition_id": "speckle1"})
-    pipeline.setup_processor([("xpcs", "XpcsCorrelatorPlugin", "plugins.xpcs", "frame_receiver",
+    pipeline.setup_processor([("xpcs", "XpcsCorrelatorPlugin", "framechain.plugins.xpcs", "frame_receiver",
                                {"num_bufs": 8, "expected_frames": 3000, "frame_time": 0.001,
                                 "output": str(out), "update_every": 500})])
     reply = pipeline.processor.request("configure", {"xpcs": {"num_bufs": 7}})
@@ -421,8 +421,8 @@ def test_twotime_matrices_count_in_max_memory_at_run_start():
 MEMORY_ERROR_AT_END = r"""
 import json, resource, sys
 import numpy as np
-from frameprocessor import EndOfAcquisition, Frame
-from plugins.xpcs import XpcsCorrelatorPlugin
+from framechain.frameprocessor import EndOfAcquisition, Frame
+from framechain.plugins.xpcs import XpcsCorrelatorPlugin
 labels = np.repeat(np.arange(1, 33), 2).reshape(8, 8)
 np.save(sys.argv[2], labels)
 p = XpcsCorrelatorPlugin("xpcs")
@@ -476,7 +476,7 @@ def test_rejections_are_logged_once_per_cause_and_counted(caplog):
 
 
 def test_a_refused_run_is_not_rebuilt_for_every_frame(monkeypatch):
-    import plugins.xpcs as xpcs
+    import framechain.plugins.xpcs as xpcs
     built = []
 
     class CountingRun(xpcs._Run):
@@ -501,13 +501,12 @@ def test_a_refused_run_is_not_rebuilt_for_every_frame(monkeypatch):
 
 
 def test_qmap_is_read_once_per_configure_and_only_when_named(monkeypatch, qmap_npy):
-    import plugins.xpcs as xpcs
+    import framechain.plugins.xpcs as xpcs
     reads = []
     real_load = xpcs.load_qmap
     monkeypatch.setattr(xpcs, "load_qmap", lambda path: reads.append(path) or real_load(path))
     p = XpcsCorrelatorPlugin("xpcs")
-    p.validate({"qmap": qmap_npy[0]})                         # as the controller does: validate, then configure
-    p.configure({"qmap": qmap_npy[0]})
+    p.commit(p.prepare({"qmap": qmap_npy[0]}))               # as the controller does: prepare, then commit
     assert reads == [qmap_npy[0]] and p._qmap is not None
     qmap = p._qmap
     p.configure({"update_every": 5, "twotime": True})         # other keys: no file read, the same map

@@ -73,7 +73,7 @@ def load_plugin(app: Sender) -> Form:
                  {"plugin": {"load": {"index": v["index"], "name": v["name"], "library": v["library"]}}})
     return Form("Load plugin", [_daemon_field(app, "processor"), Field("index", "index", "sum"),
                                 Field("name", "class name", "SumPlugin"),
-                                Field("library", "module path or .py file", "plugins.sum")], submit)
+                                Field("library", "plugin name, module path or .py file", "sum")], submit)
 
 
 def connect_plugin(app: Sender) -> Form:

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ipc.errors import IpcTimeout
+from framechain.ipc.errors import IpcTimeout
 
 from .._monitor import DaemonLink, Monitor
 from .actions import ACTIONS

@@ -1,7 +1,7 @@
 """A complete framechain plugin: tags each frame with its number of bright pixels."""
 import numpy as np
 
-from frameprocessor import Frame, FrameProcessorPlugin, Option
+from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
 
 
 class BrightPixelPlugin(FrameProcessorPlugin):

@@ -13,7 +13,7 @@ import re
 import h5py
 import numpy as np
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 __all__ = ["ArraySpec", "parse_spec", "load_array", "check_finite", "check_integral"]
 

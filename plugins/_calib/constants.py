@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 from .arrayfile import check_finite, check_integral, load_array
 from .settings import CommonModeSettings, PhotonizeSettings, parse_common_mode, parse_photonize

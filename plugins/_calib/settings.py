@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 __all__ = ["CommonModeSettings", "PhotonizeSettings", "OUTPUT_DTYPES", "parse_common_mode", "parse_photonize"]
 

@@ -1,4 +1,4 @@
-"""Internals of the HDF5 file writer plugin (``plugins.hdf5_writer``).
+"""Internals of the HDF5 file writer plugin (``framechain.plugins.hdf5_writer``).
 
 Modules: ``codecs`` (chunk compressors matching the HDF5 filters),
 ``config`` (validated writer configuration), ``distribution`` (odin-data's

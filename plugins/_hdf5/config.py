@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ipc.errors import ConfigError
+from framechain.ipc.errors import ConfigError
 
 from .codecs import BLOSC_COMPRESSORS, COMPRESSIONS
 from .distribution import Distribution

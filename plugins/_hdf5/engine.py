@@ -8,7 +8,7 @@ thread, which takes results in order and writes them with
 the same FIFO so they are ordered with the frames. The writer thread also
 runs the flush timer, ``close_file_timeout`` and the duration watchdog.
 
-Logger ``plugins.hdf5_writer.engine``.
+Logger ``framechain.plugins.hdf5_writer.engine``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from frameprocessor import Frame
+from framechain.frameprocessor import Frame
 
 from .codecs import Codec
 from .config import DatasetSpec
@@ -32,7 +32,7 @@ from .session import Session, file_name
 
 __all__ = ["Job", "WriterEngine"]
 
-log = logging.getLogger("plugins.hdf5_writer.engine")
+log = logging.getLogger(__name__)
 _STOP = object()
 _TIMINGS = ("create", "write", "flush", "close")
 

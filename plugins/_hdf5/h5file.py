@@ -29,7 +29,7 @@ from .config import DatasetSpec
 
 __all__ = ["H5File", "DETECTOR"]
 
-log = logging.getLogger("plugins.hdf5_writer.file")
+log = logging.getLogger(__name__)
 DETECTOR = "/entry/instrument/detector"
 _GROW = 1024
 
