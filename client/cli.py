@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from framechain import __version__
+
 from . import ctl, rest, tui
 
 __all__ = ["main"]
@@ -33,6 +35,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framechain", description="Detector frame receiver/processor toolkit.")
+    parser.add_argument("--version", action="version", version=f"framechain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("receiver", "run the frame receiver daemon"),
                            ("processor", "run the frame processor daemon")):

@@ -60,11 +60,12 @@ def stop_process(proc: subprocess.Popen, grace: float, terminate: bool = False) 
 class Daemon:
     """One daemon subprocess plus a control client."""
 
-    def __init__(self, kind: str, args: list[str], ctrl: str, log_path: Path) -> None:
+    def __init__(self, kind: str, args: list[str], ctrl: str, log_path: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.kind, self.ctrl, self.log_path = kind, ctrl, log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         self.client = IpcClient(ctrl, timeout=10)
         wait_for(self._answers, timeout=20, what=f"{kind} to answer on {ctrl}")
 
