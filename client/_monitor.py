@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from framechain.ipc.channel import endpoint_problem
 from framechain.ipc.client import IpcClient
 from framechain.ipc.errors import IpcTimeout
 from framechain.ipc.message import IpcMessage
@@ -66,7 +67,7 @@ def parse_endpoints(items: str | Iterable[str]) -> list[EndpointSpec]:
     specs = []
     for item in items:
         kind, sep, endpoint = item.strip().partition(":")
-        if not sep or kind not in KINDS or "://" not in endpoint:
+        if not sep or kind not in KINDS or endpoint_problem(endpoint):
             raise ValueError(f"endpoint item {item!r} must look like 'fr:tcp://127.0.0.1:5000' or "
                              f"'fp:tcp://127.0.0.1:5004' (kind fr/receiver or fp/processor, then the control endpoint)")
         kind = KINDS[kind]

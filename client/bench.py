@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     figures: list[Figure] = []
     for name in names:
-        module = importlib.import_module(f"benchmarks.{name}")
+        module = importlib.import_module(f"framechain.benchmarks.{name}")
         if not args.json:
             print(f"running {name} ...", file=sys.stderr, flush=True)
         figures.extend(module.run(quick=args.quick))

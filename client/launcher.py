@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from framechain.ipc.channel import free_tcp_endpoint
+from framechain.ipc.channel import endpoint_problem, free_tcp_endpoint
 from framechain.ipc.client import IpcClient
 from framechain.ipc.errors import FramechainError, IpcTimeout, ShmError
 from framechain.ipc.message import IpcMessage
@@ -228,7 +228,7 @@ def load_config(path: str) -> dict[str, Any]:
         raise LaunchError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
     eps = cfg.get("endpoints", {})
     if not isinstance(eps, dict) or set(eps) - set(ENDPOINT_KEYS) or not all(
-            isinstance(v, str) and "://" in v for v in eps.values()):
+            endpoint_problem(v) is None for v in eps.values()):
         raise LaunchError(f"{path}: 'endpoints' must map some of {list(ENDPOINT_KEYS)} to ZeroMQ endpoints "
                           "like tcp://127.0.0.1:5000")
     return cfg

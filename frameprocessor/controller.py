@@ -20,6 +20,8 @@ import zmq
 
 from framechain import __version__ as VERSION
 
+from framechain.ipc.channel import endpoint_problem
+from framechain.ipc.control import ControlHandler
 from framechain.ipc.errors import ConfigError, FramechainError, PluginError
 from framechain.ipc.message import IpcMessage
 
@@ -43,8 +45,10 @@ def _as_list(value: Any, what: str) -> list[dict[str, Any]]:
     return items
 
 
-class ProcessorController:
+class ProcessorController(ControlHandler):
     """The processor's control logic."""
+
+    role = "processor"
 
     def __init__(self, context: zmq.Context | None = None, max_pool_memory: int = 2 << 30) -> None:
         self.context = context or zmq.Context.instance()
@@ -57,26 +61,6 @@ class ProcessorController:
         self.started = time.time()
         self.shutdown_requested = False
         self.on_shm_change: Callable[[], None] = lambda: None
-
-    # -- dispatch ------------------------------------------------------------
-    def handle(self, msg: IpcMessage) -> IpcMessage:
-        """Reply to one control message; never raises for a bad request."""
-        if msg.msg_type != "cmd":
-            return msg.nack(f"the processor's control channel takes 'cmd' messages, not '{msg.msg_type}'")
-        handler = getattr(self, f"_on_{msg.msg_val}", None)
-        if handler is None:
-            return msg.nack(f"the processor does not handle '{msg.msg_val}' on its control channel; "
-                            "it handles: " + ", ".join(sorted(self.handled())))
-        try:
-            return msg.ack(handler(msg.params))
-        except FramechainError as err:
-            return msg.nack(str(err))
-        except (Exception, SystemExit) as err:  # a bug, or a plugin calling sys.exit: still a reply
-            log.exception("'%s' failed", msg.msg_val)
-            return msg.nack(f"internal error while handling '{msg.msg_val}': {type(err).__name__}: {err}")
-
-    def handled(self) -> list[str]:
-        return [n[4:] for n in dir(self) if n.startswith("_on_")]
 
     # -- simple requests ---------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,16 +108,13 @@ class ProcessorController:
         if not params:
             raise ConfigError("execute needs {<index>: {\"command\": ...}}")
         plan = []
-        for index, spec in params.items():
+        for index, spec in params.items():  # check every command before running any
             worker = self.chain.get(index)
             if not isinstance(spec, dict) or not isinstance(spec.get("command"), str):
                 raise ConfigError(f"execute for {index!r} needs {{\"command\": <name>}}; got {spec!r}", index)
             plugin = worker.plugin
-            if spec["command"] not in plugin.commands:  # check every command before running any
-                known = ", ".join(plugin.commands) or "none"
-                raise ConfigError(f"{plugin.owner} has no command {spec['command']!r}; its commands: {known}",
-                                  "command")
-            plan.append((plugin, spec["command"], {k: v for k, v in spec.items() if k != "command"}))
+            args = plugin.check_command(spec["command"], {k: v for k, v in spec.items() if k != "command"})
+            plan.append((plugin, spec["command"], args))
         for plugin, command, args in plan:
             plugin.execute(command, args)
         return {}
@@ -209,9 +190,9 @@ class ProcessorController:
             raise ConfigError(f"unknown fr_setup key(s) {sorted(unknown)}; known: {sorted(_FR_SETUP_KEYS)}", "fr_setup")
         for key in ("fr_ready_cnxn", "fr_release_cnxn"):
             ep = value.get(key)
-            if not isinstance(ep, str) or "://" not in ep:
-                raise ConfigError(f"fr_setup needs {key} as a ZeroMQ endpoint like tcp://127.0.0.1:5001, "
-                                  f"got {ep!r}", key)
+            problem = endpoint_problem(ep, "tcp://127.0.0.1:5001")
+            if problem:
+                raise ConfigError(f"fr_setup {key} {problem}, got {ep!r}", key)
         if "fr_shared_mem" in value and not isinstance(value["fr_shared_mem"], str):
             raise ConfigError("fr_setup fr_shared_mem must be a string (the shared buffer name)", "fr_shared_mem")
         if self.shm is not None and self.shm.busy:

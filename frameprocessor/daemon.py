@@ -1,14 +1,12 @@
 """The frame processor daemon: one control thread owning every socket.
 
-Loggers: ``frameprocessor.*``. Run with ``framechain processor``.
+Loggers: ``framechain.frameprocessor.*``. Run with ``framechain processor``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
 import time
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import zmq
 
 from framechain.ipc.channel import IpcChannel
-from framechain.ipc.errors import FramechainError
+from framechain.ipc.control import run_daemon
 from framechain.ipc.message import IpcMessage
 
 from .controller import ProcessorController
@@ -45,6 +43,7 @@ class FrameProcessorDaemon:
         self._registered: tuple[Any, ...] = ()
         self.controller.on_shm_change = self._reregister
         self.stop_requested = False
+        self._closed_chain = False
         self.internal_errors = 0
         log.info("frame processor control on %s", self.ctrl.endpoint)
 
@@ -66,17 +65,6 @@ class FrameProcessorDaemon:
             for s in want:
                 self.poller.register(s, zmq.POLLIN)
             self._registered = want
-
-    def apply_config_file(self, path: str) -> None:
-        """Apply a JSON list of configure params in order; raise on the first nack."""
-        with open(path) as fh:
-            items = json.load(fh)
-        if isinstance(items, dict):
-            items = [items]
-        for i, params in enumerate(items):
-            reply = self.controller.handle(IpcMessage("cmd", "configure", params))
-            if reply.msg_type == "nack":
-                raise FramechainError(f"{path} item {i}: {reply.error}")
 
     def handle(self, msg: IpcMessage) -> IpcMessage:
         """Reply to one control message; a shutdown drains the chain before it is acknowledged."""
@@ -134,9 +122,14 @@ class FrameProcessorDaemon:
         if shm is not None:
             shm.discard_pending()  # announced but never taken: give the buffers back, counted
         self.controller.close()
+        self._closed_chain = True
         log.info("frame processor stopped")
 
     def close(self) -> None:
+        """Close the control socket (and the chain, if ``shutdown`` did not run: a refused --config)."""
+        if not self._closed_chain:
+            self.controller.close()
+            self._closed_chain = True
         self.ctrl.close()
 
 
@@ -161,28 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval((round(args.switch_interval_ms * 1000) + 0.5) / 1e6)  # CPython truncates to whole µs
-    try:
-        daemon = FrameProcessorDaemon(args.ctrl)
-    except FramechainError as err:
-        log.error("%s", err)
-        return 2
-    try:
-        if args.config:
-            daemon.apply_config_file(args.config)
-    except (OSError, ValueError, FramechainError) as err:
-        log.error("bad --config: %s", err)
-        daemon.controller.close()
-        daemon.close()
-        return 2
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        daemon.stop_requested = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    daemon.run()
-    daemon.close()
-    return 0
+    return run_daemon("frame processor", lambda: FrameProcessorDaemon(args.ctrl), args.config)
 
 
 if __name__ == "__main__":

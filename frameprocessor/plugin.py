@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Protocol
 from framechain.ipc.errors import ConfigError
 
 from .frame import EndOfAcquisition, Frame
-from .options import Option, validate_options
+from framechain.ipc.options import Option, validate_options
 
 __all__ = ["FrameProcessorPlugin", "FrameSink", "Option"]
 
@@ -52,8 +52,9 @@ class FrameProcessorPlugin:
     ----------------
     options : dict[str, Option]
         Every configuration key with its type, default and help.
-    commands : tuple[str, ...]
-        Commands accepted by ``execute``.
+    commands : dict[str, dict[str, Option]]
+        Commands accepted by ``execute``, each with its declared parameters (a tuple of
+        names is accepted too: parameters then reach ``execute`` unchecked).
     version : str
         Reported by ``request_version``.
 
@@ -68,7 +69,7 @@ class FrameProcessorPlugin:
     """
 
     options: ClassVar[dict[str, Option]] = {}
-    commands: ClassVar[tuple[str, ...]] = ()
+    commands: ClassVar[Mapping[str, Mapping[str, Option]] | tuple[str, ...]] = {}
     version: ClassVar[str] = "0.1.0"
 
     def __init__(self, name: str) -> None:
@@ -104,10 +105,25 @@ class FrameProcessorPlugin:
     def request_configuration(self) -> dict[str, Any]:
         return dict(self.config)
 
+    # -- commands (control thread) ----------------------------------------------
+    def check_command(self, command: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A known command's parameters, validated against its declaration (defaults filled in)."""
+        if command not in self.commands:
+            known = ", ".join(self.commands) or "none"
+            raise ConfigError(f"{self.owner} has no command {command!r}; its commands: {known}", "command")
+        declared = self.commands[command] if isinstance(self.commands, Mapping) else None
+        if declared is None:
+            return dict(params)
+        return validate_options(f"{self.owner} command {command!r}", declared, params, complete=True)
+
     def execute(self, command: str, params: Mapping[str, Any]) -> None:
-        """Run a command (control thread); the default knows none."""
+        """Run a command with parameters ``check_command`` returned; the default knows none."""
         known = ", ".join(self.commands) or "none"
         raise ConfigError(f"{self.owner} has no command {command!r}; its commands: {known}", "command")
+
+    def command(self, command: str, params: Mapping[str, Any] | None = None) -> None:
+        """Check then run one command (the processor checks every command of a message first)."""
+        self.execute(command, self.check_command(command, params or {}))
 
     # -- wiring ---------------------------------------------------------------
     def set_outputs(self, outputs: tuple[tuple[FrameSink, bool], ...]) -> None:

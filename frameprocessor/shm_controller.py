@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from framechain.ipc.channel import IpcChannel
+from framechain.ipc.control import ThrottledLog
 from framechain.ipc.errors import FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
@@ -35,7 +36,6 @@ __all__ = ["SharedMemoryController"]
 
 log = logging.getLogger(__name__)
 _CONFIG_RETRY_S = 0.25
-_MAX_WARNINGS = 5
 
 
 class ReleaseQueue:
@@ -105,7 +105,7 @@ class SharedMemoryController:
         self.stalled: tuple[Frame | EndOfAcquisition, list] | None = None
         self.stalled_ready: dict[str, Any] | None = None  # copy mode: pool exhausted
         self._last_request = 0.0
-        self._warnings = 0
+        self._warnings = ThrottledLog(log, 5, "status frames/bad")
         self._layout_key: tuple | None = None
         self._layout_value: tuple = ()
         self.reset_statistics()
@@ -167,7 +167,7 @@ class SharedMemoryController:
             try:
                 msg = IpcMessage.decode(raw)
             except ValueError as err:
-                self._warn("ignored malformed data-path message: %s", err)
+                self._warnings.warning("ignored malformed data-path message: %s", err)
                 continue
             if msg.msg_val == "frame_ready":
                 if self.buffer is None:
@@ -279,16 +279,9 @@ class SharedMemoryController:
     def _bad(self, problem: str, bid: int | None, number: Any) -> None:
         self.frames_bad += 1
         self.last_bad = f"frame {number}: {problem}"
-        self._warn("bad frame dropped: %s", self.last_bad)
+        self._warnings.warning("bad frame dropped: %s", self.last_bad)
         if bid is not None:
             self._send_release(number if isinstance(number, int) else -1, bid)
-
-    def _warn(self, fmt: str, *args: Any) -> None:
-        self._warnings += 1
-        if self._warnings <= _MAX_WARNINGS:
-            log.warning(fmt, *args)
-        elif self._warnings == _MAX_WARNINGS + 1:
-            log.warning("further data-path warnings suppressed; see status frames/bad")
 
     # -- releases ----------------------------------------------------------------
     def _send_release(self, frame: int, bid: int) -> None:

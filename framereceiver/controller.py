@@ -19,20 +19,35 @@ import zmq
 
 from framechain import __version__ as VERSION
 
+from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
+from framechain.ipc.options import Option, validate_options
 from framechain.ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
 
 from .buffers import BufferManager
 from .sources import FrameSource, make_source
 
-__all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS"]
+__all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS", "RECEIVER_OPTIONS"]
 
 log = logging.getLogger(__name__)
 DEFAULT_BUFFERS = 64
 MIN_BUFFERS = 4  # the default pool shrinks to fit memory, but not below this
-_KEYS = {"shared_buffer_name", "max_buffer_mem", "mode", "source"}
-_MAX_WARNINGS = 5
+
+
+def _shm_name(name: str) -> str | None:
+    return None if name and "/" not in name.lstrip("/") and len(name) <= 200 else "must be a short name without '/'"
+
+
+#: the receiver's configure keys
+RECEIVER_OPTIONS = {
+    "shared_buffer_name": Option(str, "FrameReceiverBuffer", "POSIX shared-memory segment name", check=_shm_name),
+    "max_buffer_mem": Option((int, type(None)), None, "bytes for the buffer pool (null: 64 buffers of the "
+                             "frame size, fewer if memory is short)", low=1),
+    "mode": Option(str, "block", "block: wait for a free buffer; drop: drop and count the frame",
+                   choices=("block", "drop")),
+    "source": Option(dict, {}, "frame source {type, ...}; see framereceiver.sources.SOURCE_OPTIONS"),
+}
 
 
 def _memory_limit() -> int:
@@ -56,8 +71,10 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-class ReceiverController:
+class ReceiverController(ControlHandler):
     """State of one frame receiver."""
+
+    role = "receiver"
 
     def __init__(self, publish: Callable[[IpcMessage], None], publish_raw: Callable[[bytes], None],
                  shared_buffer_name: str = "FrameReceiverBuffer") -> None:
@@ -77,7 +94,7 @@ class ReceiverController:
         self.ended_at = 0.0
         self.shutdown_requested = False
         self.subscribers = 0  # processors subscribed to frame_ready
-        self._warnings = 0
+        self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
         self.reset_statistics()
 
@@ -90,22 +107,6 @@ class ReceiverController:
         self.bad_releases = 0
 
     # -- control -----------------------------------------------------------------
-    def handle(self, msg: IpcMessage) -> IpcMessage:
-        if msg.msg_type != "cmd":
-            return msg.nack(f"the receiver's control channel takes 'cmd' messages, not '{msg.msg_type}'")
-        handler = getattr(self, f"_on_{msg.msg_val}", None)
-        if handler is None:
-            names = sorted(n[4:] for n in dir(self) if n.startswith("_on_"))
-            return msg.nack(f"the receiver does not handle '{msg.msg_val}' on its control channel; "
-                            f"it handles: {', '.join(names)}")
-        try:
-            return msg.ack(handler(msg.params))
-        except FramechainError as err:
-            return msg.nack(str(err))
-        except Exception as err:
-            log.exception("'%s' failed", msg.msg_val)
-            return msg.nack(f"internal error while handling '{msg.msg_val}': {type(err).__name__}: {err}")
-
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         st: dict[str, Any] = {
             "buffers": self.buffers.status() if self.buffers else {"total": 0, "empty": 0, "mapped": 0,
@@ -182,21 +183,17 @@ class ReceiverController:
         return {"state": self.state}
 
     def _on_configure(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - _KEYS
-        if unknown:
-            raise ConfigError(f"unknown receiver configure key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
+        """Prepare everything (values, the new source, the buffer layout), then commit; a nack changes nothing.
+
+        Making the new segment is the last step that can fail: it runs after every check, and a
+        failure there closes the prepared source, so the receiver keeps its old source and segment.
+        """
+        values = validate_options("the frame receiver", RECEIVER_OPTIONS, params)
         if self.state == "running":
             raise ConfigError("the source is running; stop it (execute source stop) before configuring")
-        mode = params.get("mode", self.mode)
-        if mode not in ("block", "drop"):
-            raise ConfigError(f"mode must be 'block' or 'drop', not {mode!r}", "mode")
-        name = params.get("shared_buffer_name", self.shared_buffer_name)
-        if not isinstance(name, str) or not name or "/" in name.lstrip("/") or len(name) > 200:
-            raise ConfigError(f"shared_buffer_name must be a short name without '/', not {name!r}",
-                              "shared_buffer_name")
-        mem = params.get("max_buffer_mem", self.max_buffer_mem)
-        if mem is not None and (not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0):
-            raise ConfigError(f"max_buffer_mem must be a positive number of bytes, not {mem!r}", "max_buffer_mem")
+        mode = values.get("mode", self.mode)
+        name = values.get("shared_buffer_name", self.shared_buffer_name)
+        mem = values.get("max_buffer_mem", self.max_buffer_mem)
         if mem is not None and mem > _memory_limit():
             raise ConfigError(f"max_buffer_mem {mem} bytes is more than half this machine's memory "
                               f"({_memory_limit()} bytes); ask for less", "max_buffer_mem")
@@ -204,29 +201,16 @@ class ReceiverController:
         if mem is not None and mem > budget:
             raise ConfigError(f"max_buffer_mem {mem} bytes is more than {budget_why}; ask for less",
                               "max_buffer_mem")
-        source = make_source(params["source"]) if "source" in params else None
+        source = make_source(values["source"]) if "source" in values else None
         try:
-            src = source or self.source
-            frame_bytes = src.frame_bytes if src else None
-            if frame_bytes is not None:
-                size = buffer_size_for(frame_bytes)
-                num = (mem // size) if mem is not None else self._default_count(src, size, budget, budget_why)
-                if num < 1:
-                    raise ConfigError(f"max_buffer_mem {mem} bytes cannot hold one buffer of {size} bytes "
-                                      f"(a {frame_bytes}-byte frame plus header)", "max_buffer_mem")
-                rebuild = (self.buffer is None or name != self.shared_buffer_name or num != self.buffer.num_buffers
-                           or size != self.buffer.buffer_size)
-                self._reclaim_orphans("configure")
-                if rebuild and self.buffers is not None and self.buffers.mapped:
-                    raise ConfigError(f"{len(self.buffers.mapped)} buffers are still held by the processor; "
-                                      "wait for their release before changing the buffer layout")
-                if rebuild:
-                    self._build(name, num, size, explicit=mem is not None)
+            layout = self._layout(source or self.source, name, mem, budget, budget_why)
+            if layout is not None:
+                self._build(name, *layout, explicit=mem is not None)
         except FramechainError:
             if source is not None:
                 source.close()
             raise
-        # commit
+        # commit: nothing below fails
         self.mode, self.shared_buffer_name, self.max_buffer_mem = mode, name, mem
         if source is not None:
             if self.source is not None:
@@ -235,6 +219,25 @@ class ReceiverController:
             self.state = "idle"
             self.next_frame = 0
         return {}
+
+    def _layout(self, src: FrameSource | None, name: str, mem: int | None, budget: int,
+                budget_why: str) -> tuple[int, int] | None:
+        """(buffers, buffer size) of a segment to build for ``src``, or None when the current one serves."""
+        if src is None:
+            return None
+        size = buffer_size_for(src.frame_bytes)
+        num = (mem // size) if mem is not None else self._default_count(src, size, budget, budget_why)
+        if num < 1:
+            raise ConfigError(f"max_buffer_mem {mem} bytes cannot hold one buffer of {size} bytes "
+                              f"(a {src.frame_bytes}-byte frame plus header)", "max_buffer_mem")
+        self._reclaim_orphans("configure")  # buffers nobody can release (no processor subscribed) come back
+        if (self.buffer is not None and name == self.shared_buffer_name and num == self.buffer.num_buffers
+                and size == self.buffer.buffer_size):
+            return None
+        if self.buffers is not None and self.buffers.mapped:
+            raise ConfigError(f"{len(self.buffers.mapped)} buffers are still held by the processor; "
+                              "wait for their release before changing the buffer layout")
+        return num, size
 
     def _buffer_budget(self) -> tuple[int, str]:
         """The most bytes a buffer pool may take, and a phrase saying which limit that is.
@@ -379,15 +382,10 @@ class ReceiverController:
                 self.buffer.set_state(bid, STATE_EMPTY)
             else:
                 self.bad_releases += 1
-                self._warn("release of buffer %r that is not mapped (ignored)", bid)
+                self.warnings.warning("release of buffer %r that is not mapped (ignored)", bid)
         elif msg.msg_val in ("request_buffer_config", "buffer_config"):
             if self.buffer is not None:
                 self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))
-
-    def _warn(self, fmt: str, *args: Any) -> None:
-        self._warnings += 1
-        if self._warnings <= _MAX_WARNINGS:
-            log.warning(fmt, *args)
 
     def close(self) -> None:
         if self.source is not None:

@@ -1,20 +1,18 @@
 """The frame receiver daemon: one thread owning the control ROUTER, ready PUB and release SUB.
 
-Loggers: ``framereceiver.*``. Run with ``framechain receiver``.
+Loggers: ``framechain.framereceiver.*``. Run with ``framechain receiver``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
-from typing import Any
 
 import zmq
 
 from framechain.ipc.channel import IpcChannel
+from framechain.ipc.control import run_daemon
 from framechain.ipc.errors import FramechainError, ProtocolError
 from framechain.ipc.message import IpcMessage
 
@@ -53,7 +51,7 @@ class FrameReceiverDaemon:
             try:
                 self.controller.on_release(IpcMessage.decode(raw))
             except ProtocolError as err:
-                self.controller._warn("ignored malformed release-channel message: %s", err)
+                self.controller.warnings.warning("ignored malformed release-channel message: %s", err)
 
     def handle_subscriptions(self) -> None:
         """Count processors subscribed to frame_ready (XPUB delivers subscribe/unsubscribe events)."""
@@ -61,13 +59,9 @@ class FrameReceiverDaemon:
         for joined in self.ready.subscription_events():
             ctl.subscribers = ctl.subscribers + 1 if joined else max(0, ctl.subscribers - 1)
 
-    def apply_config_file(self, path: str) -> None:
-        with open(path) as fh:
-            items = json.load(fh)
-        for i, params in enumerate(items if isinstance(items, list) else [items]):
-            reply = self.controller.handle(IpcMessage("cmd", "configure", params))
-            if reply.msg_type == "nack":
-                raise FramechainError(f"{path} item {i}: {reply.error}")
+    def handle(self, msg: IpcMessage) -> IpcMessage:
+        """Reply to one control message."""
+        return self.controller.handle(msg)
 
     def run(self) -> None:
         poller = zmq.Poller()
@@ -107,31 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        daemon = FrameReceiverDaemon(args.ctrl, args.ready, args.release)
-    except FramechainError as err:
-        log.error("%s", err)
-        return 2
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        daemon.stop_requested = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        if args.config:
-            try:
-                daemon.apply_config_file(args.config)
-            except (OSError, ValueError, FramechainError) as err:
-                log.error("bad --config: %s", err)
-                return 2
-        daemon.run()  # anything raised here is a runtime fault, not the config's: traceback, exit 1
-    except Exception:
-        log.exception("the frame receiver failed")
-        return 1
-    finally:
-        daemon.close()
-    return 0
+    return run_daemon("frame receiver", lambda: FrameReceiverDaemon(args.ctrl, args.ready, args.release),
+                      args.config)
 
 
 if __name__ == "__main__":

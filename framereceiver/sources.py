@@ -26,8 +26,9 @@ import h5py
 import numpy as np
 
 from framechain.ipc.errors import ConfigError
+from framechain.ipc.options import Option, defaults, validate_options
 
-__all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "make_source", "speckle_g2"]
+__all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "SOURCE_OPTIONS", "make_source", "speckle_g2"]
 
 _RAMP_DTYPES = ("uint8", "uint16", "uint32", "float32")
 _DTYPES = ("uint8", "uint16", "uint32", "int32", "float32", "float64")
@@ -211,19 +212,46 @@ class Hdf5Source(FrameSource):
         self._file.close()
 
 
-def _positive_int(cfg: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
-    v = cfg.get(key, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise ConfigError(f"source {key} must be an integer >= {minimum}, not {v!r}", key)
-    return v
+def _acquisition_id(v: str) -> str | None:
+    return "must be at most 32 bytes (UTF-8)" if len(v.encode()) > 32 else None
 
 
-def _number(cfg: Mapping[str, Any], key: str, default: float, lo: float, hi: float = float("inf"),
-            lo_open: bool = False) -> float:
-    v = cfg.get(key, default)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (lo < v if lo_open else lo <= v) or v > hi:
-        raise ConfigError(f"source {key} must be a number in {'(' if lo_open else '['}{lo}, {hi}], not {v!r}", key)
-    return float(v)
+def _shape(v: list) -> str | None:
+    ok = 1 <= len(v) <= 3 and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+    return None if ok else "must be a list of 1 to 3 positive integers like [512, 512]"
+
+
+_COMMON = {
+    "type": Option(str, "simulated", "source kind: one of SOURCE_OPTIONS"),
+    "frames": Option(int, 0, "frames to send (0: no end; hdf5: the whole file)", low=0),
+    "rate": Option(float, 0.0, "frames per second (0: as fast as possible)", low=0, high=1e7),
+    "acquisition_id": Option(str, "", "acquisition id carried by every frame", check=_acquisition_id),
+}
+#: each source type's declared keys (``type`` selects the table)
+SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
+    "simulated": {
+        **_COMMON,
+        "shape": Option(list, [512, 512], "frame shape", check=_shape),
+        "dtype": Option(str, "uint16", "pixel type (ramp: uint8, uint16, uint32, float32)", choices=_DTYPES),
+        "pattern": Option(str, "ramp", "ramp (pixel = frame + index) or speckle (XPCS, known g2)",
+                          choices=("ramp", "speckle")),
+        "correlation_time": Option(float, 20.0, "speckle: intensity correlation time, frames", low=0, high=1e9,
+                                   low_open=True),
+        "contrast": Option(float, 0.3, "speckle: contrast beta of g2 = 1 + beta exp(-2 tau / tau_c)", low=0,
+                           high=1, low_open=True),
+        "intensity": Option(float, 2.0, "speckle: mean photons per pixel", low=0, high=1e6, low_open=True),
+        "seed": Option(int, 0, "speckle: random seed", low=0),
+        "pedestal": Option(float, 0.0, "speckle: ADU offset added (raw detector frames)", low=0, high=1e9),
+        "gain": Option(float, 1.0, "speckle: ADU per photon", low=0, high=1e6, low_open=True),
+        "read_noise": Option(float, 0.0, "speckle: gaussian read noise, ADU", low=0, high=1e6),
+        "fixed_pattern": Option(float, 0.0, "speckle: per-pixel pedestal spread (fraction)", low=0, high=0.5),
+    },
+    "hdf5": {
+        **_COMMON,
+        "file": Option(str, "", "HDF5 file to replay"),
+        "dataset": Option(str, "", "dataset of frames in it, e.g. /entry/data/data"),
+    },
+}
 
 
 def make_source(cfg: Any) -> FrameSource:
@@ -231,49 +259,21 @@ def make_source(cfg: Any) -> FrameSource:
     if not isinstance(cfg, Mapping):
         raise ConfigError("source must be an object like {\"type\": \"simulated\", ...}", "source")
     kind = cfg.get("type")
-    common = {"type", "frames", "rate", "acquisition_id"}
-    acq = cfg.get("acquisition_id", "")
-    if not isinstance(acq, str) or len(acq.encode()) > 32:
-        raise ConfigError("source acquisition_id must be a string of at most 32 bytes", "acquisition_id")
-    rate = _number(cfg, "rate", 0.0, 0.0, 1e7)
-    frames = _positive_int(cfg, "frames", 0, minimum=0)
+    options = SOURCE_OPTIONS.get(kind) if isinstance(kind, str) else None
+    if options is None:
+        raise ConfigError(f"source type must be one of {sorted(SOURCE_OPTIONS)}, not {kind!r}", "type")
+    v = {**defaults(options), **validate_options(f"a {kind} source", options, cfg, "source/")}
     if kind == "simulated":
-        allowed = common | {"shape", "dtype", "pattern", "correlation_time", "contrast", "intensity", "seed",
-                            "pedestal", "gain", "read_noise", "fixed_pattern"}
-        _no_unknown(cfg, allowed, kind)
-        shape = cfg.get("shape", [512, 512])
-        if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-            raise ConfigError(f"source shape must be a list of 1 to 3 positive integers like [512, 512], not {shape!r}",
-                              "shape")
-        pattern = cfg.get("pattern", "ramp")
-        if pattern not in ("ramp", "speckle"):
-            raise ConfigError(f"source pattern must be 'ramp' or 'speckle', not {pattern!r}", "pattern")
-        dtype = cfg.get("dtype", "uint16")
-        allowed_dtypes = _RAMP_DTYPES if pattern == "ramp" else _DTYPES
-        if dtype not in allowed_dtypes:
-            raise ConfigError(f"source dtype for pattern {pattern!r} must be one of {list(allowed_dtypes)}, "
-                              f"not {dtype!r}", "dtype")
-        return SimulatedSource(tuple(shape), dtype, frames, rate, pattern, acq,
-                               correlation_time=_number(cfg, "correlation_time", 20.0, 0.0, 1e9, lo_open=True),
-                               contrast=_number(cfg, "contrast", 0.3, 0.0, 1.0, lo_open=True),
-                               intensity=_number(cfg, "intensity", 2.0, 0.0, 1e6, lo_open=True),
-                               seed=_positive_int(cfg, "seed", 0, minimum=0),
-                               pedestal=_number(cfg, "pedestal", 0.0, 0.0, 1e9),
-                               gain=_number(cfg, "gain", 1.0, 0.0, 1e6, lo_open=True),
-                               read_noise=_number(cfg, "read_noise", 0.0, 0.0, 1e6),
-                               fixed_pattern=_number(cfg, "fixed_pattern", 0.0, 0.0, 0.5))
-    if kind == "hdf5":
-        _no_unknown(cfg, common | {"file", "dataset"}, kind)
-        for key in ("file", "dataset"):
-            if not isinstance(cfg.get(key), str):
-                raise ConfigError(f"hdf5 source needs '{key}' (a string)", key)
-        return Hdf5Source(cfg["file"], cfg["dataset"], frames, rate, acq)
-    raise ConfigError(f"source type must be 'simulated' or 'hdf5', not {kind!r}", "type")
+        if v["pattern"] == "ramp" and v["dtype"] not in _RAMP_DTYPES:
+            raise ConfigError(f"source dtype for pattern 'ramp' must be one of {list(_RAMP_DTYPES)}, "
+                              f"not {v['dtype']!r}", "dtype")
+        return SimulatedSource(tuple(v["shape"]), v["dtype"], v["frames"], v["rate"], v["pattern"],
+                               v["acquisition_id"], **{k: v[k] for k in (
+                                   "correlation_time", "contrast", "intensity", "seed", "pedestal", "gain",
+                                   "read_noise", "fixed_pattern")})
+    for key in ("file", "dataset"):
+        if not v[key]:
+            raise ConfigError(f"an hdf5 source needs '{key}' (a string)", key)
+    return Hdf5Source(v["file"], v["dataset"], v["frames"], v["rate"], v["acquisition_id"])
 
 
-def _no_unknown(cfg: Mapping[str, Any], allowed: set[str], kind: str) -> None:
-    unknown = set(cfg) - allowed
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} for a {kind} source; known: {sorted(allowed)}",
-                          sorted(unknown)[0])

@@ -17,7 +17,25 @@ import zmq
 from .errors import FramechainError, ProtocolError
 from .message import IpcMessage, nack_for_garbage
 
-__all__ = ["IpcChannel", "free_tcp_endpoint"]
+__all__ = ["IpcChannel", "free_tcp_endpoint", "endpoint_problem"]
+
+
+def endpoint_problem(endpoint: object, example: str = "tcp://127.0.0.1:5000") -> str | None:
+    """Why ``endpoint`` is not a ZeroMQ endpoint this project can bind or connect, or None when it is.
+
+    Syntax only: ``tcp://<host>:<port 0..65535 | *>``, ``ipc://<path>`` or ``inproc://<name>``.
+    """
+    want = f"must be a ZeroMQ endpoint like {example}"
+    if not isinstance(endpoint, str):
+        return f"{want}, not {type(endpoint).__name__}"
+    transport, sep, rest = endpoint.partition("://")
+    if not sep or not rest or transport not in ("tcp", "ipc", "inproc"):
+        return want
+    if transport == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+            return f"{want} (tcp needs <host>:<port 0..65535 or *>)"
+    return None
 
 
 class IpcChannel:

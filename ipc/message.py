@@ -20,7 +20,8 @@ from typing import Any
 
 from .errors import ProtocolError
 
-__all__ = ["IpcMessage", "MSG_TYPES", "MSG_VALS", "next_id", "nack_for_garbage", "frame_notification"]
+__all__ = ["IpcMessage", "MSG_TYPES", "MSG_VALS", "next_id", "nack_for_garbage", "frame_notification",
+           "dumps_finite"]
 
 MSG_TYPES = frozenset({"cmd", "ack", "nack", "notify"})
 MSG_VALS = frozenset({
@@ -69,10 +70,7 @@ class IpcMessage:
         """Serialise to the wire form (standard JSON: a NaN or infinite number in params is sent as null)."""
         obj = {"msg_type": self.msg_type, "msg_val": self.msg_val, "id": self.id,
                "timestamp": self.timestamp, "params": self.params}
-        try:
-            return _ENCODER.encode(obj).encode()
-        except ValueError:  # a non-finite float somewhere (e.g. a NaN statistic): rare, so sanitise only then
-            return _ENCODER.encode(_finite(obj)).encode()
+        return dumps_finite(obj)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> IpcMessage:
@@ -166,6 +164,17 @@ def nack_for_garbage(raw: bytes, error: str) -> IpcMessage:
     except (ValueError, UnicodeDecodeError):
         pass
     return IpcMessage("nack", msg_val, {"error": error}, id=msg_id)
+
+
+def dumps_finite(obj: Any) -> bytes:
+    """Standard JSON bytes of ``obj``: numpy values as lists, NaN and infinities as null.
+
+    The one place framechain turns a non-finite number into JSON (IpcMessages, live g2 updates).
+    """
+    try:
+        return _ENCODER.encode(obj).encode()
+    except ValueError:  # a non-finite float somewhere (e.g. a NaN statistic): rare, so sanitise only then
+        return _ENCODER.encode(_finite(obj)).encode()
 
 
 def _no_constant(name: str) -> Any:

@@ -91,7 +91,22 @@ class CalibrationPlugin(FrameProcessorPlugin):
         "dark_file": Option(str, "dark.h5", "default output file of collect_dark (HDF5)"),
         "pool_memory": Option(int, 512, "memory bound of the output frame pool, MiB", check=check_mib),
     }
-    commands = ("collect_dark", "cancel_dark", "reload")
+    commands = {
+        "collect_dark": {
+            "frames": Option(int, 0, "dark frames to average", low=1, high=1_000_000, required=True),
+            "file": Option(str, "", "HDF5 file to write the pedestal to (default: dark_file)"),
+            "gain": Option((int, type(None)), None, "mode multigain: the gain stage 0, 1 or 2 (default 0)",
+                           choices=(None, 0, 1, 2)),
+            "rms_nsigma": Option((float, type(None)), 6.0, "flag pixels whose noise is this many sigma off "
+                                 "(null: never)", low=0, low_open=True),
+            "mean_nsigma": Option((float, type(None)), 6.0, "flag pixels whose pedestal is this many sigma off "
+                                  "(null: never)", low=0, low_open=True),
+            "saturation": Option((float, type(None)), None, "flag pixels at or above this ADU (null: the dtype "
+                                 "maximum, 0x3FFF multi-gain)", low=0, low_open=True),
+        },
+        "cancel_dark": {},
+        "reload": {},
+    }
     version = "1.0.0"
 
     def __init__(self, name: str) -> None:
@@ -157,46 +172,31 @@ class CalibrationPlugin(FrameProcessorPlugin):
                 self._dark_state = {**self._dark_state, "state": "cancelled"}
             self.log.info("dark collection to %s cancelled", self._dark_state["file"])
         elif command == "reload":
-            if params:
-                raise ConfigError(f"{self.owner} reload takes no parameters, got {sorted(params)}", "reload")
             with self._lock:
                 self._swap(build_constants(self.config))
         else:
             super().execute(command, params)
 
     def _check_dark(self, params: Mapping[str, Any]) -> DarkRequest:
-        allowed = {"frames", "file", "gain", "rms_nsigma", "mean_nsigma", "saturation"}
-        bad = sorted(set(params) - allowed)
-        if bad:
-            raise ConfigError(f"unknown collect_dark parameter(s) {bad}; known: {sorted(allowed)}", bad[0])
+        """A DarkRequest from collect_dark's declared (already checked) parameters and the plugin's state."""
         if self._dark is not None or self._dark_request is not None or self._dark_state["state"] == "collecting":
             raise ConfigError(f"{self.owner}: a dark collection is already running "
                               f"({self._dark_state['frames_collected']} of {self._dark_state['frames']} frames); "
                               f"wait for it or send cancel_dark", "collect_dark")
-        frames = params.get("frames")
-        if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 1_000_000:
-            raise ConfigError(f"collect_dark 'frames' must be an integer 1..1000000, not {frames!r}", "frames")
-        path = params.get("file", self.config["dark_file"])
-        if not isinstance(path, str) or not path:
-            raise ConfigError(f"collect_dark 'file' must be a path string, not {path!r}", "file")
+        stage = params["gain"]
+        if self.config["mode"] == "multigain":
+            stage = 0 if stage is None else stage
+        elif stage is not None:
+            raise ConfigError("collect_dark 'gain' applies to mode 'multigain' only", "gain")
+        path = params["file"] or self.config["dark_file"]
+        if not path:
+            raise ConfigError(f"collect_dark needs 'file' (a path) when {self.owner} has no dark_file", "file")
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
             raise ConfigError(f"collect_dark 'file' {path!r}: directory {directory!r} does not exist or is not "
                               f"writable", "file")
-        stage = params.get("gain")
-        if self.config["mode"] == "multigain":
-            stage = 0 if stage is None else stage
-            if stage not in (0, 1, 2) or isinstance(stage, bool):
-                raise ConfigError(f"collect_dark 'gain' must be the gain stage 0, 1 or 2, not {stage!r}", "gain")
-        elif stage is not None:
-            raise ConfigError("collect_dark 'gain' applies to mode 'multigain' only", "gain")
-        nums = {}
-        for key, default in (("rms_nsigma", 6.0), ("mean_nsigma", 6.0), ("saturation", None)):
-            v = params.get(key, default)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0):
-                raise ConfigError(f"collect_dark '{key}' must be a positive number or null, not {v!r}", key)
-            nums[key] = None if v is None else float(v)
-        return DarkRequest(frames, path, stage, **nums)
+        return DarkRequest(params["frames"], path, stage, params["rms_nsigma"], params["mean_nsigma"],
+                           params["saturation"])
 
     # -- data path ---------------------------------------------------------------------
     def _scratch_for(self, shape: tuple[int, ...], c: CalibrationConstants) -> Scratch | None:

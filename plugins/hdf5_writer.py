@@ -25,19 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
+from framechain.frameprocessor import Frame, FrameProcessorPlugin
 from framechain.frameprocessor.frame import EndOfAcquisition
 from framechain.ipc.errors import ConfigError
 
 from ._hdf5.codecs import make_codec
-from ._hdf5.config import WriterConfig, check_path, merge
+from ._hdf5.config import WRITER_OPTIONS, WriterConfig, check_path, merge
 from ._hdf5.engine import Job, WriterEngine
 from ._hdf5.session import Session, file_name
 
 __all__ = ["FileWriterPlugin"]
 
 _ids = itertools.count(1)
-_DEFAULTS = WriterConfig().describe()  # the options' defaults are the configuration's
 
 
 class FileWriterPlugin(FrameProcessorPlugin):
@@ -46,7 +45,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
     Examples
     --------
     >>> import tempfile
-    >>> from frameprocessor.frame import Frame, EndOfAcquisition
+    >>> from framechain.frameprocessor.frame import Frame, EndOfAcquisition
     >>> d = tempfile.mkdtemp()
     >>> hdf = FileWriterPlugin("hdf")
     >>> hdf.configure({"file": {"path": d, "prefix": "x"}, "frames": 2,
@@ -61,24 +60,9 @@ class FileWriterPlugin(FrameProcessorPlugin):
     >>> hdf.close()
     """
 
-    commands = ("start_writing", "stop_writing")
+    commands = {"start_writing": {}, "stop_writing": {}}
     version = "0.1.0"
-    options = {k: Option(type(_DEFAULTS[k]), _DEFAULTS[k], text) for k, text in {
-        "process": "number of writer processes, this one's rank, frames per block, blocks per file",
-        "file": "output directory and name parts (or the older {path, name})",
-        "dataset": "{<name>: {datatype, dims, chunks, compression, blosc_compressor, blosc_level, blosc_shuffle}}",
-        "frames": "frames in the acquisition (all ranks); 0 = unlimited",
-        "master": "dataset counted as frames written and linked into /entry/data",
-        "acquisition_id": "acquisition id when frames carry none; part of the file name",
-        "close_file_timeout": "seconds to wait for missing frames after end of acquisition",
-        "swmr": "write files SWMR-readable",
-        "flush_frames": "flush after this many frames (or after flush_ms, whichever comes first)",
-        "flush_ms": "flush at most this many ms after the first unflushed frame",
-        "vds": "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file",
-        "threads": "compression threads",
-        "watchdog_ms": "report create/write/flush/close calls slower than this",
-    }.items()}
-    options["write"] = Option(bool, False, "true = start_writing, false = stop_writing")
+    options = WRITER_OPTIONS
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -114,9 +98,6 @@ class FileWriterPlugin(FrameProcessorPlugin):
     def execute(self, command: str, params: Mapping[str, Any]) -> None:
         if command not in self.commands:
             super().execute(command, params)
-        if params:
-            raise ConfigError(f"{self.owner} command {command!r} takes no arguments, got {sorted(params)}",
-                              "command")
         if command == "start_writing":
             if not self._writing:
                 self._start(self._session_for(self._cfg))

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from framechain.frameprocessor import Frame, FrameProcessorPlugin, Option
-from framechain.ipc.channel import IpcChannel
+from framechain.ipc.channel import IpcChannel, endpoint_problem
 from framechain.ipc.errors import ConfigError, FramechainError
 
 __all__ = ["LiveViewPlugin", "DEFAULT_ADDRESS"]
@@ -54,16 +54,8 @@ def _non_negative(v: float) -> str | None:
 
 
 def _endpoint(v: str) -> str | None:
-    """Syntax only (binding is left to ``prepare``): ``tcp://<host>:<port|*>``, ``ipc://<path>``, ``inproc://<name>``."""
-    example = "must be a ZeroMQ endpoint like tcp://127.0.0.1:5020"
-    transport, sep, rest = v.partition("://")
-    if not sep or not rest or transport not in ("tcp", "ipc", "inproc"):
-        return example
-    if transport == "tcp":
-        host, colon, port = rest.rpartition(":")
-        if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
-            return f"{example} (tcp needs <host>:<port 0..65535 or *>)"
-    return None
+    """Syntax only (binding is left to ``prepare``)."""
+    return endpoint_problem(v, DEFAULT_ADDRESS)
 
 
 class LiveViewPlugin(FrameProcessorPlugin):

@@ -22,13 +22,14 @@ import numpy as np
 import zmq
 
 from framechain.frameprocessor import EndOfAcquisition, Frame, FrameProcessorPlugin, Option
+from framechain.ipc.channel import endpoint_problem
 from framechain.ipc.errors import ConfigError
 
 from ._xpcs.aps import aps_g2
 from ._xpcs.averages import TimeAverages
 from ._xpcs.fit import fit_g2
 from ._xpcs.layout import PixelLayout
-from ._xpcs.live import LivePublisher, clean_json
+from ._xpcs.live import LivePublisher
 from ._xpcs.multitau import MultitauCorrelator, levels_for_frames, multitau_lags
 from ._xpcs.qmap import QMap, QMapError, load_mask, load_qmap, uniform_qmap
 from ._xpcs.result_file import XpcsResultData, write_result
@@ -59,7 +60,8 @@ def _positive(v: float) -> str | None:
 
 
 def _endpoint(v: str) -> str | None:
-    return None if v == "" or "://" in v else "must be a ZeroMQ endpoint like tcp://127.0.0.1:5021, or \"\" (off)"
+    problem = None if v == "" else endpoint_problem(v, "tcp://127.0.0.1:5021")
+    return problem and problem + ", or \"\" (off)"
 
 
 def _output(v: str) -> str | None:
@@ -148,7 +150,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
     """
 
     version = "1.0.0"
-    commands = ("reset",)
+    commands = {"reset": {}}
     options = {
         "qmap": Option(str, "", "label map: .npy integer labels (0 = excluded) or an APS qmap HDF5 "
                                 "(/qmap/dynamic_roi_map, static_roi_map, mask); \"\" = every pixel in one bin"),
@@ -311,8 +313,6 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
     def execute(self, command: str, params: Any) -> None:
         if command != "reset":
             super().execute(command, params)
-        if params:
-            raise ConfigError(f"{self.owner} command 'reset' takes no parameters, got {sorted(params)}", "reset")
         with self._lock:
             self._run = None
             self._finished = False
@@ -504,7 +504,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 "frames": run.frames, "frames_used": run.frames_used, "frame_time": ft,
                 "bins": list(range(1, run.dynamic.num_bins + 1)),
                 "delays": [int(d) for d in res["delays"]], "delays_s": [float(d) * ft for d in res["delays"]],
-                "g2": clean_json(res["g2"].T.tolist()), "fit": clean_json_dict(self.fit) if final else {}}
+                "g2": res["g2"].T.tolist(), "fit": dict(self.fit) if final else {}}  # NaN -> null on the wire
 
     def _publish(self, run: _Run, final: bool, res: dict[str, Any] | None = None) -> None:
         if self._publisher is None:
@@ -601,7 +601,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "updates_published": self.updates_published, "results_written": self.results_written,
             "result_file": self.result_file, "plot_file": self.plot_file,
             "last_result_error": self.last_result_error,
-            "fit": clean_json_dict(self.fit), "warnings": list(self.warnings),
+            "fit": dict(self.fit), "warnings": list(self.warnings),  # NaN -> null in the reply
         }
         if run is None:
             return st
@@ -617,7 +617,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
             "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
             "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
-            "g2_lag1": clean_json([float(v) for v in lag1]),
+            "g2_lag1": [float(v) for v in lag1],
             "memory_bytes": c.memory_bytes(),
             "twotime_frames": run.twotime.n if run.twotime is not None else 0,
         })
@@ -638,5 +638,3 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 self._publisher = None
 
 
-def clean_json_dict(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: clean_json(v) if isinstance(v, (float, list)) else v for k, v in d.items()}

@@ -219,7 +219,7 @@ def test_reload_takes_effect_on_next_frame(consts, tmp_path, rng):
     assert np.array_equal(sink.frames[1].data, raw.astype(np.float32) - ped2)
     # the same path rewritten, then 'reload'
     save_h5(tmp_path / "ped2.h5", "/p", consts["ped"])
-    p.execute("reload", {})
+    p.command("reload", {})
     p.process_frame(Frame(raw, 2))
     assert np.array_equal(sink.frames[2].data, sink.frames[0].data)
 

@@ -24,7 +24,7 @@ def test_single_gain_dark_recovers_pedestal_flags_pixels_and_switches(tmp_path):
     p = CalibrationPlugin("calib")
     sink = attach(p)
     path = tmp_path / "dark.h5"
-    p.execute("collect_dark", {"frames": N, "file": str(path)})
+    p.command("collect_dark", {"frames": N, "file": str(path)})
     assert p.status()["dark"]["state"] == "requested"
     frames = []
     for i in range(N + 1):
@@ -65,7 +65,7 @@ def test_multigain_dark_of_one_stage(tmp_path):
     attach(p)
     true1 = rng.normal(12000, 100, (H, W))
     path = tmp_path / "dark_g1.h5"
-    p.execute("collect_dark", {"frames": 50, "file": str(path), "gain": 1})
+    p.command("collect_dark", {"frames": 50, "file": str(path), "gain": 1})
     for i in range(50):
         adc = np.clip(np.rint(true1 + rng.normal(0, 3, (H, W))), 0, 0x3FFF).astype(np.uint16)
         raw = (adc | (1 << 14)).astype(np.uint16)
@@ -93,37 +93,37 @@ def test_collect_dark_bad_requests(tmp_path):
                          ({"frames": 5, "gain": 1}, "multigain"), ({"frames": 5, "speed": 1}, "speed"),
                          ({"frames": 5, "rms_nsigma": -1}, "rms_nsigma")):
         with pytest.raises(ConfigError, match=word):
-            p.execute("collect_dark", params)
+            p.command("collect_dark", params)
     with pytest.raises(ConfigError, match="no dark collection"):
-        p.execute("cancel_dark", {})
-    p.execute("collect_dark", {"frames": 5, "file": str(tmp_path / "d.h5")})
+        p.command("cancel_dark", {})
+    p.command("collect_dark", {"frames": 5, "file": str(tmp_path / "d.h5")})
     with pytest.raises(ConfigError, match="already running"):
-        p.execute("collect_dark", {"frames": 5, "file": str(tmp_path / "d.h5")})
+        p.command("collect_dark", {"frames": 5, "file": str(tmp_path / "d.h5")})
     attach(p)
     p.process_frame(Frame(np.zeros((4, 4), np.uint16), 0))
-    p.execute("cancel_dark", {})
+    p.command("cancel_dark", {})
     for i in range(6):
         p.process_frame(Frame(np.zeros((4, 4), np.uint16), i))
     assert p.status()["dark"]["state"] == "cancelled" and not (tmp_path / "d.h5").exists()
     with pytest.raises(ConfigError, match="commands: collect_dark"):
-        p.execute("fly", {})
+        p.command("fly", {})
 
 
 def test_cancel_before_the_first_frame_ends_the_request(tmp_path):
     p = CalibrationPlugin("calib")
     sink = attach(p)
     path = tmp_path / "d.h5"
-    p.execute("collect_dark", {"frames": 3, "file": str(path)})
-    p.execute("cancel_dark", {})
+    p.command("collect_dark", {"frames": 3, "file": str(path)})
+    p.command("cancel_dark", {})
     assert p.status()["dark"]["state"] == "cancelled"
     for i in range(5):
         p.process_frame(Frame(np.full((4, 4), i, np.uint16), i))
     assert p.status()["dark"]["state"] == "cancelled" and p.status()["dark"]["frames_collected"] == 0
     assert not path.exists() and len(sink.frames) == 5
     with pytest.raises(ConfigError, match="no dark collection"):
-        p.execute("cancel_dark", {})
+        p.command("cancel_dark", {})
     # a new collection after the cancelled one runs normally
-    p.execute("collect_dark", {"frames": 3, "file": str(path)})
+    p.command("collect_dark", {"frames": 3, "file": str(path)})
     for i in range(3):
         p.process_frame(Frame(np.full((4, 4), 10 + i, np.uint16), i))
     assert p.status()["dark"]["state"] == "done"
@@ -135,7 +135,7 @@ def test_frame_shape_change_fails_the_collection_and_frames_go_on(tmp_path, capl
     p = CalibrationPlugin("calib")   # no constants: frames of any shape are calibrated
     sink = attach(p)
     path = tmp_path / "d.h5"
-    p.execute("collect_dark", {"frames": 5, "file": str(path)})
+    p.command("collect_dark", {"frames": 5, "file": str(path)})
     p.process_frame(Frame(np.ones((4, 4), np.uint16), 0))
     p.process_frame(Frame(np.ones((4, 4), np.uint16), 1))
     with caplog.at_level("WARNING"):
@@ -148,7 +148,7 @@ def test_frame_shape_change_fails_the_collection_and_frames_go_on(tmp_path, capl
     assert "frame 2" in dark["error"] and "(4, 5)" in dark["error"] and "(4, 4)" in dark["error"]
     assert len([r for r in caplog.records if "dark collection" in r.getMessage()]) == 1  # logged once
     assert not path.exists()
-    p.execute("collect_dark", {"frames": 2, "file": str(path)})     # not stuck: a new one can start
+    p.command("collect_dark", {"frames": 2, "file": str(path)})     # not stuck: a new one can start
     for i in range(2):
         p.process_frame(Frame(np.full((4, 5), 3, np.uint16), 10 + i))
     assert p.status()["dark"]["state"] == "done" and path.exists()

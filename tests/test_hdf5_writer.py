@@ -143,7 +143,7 @@ def test_unwritable_path_nacks(hdf, tmp_path):
 def test_start_without_dataset_nacks(hdf, tmp_path):
     hdf.configure({"file": {"path": str(tmp_path)}})
     with pytest.raises(ConfigError, match="without a dataset"):
-        hdf.execute("start_writing", {})
+        hdf.command("start_writing", {})
     with pytest.raises(ConfigError, match="without a dataset"):
         hdf.configure({"write": True})
     assert hdf.status()["writing"] is False
@@ -153,7 +153,7 @@ def test_existing_file_is_never_overwritten(hdf, tmp_path):
     (tmp_path / "run_000001.h5").write_bytes(b"precious")
     hdf.configure(base(tmp_path))
     with pytest.raises(ConfigError, match="already exists"):
-        hdf.execute("start_writing", {})
+        hdf.command("start_writing", {})
     assert (tmp_path / "run_000001.h5").read_bytes() == b"precious"
     assert not hdf.status()["writing"]
 
@@ -163,12 +163,12 @@ def test_existing_file_with_configured_acquisition_id_or_later_file_nacks(hdf, t
     (tmp_path / "run_acq1_000001.h5").write_bytes(b"precious")
     hdf.configure(base(tmp_path, frames=3, acquisition_id="acq1"))
     with pytest.raises(ConfigError, match="run_acq1_000001.h5 already exists"):
-        hdf.execute("start_writing", {})
+        hdf.command("start_writing", {})
     hdf.configure({"acquisition_id": "", "frames": 6, "process": {"frames_per_block": 2, "blocks_per_file": 1},
                    "vds": False})
     (tmp_path / "run_000003.h5.tmp").write_bytes(b"another writer's file")  # the third of three files
     with pytest.raises(ConfigError, match=r"run_000003.h5.tmp already exists"):
-        hdf.execute("start_writing", {})
+        hdf.command("start_writing", {})
     assert not hdf.status()["writing"]
     assert (tmp_path / "run_acq1_000001.h5").read_bytes() == b"precious"
     assert sorted(os.listdir(tmp_path)) == ["run_000003.h5.tmp", "run_acq1_000001.h5"]
@@ -184,7 +184,7 @@ def test_existing_file_for_frames_acquisition_id_counts_every_frame(hdf, tmp_pat
     every frame of that acquisition is counted in frames_lost, and the next acquisition is written."""
     (tmp_path / "run_a1_000001.h5").write_bytes(b"precious")
     hdf.configure(base(tmp_path, frames=3))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     pool = DataBlockPool(1 << 26)
     feed(hdf, range(3), pool, acq="a1")
     st = hdf.status()
@@ -192,7 +192,7 @@ def test_existing_file_for_frames_acquisition_id_counts_every_frame(hdf, tmp_pat
     assert "run_a1_000001.h5 already exists" in st["error"] and "frames_lost" in st["error"]
     assert accounted(st), st
     assert (tmp_path / "run_a1_000001.h5").read_bytes() == b"precious"
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(3), pool, acq="a2")
     st = hdf.status()
     assert (st["frames_written"], st["frames_lost"], st["error"]) == (3, 3, ""), st
@@ -207,11 +207,11 @@ def test_next_acquisition_id_opens_next_file(hdf, tmp_path, a1_exists):
     if a1_exists:
         (tmp_path / "run_a1_000001.h5.tmp").write_bytes(b"a crashed writer's frames")
     hdf.configure(base(tmp_path, frames=0))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     pool = DataBlockPool(1 << 26)
     feed(hdf, range(4), pool, acq="a1")
     feed(hdf, range(2), pool, acq="a2")
-    hdf.execute("stop_writing", {})
+    hdf.command("stop_writing", {})
     assert hdf.sync()
     st = hdf.status()
     # frames_written counts the last acquisition's frames (a2's)
@@ -232,9 +232,9 @@ def test_later_file_that_exists_loses_only_its_frames(hdf, tmp_path):
     """With frames 0 later file names are unknown at start_writing: the one that exists is refused at open."""
     (tmp_path / "run_000002.h5").write_bytes(b"precious")
     hdf.configure(base(tmp_path, frames=0, process={"frames_per_block": 2, "blocks_per_file": 1}))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(6))
-    hdf.execute("stop_writing", {})
+    hdf.command("stop_writing", {})
     assert hdf.sync()
     st = hdf.status()
     assert (st["frames_written"], st["frames_lost"]) == (2, 4), st
@@ -246,7 +246,7 @@ def test_later_file_that_exists_loses_only_its_frames(hdf, tmp_path):
 
 def test_config_frozen_while_writing(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=5))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     with pytest.raises(ConfigError, match="stop_writing"):
         hdf.configure({"frames": 10})
     hdf.configure({"write": False})
@@ -272,7 +272,7 @@ def test_frames_bit_exact_and_layout(hdf, tmp_path, compression):
     n = 12
     hdf.configure(base(tmp_path, frames=n))
     hdf.configure({"dataset": {"data": {"compression": compression}}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     st = hdf.status()
     assert st["writing"] and st["frames_max"] == n
     feed(hdf, range(n))
@@ -300,7 +300,7 @@ def test_frames_bit_exact_and_layout(hdf, tmp_path, compression):
 
 def test_mismatched_frames_rejected_and_counted(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=2))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     hdf.process_frame(Frame(np.zeros(SHAPE, "u4"), 0))
     hdf.process_frame(Frame(np.zeros((4, 4), "u2"), 0))
     hdf.process_frame(Frame(np.zeros(SHAPE, "u2"), 0, dataset="other"))
@@ -313,12 +313,12 @@ def test_mismatched_frames_rejected_and_counted(hdf, tmp_path):
 
 def test_unlimited_frames_stop_writing_closes(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=0))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(7))
     st = hdf.status()
     assert st["writing"] and st["frames_written"] == 7
     assert st["current_file_path"].endswith("run_000001.h5.tmp")
-    hdf.execute("stop_writing", {})
+    hdf.command("stop_writing", {})
     assert hdf.sync()
     assert (tmp_path / "run_000001.h5").exists()
     with h5py.File(tmp_path / "run_000001.h5") as f:
@@ -329,7 +329,7 @@ def test_unlimited_frames_stop_writing_closes(hdf, tmp_path):
 
 def test_end_of_acquisition_closes_and_missing_frames_time_out(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=0, close_file_timeout=0.2))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, [0, 1, 3])
     hdf.process_end_of_acquisition(EndOfAcquisition("", 5))  # frames 2 and 4 missing
     assert hdf.sync()
@@ -344,7 +344,7 @@ def test_end_of_acquisition_closes_and_missing_frames_time_out(hdf, tmp_path):
 
 def test_end_of_acquisition_complete_closes_cleanly(hdf, tmp_path):
     hdf.configure(base(tmp_path))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(4))
     hdf.process_end_of_acquisition(EndOfAcquisition("", 4))
     assert hdf.sync()
@@ -359,18 +359,18 @@ def test_frame_of_a_replaced_session_takes_its_own_buffers_and_a_live_pool(hdf, 
     shut down, reaches the writer after B's start and is discarded, not written into B's file."""
     big, small = [64, 64], [8, 8]
     hdf.configure(base(tmp_path, threads=2, dataset={"data": {"dims": big, "compression": "BSLZ4"}}))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     a = hdf._session
-    hdf.execute("stop_writing", {})
+    hdf.command("stop_writing", {})
     hdf.configure({"threads": 3, "dataset": {"data": {"dims": small}}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     b = hdf._session
     depth = a.bufs["data"].qsize()
     assert b.bufs["data"] is not a.bufs["data"] and depth > 0
     hdf._engine.submit(Job(a.id, Frame(np.full(big, 3, "u2"), 0), ""), a)  # A's frame, late
     for n in range(2):
         hdf.process_frame(Frame(np.full(small, n, "u2"), n))
-    hdf.execute("stop_writing", {})
+    hdf.command("stop_writing", {})
     assert hdf.sync()
     st = hdf.status()
     assert (st["frames_discarded"], st["frames_written"], st["frames_lost"], st["error"]) == (1, 2, 0, ""), st
@@ -382,7 +382,7 @@ def test_frame_of_a_replaced_session_takes_its_own_buffers_and_a_live_pool(hdf, 
 def test_pool_blocks_return_after_writing(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=20))
     hdf.configure({"dataset": {"data": {"compression": "BSLZ4"}}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     pool = DataBlockPool(1 << 26)
     feed(hdf, range(20), pool)
     assert pool.stats()["blocks_in_use"] == 0
@@ -390,7 +390,7 @@ def test_pool_blocks_return_after_writing(hdf, tmp_path):
 
 def test_blocks_per_file_rotates_files_and_vds(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=10, process={"blocks_per_file": 2, "frames_per_block": 2}))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(10))
     names = sorted(os.listdir(tmp_path))
     assert names == ["run_000001.h5", "run_000002.h5", "run_000003.h5", "run_vds.h5"], names
@@ -411,7 +411,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, resource.RLIM_INFINITY))  
 hdf = FileWriterPlugin("hdf")
 hdf.configure({"file": {"path": sys.argv[1], "prefix": "full"}, "flush_frames": 10,
                "dataset": {"data": {"datatype": "uint16", "dims": [64, 64]}}})
-hdf.execute("start_writing", {})
+hdf.command("start_writing", {})
 n = 0
 while hdf.status()["writing"] and n < 5000:
     hdf.process_frame(Frame(np.full((64, 64), n, "u2"), n))
@@ -450,7 +450,7 @@ def test_overwrite_is_an_explicit_opt_in(hdf, tmp_path):
     (tmp_path / "run_000001.h5").write_bytes(b"old")
     hdf.configure(base(tmp_path, frames=2))
     hdf.configure({"file": {"overwrite": True}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(2))
     with h5py.File(tmp_path / "run_000001.h5") as f:
         assert f["/entry/data/data"].shape[0] == 2
@@ -460,12 +460,12 @@ def test_existing_master_file_nacks(hdf, tmp_path):
     (tmp_path / "run_vds.h5").write_bytes(b"old")
     hdf.configure(base(tmp_path, frames=10, process={"blocks_per_file": 1, "frames_per_block": 5}))
     with pytest.raises(ConfigError, match="run_vds.h5 already exists"):
-        hdf.execute("start_writing", {})
+        hdf.command("start_writing", {})
 
 
 def test_timer_flush_makes_frames_durable_without_frame_count(hdf, tmp_path):
     hdf.configure(base(tmp_path, flush_frames=1000, flush_ms=50))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, range(3))
     wait_for(lambda: hdf.status()["frames_flushed"] == 3, timeout=10, what="the flush timer")
     path = hdf.status()["current_file_path"]
@@ -477,7 +477,7 @@ def test_timer_flush_makes_frames_durable_without_frame_count(hdf, tmp_path):
 def test_two_datasets_in_one_file(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=3))
     hdf.configure({"dataset": {"mask": {"datatype": "uint8", "dims": [4, 4], "compression": "LZ4"}}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     for n in range(3):
         hdf.process_frame(Frame(np.full((4, 4), n, "u1"), n, dataset="mask"))
     feed(hdf, range(3))
@@ -490,7 +490,7 @@ def test_two_datasets_in_one_file(hdf, tmp_path):
 
 def test_frame_numbers_beyond_frames_are_rejected_not_fatal(hdf, tmp_path):
     hdf.configure(base(tmp_path, frames=3))
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     feed(hdf, [1, 2, 3])  # a source numbering from 1: frame 3 has no place in a 3-frame acquisition
     st = hdf.status()
     assert st["frames_rejected"] == 1 and "outside" in st["last_rejected"] and st["writing"] and not st["error"]
@@ -509,7 +509,7 @@ def test_watchdog_counts_every_call_over_the_limit(hdf, tmp_path, watchdog_ms):
     dims = [4096, 4096]
     hdf.configure({"file": {"path": str(tmp_path), "prefix": "big"}, "frames": 1, "flush_frames": 1,
                    "watchdog_ms": watchdog_ms, "dataset": {"data": {"datatype": "uint32", "dims": dims}}})
-    hdf.execute("start_writing", {})
+    hdf.command("start_writing", {})
     hdf.process_frame(Frame(np.full(dims, 7, "u4"), 0))
     assert hdf.sync()
     st = hdf.status()
@@ -558,7 +558,7 @@ hdf = FileWriterPlugin("hdf")
 hdf.configure({"file": {"path": out, "prefix": "perm", "temp_suffix": temp_suffix}, "frames": 10, "vds": False,
                "process": {"frames_per_block": 5, "blocks_per_file": 1},
                "dataset": {"data": {"datatype": "uint16", "dims": [16, 16]}}})
-hdf.execute("start_writing", {})
+hdf.command("start_writing", {})
 for n in range(10):
     if n == 5:  # the first file is full; the directory turns read-only before the second is needed
         hdf.sync()

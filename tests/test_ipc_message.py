@@ -133,7 +133,7 @@ def test_non_finite_params_are_sent_as_null():
                          ids=["nan", "inf", "-inf", "1e400"])
 def test_option_refuses_non_finite_numbers(value):
     # a plugin's float option is the last guard for numbers that reach it from a JSON file read by Python
-    from framechain.frameprocessor.options import Option
+    from framechain.ipc.options import Option
     from framechain.ipc.errors import ConfigError
     with pytest.raises(ConfigError, match="'close_file_timeout' option of hdf must be a finite number") as err:
         Option(float, 1.0, "seconds").coerce("hdf", "close_file_timeout", value)

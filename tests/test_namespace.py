@@ -2,6 +2,7 @@
 packages (the current directory is on sys.path for ``python -m``) never shadows framechain's code."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -74,8 +75,10 @@ def test_a_processor_started_in_a_decoy_folder_loads_the_built_ins(decoy_dir, tm
 
 
 def test_the_wheel_holds_only_framechain_and_works_from_a_decoy_folder(decoy_dir, tmp_path):
-    wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # a copy: setuptools builds in the source tree
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", "output"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("framechain-*.whl")

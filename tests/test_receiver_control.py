@@ -26,19 +26,19 @@ SOURCE = {"type": "simulated", "shape": [16, 16], "frames": 10}
 
 
 @pytest.mark.parametrize("params, reason", [
-    ({"max_buffer_mem": -5}, "max_buffer_mem must be a positive number of bytes"),
+    ({"max_buffer_mem": -5}, "'max_buffer_mem' option of the frame receiver must be >= 1"),
     ({"max_buffer_mem": 1 << 60}, "more than half this machine's memory"),
     ({"max_buffer_mem": 100}, "cannot hold one buffer"),
-    ({"mode": "sometimes"}, "mode must be 'block' or 'drop'"),
-    ({"source": {"type": "camera"}}, "source type must be 'simulated' or 'hdf5'"),
-    ({"source": {**SOURCE, "shape": [0, 4]}}, "source shape must be a list"),
-    ({"source": {**SOURCE, "dtype": "complex64"}}, "source dtype"),
-    ({"source": {**SOURCE, "pattern": "stars"}}, "pattern must be 'ramp' or 'speckle'"),
-    ({"source": {**SOURCE, "colour": "red"}}, "unknown key(s) ['colour']"),
-    ({"source": {**SOURCE, "rate": -1}}, "source rate must be a number"),
+    ({"mode": "sometimes"}, "'mode' option of the frame receiver must be one of ['block', 'drop']"),
+    ({"source": {"type": "camera"}}, "source type must be one of ['hdf5', 'simulated']"),
+    ({"source": {**SOURCE, "shape": [0, 4]}}, "'source/shape' option of a simulated source: must be a list"),
+    ({"source": {**SOURCE, "dtype": "complex64"}}, "'source/dtype' option"),
+    ({"source": {**SOURCE, "pattern": "stars"}}, "'source/pattern' option of a simulated source must be one of ['ramp', 'speckle']"),
+    ({"source": {**SOURCE, "colour": "red"}}, "unknown key 'source/colour' for a simulated source"),
+    ({"source": {**SOURCE, "rate": -1}}, "'source/rate' option of a simulated source must be in [0, 1e+07]"),
     ({"source": {"type": "hdf5", "file": "/no/such.h5", "dataset": "data"}}, "does not exist"),
-    ({"shared_buffer_name": "a/b"}, "shared_buffer_name must be a short name"),
-    ({"bogus": 1}, "unknown receiver configure key(s) ['bogus']"),
+    ({"shared_buffer_name": "a/b"}, "'shared_buffer_name' option of the frame receiver: must be a short name"),
+    ({"bogus": 1}, "unknown key 'bogus' for the frame receiver"),
 ])
 def test_bad_configure_is_nacked_and_changes_nothing(receiver, params, reason):
     receiver.ok("configure", {"shared_buffer_name": unique_shm_name(), "source": SOURCE})

@@ -47,7 +47,7 @@ def test_speckle_raw_detector_response_is_undone_by_its_maps():
 
 
 def test_bad_speckle_keys():
-    with pytest.raises(ValueError, match="source contrast must be a number in \\(0.0, 1.0\\]"):
+    with pytest.raises(ValueError, match="'source/contrast' option of a simulated source must be in \\(0, 1\\]"):
         make_source({"type": "simulated", "pattern": "speckle", "contrast": 2})
-    with pytest.raises(ValueError, match="source gain"):
+    with pytest.raises(ValueError, match="'source/gain'"):
         make_source({"type": "simulated", "pattern": "speckle", "gain": 0})

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from framechain.ipc.options import Option, Section, validate_options
 from framechain.ipc.errors import ConfigError
 
 from .codecs import BLOSC_COMPRESSORS, COMPRESSIONS
 from .distribution import Distribution
 
-__all__ = ["DATATYPES", "DatasetSpec", "FileSpec", "WriterConfig", "merge"]
+__all__ = ["DATATYPES", "DatasetSpec", "FileSpec", "WriterConfig", "WRITER_OPTIONS", "merge"]
 
 DATATYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
              "float32": np.float32}
@@ -88,72 +89,76 @@ class WriterConfig:
                 "threads": self.threads, "watchdog_ms": self.watchdog_ms}
 
 
-# -- small checkers -------------------------------------------------------------
-def _int(where: str, v: Any, lo: int = 0, hi: int | None = None) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ConfigError(f"{_OWNER} '{where}' must be an integer {rng}, not {v!r}", where)
-    return v
+# -- declared options -------------------------------------------------------------
+def _no_slash(v: str) -> str | None:
+    return "must not contain '/'" if "/" in v else None
 
 
-def _num(where: str, v: Any, lo: float = 0.0) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < lo:
-        raise ConfigError(f"{_OWNER} '{where}' must be a number >= {lo:g}, not {v!r}", where)
-    return float(v)
+def _positive_ints(v: list) -> str | None:
+    ok = v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+    return None if ok else "must be a non-empty list of positive integers"
 
 
-def _str(where: str, v: Any) -> str:
-    if not isinstance(v, str):
-        raise ConfigError(f"{_OWNER} '{where}' must be a string, not {v!r}", where)
-    return v
-
-
-def _bool(where: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{_OWNER} '{where}' must be true or false, not {v!r}", where)
-    return v
-
-
-def _obj(where: str, v: Any, known: set[str]) -> Mapping[str, Any]:
-    if not isinstance(v, Mapping):
-        raise ConfigError(f"{_OWNER} '{where}' must be an object with keys {sorted(known)}, not {v!r}", where)
-    unknown = set(v) - known
-    if unknown:
-        raise ConfigError(f"{_OWNER} '{where}' has unknown key(s) {sorted(unknown)}; known: {sorted(known)}", where)
-    return v
-
-
-def _dims(where: str, v: Any) -> tuple[int, ...]:
-    if (not isinstance(v, list) or not v
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
-        raise ConfigError(f"{_OWNER} '{where}' must be a list of positive integers, not {v!r}", where)
-    return tuple(v)
+PROCESS_OPTIONS = {
+    "number": Option(int, 1, "number of writer processes (ranks)", low=1),
+    "rank": Option(int, 0, "this writer's rank, 0 .. number - 1", low=0),
+    "frames_per_block": Option(int, 1, "consecutive frames each rank takes in turn", low=1),
+    "blocks_per_file": Option(int, 0, "blocks per file (0: one file per acquisition)", low=0),
+}
+FILE_OPTIONS = {
+    "path": Option(str, "", "output directory (must exist and be writable)"),
+    "prefix": Option(str, "", "file name prefix", check=_no_slash),
+    "name": Option(str, "", "the older odin-data form: the whole file name (no numbering)", check=_no_slash),
+    "use_numbers": Option(bool, True, "add _000001 ... to file names"),
+    "first_number": Option(int, 1, "number of the first file", low=0),
+    "postfix": Option(str, "", "text after the acquisition id", check=_no_slash),
+    "extension": Option(str, "h5", "file extension", check=_no_slash),
+    "temp_suffix": Option(str, ".tmp", "suffix while a file is being written", check=_no_slash),
+    "overwrite": Option(bool, False, "replace existing files instead of refusing"),
+}
+DATASET_OPTIONS = {
+    "datatype": Option((str, int), "uint16", f"one of {list(DATATYPES)} (or odin-data's 0, 1, 2)"),
+    "dims": Option(list, [], "frame shape, e.g. [512, 512]", check=_positive_ints),
+    "chunks": Option(list, [], "chunk shape: [1, *dims] (one frame per chunk)", check=_positive_ints),
+    "compression": Option(str, "none", "filter", choices=tuple(COMPRESSIONS)),
+    "blosc_compressor": Option(int, 1, "blosc compressor id", low=0, high=max(BLOSC_COMPRESSORS)),
+    "blosc_level": Option(int, 5, "blosc level", low=0, high=9),
+    "blosc_shuffle": Option(int, 2, "blosc shuffle: 0 none, 1 byte, 2 bit", low=0, high=2),
+    "cmd": Option(str, "create", "the seed README's older form: create or delete", choices=("create", "delete")),
+    "name": Option(str, "", "the seed README's older form: the dataset name"),
+}
+WRITER_OPTIONS: dict[str, Option | Section] = {
+    "process": Section(PROCESS_OPTIONS, "number of writer processes, this one's rank, frames per block, "
+                                        "blocks per file"),
+    "file": Section(FILE_OPTIONS, "output directory and name parts (or the older {path, name})"),
+    "dataset": Option((dict, str), {}, "{<name>: {datatype, dims, chunks, compression, blosc_compressor, "
+                                       "blosc_level, blosc_shuffle}}"),
+    "frames": Option(int, 0, "frames in the acquisition (all ranks); 0 = unlimited", low=0),
+    "master": Option(str, "data", "dataset counted as frames written and linked into /entry/data"),
+    "acquisition_id": Option(str, "", "acquisition id when frames carry none; part of the file name"),
+    "close_file_timeout": Option(float, 5.0, "seconds to wait for missing frames after end of acquisition", low=0),
+    "swmr": Option(bool, True, "write files SWMR-readable"),
+    "flush_frames": Option(int, 1000, "flush after this many frames (or after flush_ms, whichever comes first)",
+                           low=1),
+    "flush_ms": Option(int, 1000, "flush at most this many ms after the first unflushed frame", low=1),
+    "vds": Option(bool, True, "rank 0 writes <stem>_vds.h5 with a virtual dataset over every file"),
+    "threads": Option(int, 2, "compression threads", low=1, high=64),
+    "watchdog_ms": Option(int, 2000, "report create/write/flush/close calls slower than this", low=1),
+    "write": Option(bool, False, "true = start_writing, false = stop_writing"),
+}
 
 
 # -- sections -------------------------------------------------------------------------
-def _process(cur: Distribution, v: Any) -> Distribution:
-    v = _obj("process", v, {"number", "rank", "frames_per_block", "blocks_per_file"})
-    out = replace(cur, **{
-        k: _int(f"process/{k}", x, 1 if k in ("number", "frames_per_block") else 0) for k, x in v.items()})
+def _process(cur: Distribution, v: Mapping[str, Any]) -> Distribution:
+    out = replace(cur, **v)
     if out.rank >= out.number:
         raise ConfigError(f"{_OWNER} 'process/rank' {out.rank} must be less than 'process/number' {out.number}",
                           "rank")
     return out
 
 
-def _file(cur: FileSpec, v: Any) -> FileSpec:
-    v = _obj("file", v, {"path", "prefix", "name", "use_numbers", "first_number", "postfix", "extension",
-                         "temp_suffix", "overwrite"})
-    vals: dict[str, Any] = {}
-    for k, x in v.items():
-        if k in ("use_numbers", "overwrite"):
-            vals[k] = _bool(f"file/{k}", x)
-        elif k == "first_number":
-            vals[k] = _int("file/first_number", x, 0)
-        else:
-            vals[k] = _str(f"file/{k}", x)
-            if k in ("prefix", "name", "postfix", "extension", "temp_suffix") and "/" in x:
-                raise ConfigError(f"{_OWNER} 'file/{k}' must not contain '/', got {x!r}", k)
+def _file(cur: FileSpec, v: Mapping[str, Any]) -> FileSpec:
+    vals = dict(v)
     if "extension" in vals:
         vals["extension"] = vals["extension"].lstrip(".")
     if "name" in vals and vals["name"]:
@@ -178,32 +183,19 @@ def check_path(path: str) -> None:
 
 def _dataset(name: str, cur: DatasetSpec | None, v: Any) -> DatasetSpec:
     where = f"dataset/{name}"
-    v = _obj(where, v, {"datatype", "dims", "chunks", "compression", "blosc_compressor", "blosc_level",
-                        "blosc_shuffle", "cmd", "name"})
-    vals: dict[str, Any] = {}
-    for k, x in v.items():
-        if k in ("cmd", "name"):
-            continue
-        if k == "datatype":
-            if isinstance(x, int) and not isinstance(x, bool) and x in _DATATYPE_ENUM:
-                x = _DATATYPE_ENUM[x]
-            if x not in DATATYPES:
-                raise ConfigError(f"{_OWNER} '{where}/datatype' {x!r} is not supported; use one of "
-                                  f"{list(DATATYPES)}", "datatype")
-            vals[k] = x
-        elif k in ("dims", "chunks"):
-            vals[k] = _dims(f"{where}/{k}", x)
-        elif k == "compression":
-            if x not in COMPRESSIONS:
-                raise ConfigError(f"{_OWNER} '{where}/compression' {x!r} is not supported; use one of "
-                                  f"{list(COMPRESSIONS)}", "compression")
-            vals[k] = x
-        elif k == "blosc_compressor":
-            vals[k] = _int(f"{where}/{k}", x, 0, max(BLOSC_COMPRESSORS))
-        elif k == "blosc_level":
-            vals[k] = _int(f"{where}/{k}", x, 0, 9)
-        elif k == "blosc_shuffle":
-            vals[k] = _int(f"{where}/{k}", x, 0, 2)
+    vals = {k: x for k, x in validate_options(_OWNER, DATASET_OPTIONS, v, f"{where}/").items()
+            if k not in ("cmd", "name")}
+    if "datatype" in vals:
+        x = vals["datatype"]
+        if isinstance(x, int) and x in _DATATYPE_ENUM:
+            x = _DATATYPE_ENUM[x]
+        if x not in DATATYPES:
+            raise ConfigError(f"{_OWNER} '{where}/datatype' {x!r} is not supported; use one of "
+                              f"{list(DATATYPES)}", "datatype")
+        vals["datatype"] = x
+    for k in ("dims", "chunks"):
+        if k in vals:
+            vals[k] = tuple(vals[k])
     if "dims" in vals and "chunks" not in vals:
         vals["chunks"] = ()  # new frame shape: its one-frame chunks follow unless given
     out = replace(cur, **vals) if cur is not None else DatasetSpec(name, **vals)
@@ -248,34 +240,18 @@ def _datasets(cur: dict[str, DatasetSpec], v: Any) -> dict[str, DatasetSpec]:
     return out
 
 
-_TOP = {"process", "file", "dataset", "frames", "master", "acquisition_id", "close_file_timeout", "swmr",
-        "flush_frames", "flush_ms", "vds", "threads", "watchdog_ms", "write"}
-
-
 def merge(cur: WriterConfig, params: Any) -> tuple[WriterConfig, bool | None]:
     """Apply ``params`` to a copy of ``cur``; return it and the ``write`` request (None if absent)."""
-    params = _obj("configuration", params, _TOP)
+    checked = validate_options(_OWNER, WRITER_OPTIONS, params)  # types and ranges, nested sections included
     vals: dict[str, Any] = {}
-    write = None
-    for k, v in params.items():
+    write = checked.pop("write", None)
+    for k, v in checked.items():
         if k == "process":
             vals[k] = _process(cur.process, v)
         elif k == "file":
             vals[k] = _file(cur.file, v)
         elif k == "dataset":
             vals["datasets"] = _datasets(cur.datasets, v)
-        elif k in ("frames", "flush_frames"):
-            vals[k] = _int(k, v, 0 if k == "frames" else 1)
-        elif k in ("flush_ms", "watchdog_ms"):
-            vals[k] = _int(k, v, 1)
-        elif k == "threads":
-            vals[k] = _int(k, v, 1, 64)
-        elif k in ("master", "acquisition_id"):
-            vals[k] = _str(k, v)
-        elif k == "close_file_timeout":
-            vals[k] = _num(k, v)
-        elif k in ("swmr", "vds"):
-            vals[k] = _bool(k, v)
-        elif k == "write":
-            write = _bool(k, v)
+        else:
+            vals[k] = v
     return replace(copy.copy(cur), **vals), write

@@ -13,23 +13,14 @@ The socket is only used from the thread holding the plugin's lock.
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from typing import Any
 
 import zmq
 
-__all__ = ["LivePublisher", "clean_json"]
+from framechain.ipc.message import dumps_finite
 
-
-def clean_json(value: Any) -> Any:
-    """Floats that JSON cannot carry (NaN, inf) become None, recursively over lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [clean_json(v) for v in value]
-    return value
+__all__ = ["LivePublisher"]
 
 
 class LivePublisher:
@@ -63,7 +54,7 @@ class LivePublisher:
         """Send without blocking (a slow subscriber loses messages, never stalls the correlator)."""
         if self._socket is None:
             return
-        data = json.dumps(message, allow_nan=False).encode()
+        data = dumps_finite(message)  # a NaN g2 (an empty bin) travels as null
         try:
             self._socket.send(data, zmq.NOBLOCK)
         except zmq.Again:
