@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench clean browser
+.PHONY: run test soak bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 test: $(TSTAMP) browser
 	$(PY) -m pytest -q tests
+
+# long runs kept out of `make test`: 10,000 hostile control messages per daemon (1,000 in make test)
+soak: $(TSTAMP)
+	FRAMECHAIN_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_control_fuzz.py
 
 # system packages the client tests drive: headless Chromium + chromedriver (web page), tmux (curses TUI)
 browser:

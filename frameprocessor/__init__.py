@@ -3,8 +3,8 @@
 from framechain.ipc.options import Option, Section
 
 from .frame import EndOfAcquisition, Frame
-from .plugin import FrameProcessorPlugin
+from .plugin import FrameProcessorPlugin, FrameSink
 from .pool import DataBlock, DataBlockPool, PoolExhausted
 
-__all__ = ["Frame", "EndOfAcquisition", "FrameProcessorPlugin", "Option", "Section", "DataBlock", "DataBlockPool",
-           "PoolExhausted"]
+__all__ = ["Frame", "EndOfAcquisition", "FrameProcessorPlugin", "FrameSink", "Option", "Section", "DataBlock",
+           "DataBlockPool", "PoolExhausted"]

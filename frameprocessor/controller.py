@@ -24,6 +24,7 @@ from framechain.ipc.channel import endpoint_problem
 from framechain.ipc.control import ControlHandler
 from framechain.ipc.errors import ConfigError, FramechainError, PluginError
 from framechain.ipc.message import IpcMessage
+from framechain.ipc.options import Option, validate_options
 
 from .chain import PluginChain
 from .plugin import FrameProcessorPlugin
@@ -33,8 +34,25 @@ from .shm_controller import ReleaseQueue, SharedMemoryController
 __all__ = ["ProcessorController", "VERSION"]
 
 log = logging.getLogger(__name__)
-_FR_SETUP_KEYS = {"fr_ready_cnxn", "fr_release_cnxn", "fr_shared_mem"}
-_SHM_KEYS = {"copy": bool, "max_pool_memory": int}
+
+
+def _data_endpoint(v: str) -> str | None:
+    return endpoint_problem(v, "tcp://127.0.0.1:5001")
+
+
+#: odin-data's fr_setup keys
+FR_SETUP_OPTIONS = {
+    "fr_ready_cnxn": Option(str, "", "the receiver's frame_ready endpoint, e.g. tcp://127.0.0.1:5001",
+                            check=_data_endpoint),
+    "fr_release_cnxn": Option(str, "", "the receiver's frame_release endpoint, e.g. tcp://127.0.0.1:5002",
+                              check=_data_endpoint),
+    "fr_shared_mem": Option(str, "", "the shared buffer name (else learnt from buffer_config)"),
+}
+SHARED_MEMORY_OPTIONS = {
+    "copy": Option(bool, True, "copy each frame into a pooled block and release the buffer at once "
+                               "(false: zero-copy views on the receiver's buffers)"),
+    "max_pool_memory": Option(int, 2 << 30, "memory bound of the processor's DataBlockPool, bytes", low=1),
+}
 
 
 def _as_list(value: Any, what: str) -> list[dict[str, Any]]:
@@ -65,7 +83,8 @@ class ProcessorController(ControlHandler):
     # -- simple requests ---------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         st: dict[str, Any] = {"process": {"pid": os.getpid(), "uptime": round(time.time() - self.started, 3),
-                                          "switch_interval_ms": round(sys.getswitchinterval() * 1000, 4)}}
+                                          "switch_interval_ms": round(sys.getswitchinterval() * 1000, 4),
+                                          **self.control_status()}}
         if self.shm is not None:
             st.update(self.shm.status())
         else:
@@ -183,18 +202,10 @@ class ProcessorController(ControlHandler):
         return {d.get("index") for d in loads if isinstance(d, dict) and isinstance(d.get("index"), str)}
 
     def _check_fr_setup(self, value: Any) -> dict[str, str]:
-        if not isinstance(value, dict):
-            raise ConfigError("fr_setup must be an object with fr_ready_cnxn and fr_release_cnxn", "fr_setup")
-        unknown = set(value) - _FR_SETUP_KEYS
-        if unknown:
-            raise ConfigError(f"unknown fr_setup key(s) {sorted(unknown)}; known: {sorted(_FR_SETUP_KEYS)}", "fr_setup")
+        value = validate_options("the frame processor", FR_SETUP_OPTIONS, value, "fr_setup/")
         for key in ("fr_ready_cnxn", "fr_release_cnxn"):
-            ep = value.get(key)
-            problem = endpoint_problem(ep, "tcp://127.0.0.1:5001")
-            if problem:
-                raise ConfigError(f"fr_setup {key} {problem}, got {ep!r}", key)
-        if "fr_shared_mem" in value and not isinstance(value["fr_shared_mem"], str):
-            raise ConfigError("fr_setup fr_shared_mem must be a string (the shared buffer name)", "fr_shared_mem")
+            if key not in value:
+                raise ConfigError(f"fr_setup needs {key} ({FR_SETUP_OPTIONS[key].help})", key)
         if self.shm is not None and self.shm.busy:
             raise ConfigError("cannot change fr_setup while a frame is waiting for a plugin; retry when idle",
                               "fr_setup")
@@ -204,15 +215,7 @@ class ProcessorController(ControlHandler):
         return dict(value)
 
     def _check_shared_memory(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise ConfigError("shared_memory must be an object like {\"copy\": true}", "shared_memory")
-        for key, v in value.items():
-            if key not in _SHM_KEYS:
-                raise ConfigError(f"unknown shared_memory key {key!r}; known: {sorted(_SHM_KEYS)}", key)
-            t = _SHM_KEYS[key]
-            if not isinstance(v, t) or (t is int and (isinstance(v, bool) or v <= 0)):
-                raise ConfigError(f"shared_memory {key} must be {'true/false' if t is bool else 'a positive integer'}, "
-                                  f"not {v!r}", key)
+        value = validate_options("the frame processor", SHARED_MEMORY_OPTIONS, value, "shared_memory/")
         if "copy" in value and value["copy"] != self.copy and self.shm is not None and self.shm.busy:
             raise ConfigError("cannot change shared_memory copy mode while a frame is waiting; retry when idle", "copy")
         return value

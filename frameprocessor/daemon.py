@@ -44,7 +44,6 @@ class FrameProcessorDaemon:
         self.controller.on_shm_change = self._reregister
         self.stop_requested = False
         self._closed_chain = False
-        self.internal_errors = 0
         log.info("frame processor control on %s", self.ctrl.endpoint)
 
     def _reregister(self) -> None:
@@ -79,8 +78,8 @@ class FrameProcessorDaemon:
             try:
                 self._step()
             except Exception:  # a bug must not take the daemon (and its buffers) down
-                self.internal_errors += 1
-                log.exception("internal error in the processor loop (%d so far)", self.internal_errors)
+                self.controller.internal_errors += 1
+                log.exception("internal error in the processor loop (%d so far)", self.controller.internal_errors)
                 time.sleep(0.01)
         if not self.controller.shutdown_requested:
             self.shutdown()
@@ -91,7 +90,7 @@ class FrameProcessorDaemon:
         shm = self.controller.shm
         events = dict(self.poller.poll(1 if shm is not None and shm.busy else 100))
         if self.ctrl.socket in events:
-            self.ctrl.serve(self.handle)
+            self.controller.malformed_messages += self.ctrl.serve(self.handle)
         shm = self.controller.shm
         if shm is None:
             return

@@ -87,13 +87,14 @@ class ReceiverController(ControlHandler):
         self.source_cfg: dict[str, Any] = {}
         self.buffer: SharedBuffer | None = None
         self.buffers: BufferManager | None = None
-        self.state = "unconfigured"  # unconfigured, idle, running, done, stopped
+        self.state = "unconfigured"  # unconfigured, idle, running, done, stopped, failed
         self.next_frame = 0
         self.next_due = 0.0
         self.started_at = 0.0
         self.ended_at = 0.0
         self.shutdown_requested = False
         self.subscribers = 0  # processors subscribed to frame_ready
+        self.source_error = ""  # why the last acquisition failed (state "failed")
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
         self.reset_statistics()
@@ -114,7 +115,8 @@ class ReceiverController(ControlHandler):
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "dropped": self.frames_dropped, "timedout": self.frames_timedout,
                        "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases},
-            "source": {"state": self.state, "frame": self.next_frame, **(self.source.describe() if self.source else {}),
+            "source": {"state": self.state, "frame": self.next_frame, "error": self.source_error,
+                       **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
                        if self.started_at else 0.0},
             "shared_memory": {"shared_buffer_name": self.shared_buffer_name,
@@ -122,7 +124,7 @@ class ReceiverController(ControlHandler):
                               "buffer_size": self.buffer.buffer_size if self.buffer else 0},
             "mode": self.mode,
             "ready_subscribers": self.subscribers,
-            "process": {"pid": os.getpid()},
+            "process": {"pid": os.getpid(), **self.control_status()},
         }
         return st
 
@@ -310,6 +312,7 @@ class ReceiverController(ControlHandler):
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
+        self.source_error = ""
         self.state = "running"
         log.info("source started: %s", self.source.describe())
 
@@ -325,6 +328,14 @@ class ReceiverController(ControlHandler):
             "end_of_acquisition": True, "acquisition_id": src.acquisition_id if src else "",
             "frames": self.next_frame}))
         log.info("source %s after %d frames (%d dropped)", state, self.next_frame, self.frames_dropped)
+
+    def _fail(self, bid: int, err: Exception) -> None:
+        """Frame ``next_frame`` could not be made: give its buffer back and end the acquisition as failed."""
+        self.buffer.set_state(bid, STATE_EMPTY)
+        self.buffers.release(bid)
+        self.source_error = f"frame {self.next_frame}: {type(err).__name__}: {err}"
+        log.exception("the %s source failed at frame %d; acquisition ended", self.source.kind, self.next_frame)
+        self._end("failed")
 
     def wait_time(self) -> float | None:
         """Seconds until ``produce`` has work: 0 now, a delay for rate limiting, None when idle/blocked."""
@@ -354,7 +365,11 @@ class ReceiverController(ControlHandler):
                     break
                 self.frames_dropped += 1
             else:
-                self._fill(bid)
+                try:
+                    self._fill(bid)
+                except Exception as err:  # the source broke (a file truncated under us): end, keep serving
+                    self._fail(bid, err)
+                    break
             self.frames_received += 1
             self.next_frame += 1
             done += 1

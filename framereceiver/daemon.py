@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import zmq
 
@@ -70,19 +71,29 @@ class FrameReceiverDaemon:
         poller.register(self.ready.socket, zmq.POLLIN)
         ctl = self.controller
         while not self.stop_requested:
-            wait = ctl.wait_time()
-            timeout = 100 if wait is None else int(wait * 1000)
-            events = dict(poller.poll(timeout))
-            if self.release.socket in events:
-                self.handle_releases()
-            if self.ready.socket in events:
-                self.handle_subscriptions()
-            if self.ctrl.socket in events:
-                self.ctrl.serve(ctl.handle)
-                if ctl.shutdown_requested:
-                    self.stop_requested = True
-            ctl.produce()
+            try:
+                self._step(poller)
+            except Exception:  # a bug must not take the receiver (and its segment) down
+                ctl.internal_errors += 1
+                log.exception("internal error in the receiver loop (%d so far)", ctl.internal_errors)
+                time.sleep(0.01)
         log.info("frame receiver stopping")
+
+    def _step(self, poller: zmq.Poller) -> None:
+        """One poll: releases, subscriptions, control, then frames that are due."""
+        ctl = self.controller
+        wait = ctl.wait_time()
+        timeout = 100 if wait is None else int(wait * 1000)
+        events = dict(poller.poll(timeout))
+        if self.release.socket in events:
+            self.handle_releases()
+        if self.ready.socket in events:
+            self.handle_subscriptions()
+        if self.ctrl.socket in events:
+            ctl.malformed_messages += self.ctrl.serve(ctl.handle)
+            if ctl.shutdown_requested:
+                self.stop_requested = True
+        ctl.produce()
 
     def close(self) -> None:
         if hasattr(self, "controller"):

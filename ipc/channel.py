@@ -93,24 +93,28 @@ class IpcChannel:
         """Receive and parse one message (raises ProtocolError when malformed)."""
         return IpcMessage.decode(self.recv_raw(flags)[1])
 
-    def serve(self, handle: Callable[[IpcMessage], IpcMessage], limit: int = 64) -> None:
+    def serve(self, handle: Callable[[IpcMessage], IpcMessage], limit: int = 64) -> int:
         """Answer up to ``limit`` waiting requests on a ROUTER: exactly one reply each.
 
         A request that does not parse gets a nack saying why (echoing its id and
-        msg_val when readable); the others get ``handle(msg)``.
+        msg_val when readable); the others get ``handle(msg)``. Returns how many
+        requests were refused as malformed.
         """
+        malformed = 0
         for _ in range(limit):
             try:
                 identity, raw = self.recv_raw(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return malformed
             try:
                 msg = IpcMessage.decode(raw)
             except ProtocolError as err:
+                malformed += 1
                 reply = nack_for_garbage(raw, str(err))
             else:
                 reply = handle(msg)
             self.send(reply, identity)
+        return malformed
 
     def pending(self, limit: int | None = None) -> Iterator[bytes]:
         """Yield the messages waiting on a one-part socket (SUB, XPUB, DEALER) without blocking.

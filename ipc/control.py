@@ -37,6 +37,13 @@ class ControlHandler:
     """
 
     role = "daemon"
+    #: messages refused before dispatch (not parseable, over a limit) and loop faults; the daemon bumps them
+    malformed_messages = 0
+    internal_errors = 0
+
+    def control_status(self) -> dict[str, int]:
+        """The counters every daemon reports under ``process``."""
+        return {"malformed_messages": self.malformed_messages, "internal_errors": self.internal_errors}
 
     def handle(self, msg: IpcMessage) -> IpcMessage:
         """Reply to one control message; never raises for a bad request."""

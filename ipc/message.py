@@ -6,8 +6,14 @@ Wire form (one UTF-8 JSON object per ZeroMQ frame)::
      "timestamp": "2026-11-23T08:53:06.340914", "params": {...}}
 
 Parsing is strict: a bad ``msg_type``, ``msg_val``, ``id``, ``timestamp`` or
-``params`` raises :class:`~ipc.errors.ProtocolError` with a reason a person can
-act on. A reply (``ack``/``nack``) copies the request's ``id`` and ``msg_val``.
+``params`` raises :class:`~framechain.ipc.errors.ProtocolError` with a reason a
+person can act on. A reply (``ack``/``nack``) copies the request's ``id`` and
+``msg_val``.
+
+Limits, checked before and while parsing, so no message however broken costs
+more than a nack: ``MAX_MESSAGE_BYTES`` per message, ``MAX_DEPTH`` nested
+arrays/objects, ``MAX_INT_DIGITS`` digits per integer, ``MAX_STRING_BYTES``
+per string, finite numbers only.
 """
 
 from __future__ import annotations
@@ -15,13 +21,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 from .errors import ProtocolError
 
 __all__ = ["IpcMessage", "MSG_TYPES", "MSG_VALS", "next_id", "nack_for_garbage", "frame_notification",
-           "dumps_finite"]
+           "dumps_finite", "loads_limited", "MAX_MESSAGE_BYTES", "MAX_DEPTH", "MAX_INT_DIGITS", "MAX_STRING_BYTES"]
+
+MAX_MESSAGE_BYTES = 4 << 20   #: a configure of a whole chain is a few kB
+MAX_DEPTH = 32                #: nested arrays/objects (a writer configure needs 4)
+MAX_INT_DIGITS = 20           #: every 64-bit integer fits
+MAX_STRING_BYTES = 64 << 10   #: paths, names, endpoints
 
 MSG_TYPES = frozenset({"cmd", "ack", "nack", "notify"})
 MSG_VALS = frozenset({
@@ -75,13 +89,7 @@ class IpcMessage:
     @classmethod
     def decode(cls, raw: bytes | str) -> IpcMessage:
         """Parse and validate the wire form; raise ProtocolError naming the problem."""
-        try:
-            obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw, parse_constant=_no_constant)
-        except UnicodeDecodeError as err:
-            raise ProtocolError(f"message is not UTF-8 text: {err}") from err
-        except json.JSONDecodeError as err:
-            raise ProtocolError(f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
-        return cls.from_dict(obj)
+        return cls.from_dict(loads_limited(raw))
 
     @classmethod
     def from_dict(cls, obj: Any) -> IpcMessage:
@@ -155,15 +163,86 @@ def nack_for_garbage(raw: bytes, error: str) -> IpcMessage:
     """A nack for a message that failed to parse, echoing its id and msg_val when readable."""
     msg_id, msg_val = 0, "status"
     try:
-        obj = json.loads(raw)
-        if isinstance(obj, dict):
-            if isinstance(obj.get("id"), int) and not isinstance(obj.get("id"), bool) and obj["id"] >= 0:
-                msg_id = obj["id"]
-            if isinstance(obj.get("msg_val"), str):
-                msg_val = obj["msg_val"]
-    except (ValueError, UnicodeDecodeError):
-        pass
+        obj = loads_limited(raw, finite=False)  # a NaN somewhere still lets us echo the id
+    except ProtocolError:
+        obj = None
+    if isinstance(obj, dict):
+        if isinstance(obj.get("id"), int) and not isinstance(obj.get("id"), bool) and obj["id"] >= 0:
+            msg_id = obj["id"]
+        if isinstance(obj.get("msg_val"), str) and len(obj["msg_val"]) <= 64:
+            msg_val = obj["msg_val"]
     return IpcMessage("nack", msg_val, {"error": error}, id=msg_id)
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_LONG_DIGITS = re.compile(rb"\d{%d}" % (MAX_INT_DIGITS + 1))
+_BIG_EXPONENT = re.compile(rb"[eE][+-]?\d{3}|\d{300}")
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of arrays/objects in JSON text (string contents ignored)."""
+    b = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
+    step = np.isin(b, _OPEN).astype(np.int32) - np.isin(b, _CLOSE)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1 and len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(f"message has an integer of {len(text.lstrip('-'))} digits; at most "
+                            f"{MAX_INT_DIGITS} are allowed")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"message has the number {text[:40]}, which is out of range; numbers must be finite")
+    return value
+
+
+def _long_string(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return len(obj) > MAX_STRING_BYTES
+    if isinstance(obj, dict):
+        return any(_long_string(k) or _long_string(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_long_string(v) for v in obj)
+    return False
+
+
+def loads_limited(raw: bytes | str, finite: bool = True) -> Any:
+    """``json.loads`` within the module's limits; ProtocolError naming the first one broken.
+
+    ``finite=False`` lets NaN, Infinity and overflowing numbers through (only to read a broken
+    message's id for its nack).
+
+    Cheap for the small messages of the data path: the depth is measured only when a message
+    holds more brackets than ``MAX_DEPTH``, and strings only when it is longer than one may be.
+    """
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes is larger than the {MAX_MESSAGE_BYTES} bytes allowed")
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
+        raise ProtocolError(f"message nests arrays/objects more than {MAX_DEPTH} deep")
+    hooks: dict[str, Any] = {}
+    if _LONG_DIGITS.search(data):  # only then can an integer be too long: check each one
+        hooks["parse_int"] = _parse_int
+    if finite:
+        hooks["parse_constant"] = _no_constant
+        if _BIG_EXPONENT.search(data):  # only then can a number overflow to infinity
+            hooks["parse_float"] = _parse_float
+    try:
+        obj = json.loads(data.decode("utf-8"), **hooks)
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"message is not UTF-8 text: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ProtocolError(f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
+    except RecursionError as err:  # cannot happen below MAX_DEPTH; never let it out of a run loop
+        raise ProtocolError(f"message nests arrays/objects more than {MAX_DEPTH} deep") from err
+    if len(data) > MAX_STRING_BYTES and _long_string(obj):
+        raise ProtocolError(f"message has a string longer than the {MAX_STRING_BYTES} allowed")
+    return obj
 
 
 def dumps_finite(obj: Any) -> bytes:

@@ -90,7 +90,7 @@ def _bad_plugin_file(tmp_path):
     ({"b": {"enabled": "yes"}}, "The 'enabled' option of SumPlugin 'b' expected true or false"),
     ({"b": {"bogus": 1}}, "unknown key 'bogus' for SumPlugin 'b'"),
     ({"fr_setup": {"fr_ready_cnxn": "nowhere"}}, "fr_ready_cnxn"),
-    ({"shared_memory": {"copy": "maybe"}}, "copy must be true/false"),
+    ({"shared_memory": {"copy": "maybe"}}, "'shared_memory/copy' option of the frame processor expected true or false"),
     # a good load followed by a bad connect: the whole message is rolled back
     ({"plugin": {"load": {"index": "c", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                  "connect": [{"index": "c", "connection": "a"}, {"index": "c", "connection": "missing"}]}},

@@ -198,7 +198,7 @@ def test_buffers_held_by_a_live_processor_are_not_reclaimed(tmp_path):
         assert p.plugin_status("slow")["good"] == 10
 
 
-def test_runtime_failure_is_not_reported_as_bad_config(tmp_path):
+def test_a_source_that_breaks_mid_run_ends_the_acquisition_and_the_receiver_stays_up(tmp_path):
     import h5py
     import numpy as np
     data = tmp_path / "frames.h5"
@@ -213,11 +213,16 @@ def test_runtime_failure_is_not_reported_as_bad_config(tmp_path):
     try:
         assert d.status()["source"]["state"] == "idle"  # the config file was fine
         os.truncate(data, 20000)  # the file loses most chunks under the daemon: decompressing fails (OSError)
-        d.request("execute", {"source": {"command": "start"}})
-        assert d.proc.wait(20) == 1
+        d.ok("execute", {"source": {"command": "start"}})
+        st = wait_for(lambda: (s := d.status())["source"]["state"] == "failed" and s, what="the source to fail")
+        assert st["source"]["error"].startswith(f"frame {st['source']['frame']}: ")
+        assert st["buffers"]["consistent"] and st["buffers"]["mapped"] == st["frames"]["received"] - \
+            st["frames"]["released"] - st["frames"]["reclaimed"]
+        assert st["process"]["internal_errors"] == 0 and d.proc.poll() is None
         log = d.log()
-        assert "bad --config" not in log
-        assert "the frame receiver failed" in log and "Traceback" in log
+        assert "bad --config" not in log and "source failed at frame" in log and "Traceback" in log
+        d.ok("execute", {"source": {"command": "start"}})  # still driven: the same broken file fails again
+        wait_for(lambda: d.status()["source"]["state"] == "failed", what="the source to fail again")
     finally:
         d.stop()
 
