@@ -8,7 +8,7 @@ from typing import Any
 
 from framechain import __version__
 
-from . import ctl, rest, tui
+from . import ctl, rest, simulate, tui
 
 __all__ = ["main"]
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser(sub)
     tui.add_parser(sub)
     rest.add_parser(sub)
+    simulate.add_parser(sub)
     r = sub.add_parser("run", help="run a whole acquisition from one JSON config")
     r.add_argument("config", help="launcher JSON file (see examples/)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -19,13 +19,16 @@ import zmq
 
 from framechain import __version__ as VERSION
 
+from framechain.ipc.compression import CompressionError
 from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.options import Option, validate_options
-from framechain.ipc.shm import STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer, buffer_size_for
+from framechain.ipc.shm import (FRAME_HEADER, STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer,
+                                buffer_size_for)
 
 from .buffers import BufferManager
+from .dectris import Channel, End, Image, Start, StreamError
 from .sources import FrameSource, make_source
 
 __all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS", "RECEIVER_OPTIONS"]
@@ -95,6 +98,9 @@ class ReceiverController(ControlHandler):
         self.shutdown_requested = False
         self.subscribers = 0  # processors subscribed to frame_ready
         self.source_error = ""  # why the last acquisition failed (state "failed")
+        self._pending: list[tuple[Image, Channel]] = []  # stream image channels waiting for a buffer
+        self.stream_acquisition = ""
+        self.series_frames = 0
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
         self.reset_statistics()
@@ -106,6 +112,7 @@ class ReceiverController(ControlHandler):
         self.frames_timedout = 0
         self.frames_reclaimed = 0
         self.bad_releases = 0
+        self.images_bad = 0
 
     # -- control -----------------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,7 +121,8 @@ class ReceiverController(ControlHandler):
                                                                      "consistent": True},
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "dropped": self.frames_dropped, "timedout": self.frames_timedout,
-                       "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases},
+                       "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases,
+                       "bad_images": self.images_bad},
             "source": {"state": self.state, "frame": self.next_frame, "error": self.source_error,
                        **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
@@ -317,8 +325,19 @@ class ReceiverController(ControlHandler):
         log.info("source started: %s", self.source.describe())
 
     def stop(self) -> None:
-        if self.state == "running":
-            self._end("stopped")
+        if self.state != "running":
+            return
+        if getattr(self.source, "streaming", False):
+            self.frames_dropped += len(self._pending)  # channels of an image that never got a buffer
+            self.frames_received += len(self._pending)
+            self._pending = []
+            self.source.close()  # disconnect: the detector's PUSH sends to other consumers
+            if self.stream_acquisition:
+                self._end_series(self.stream_acquisition)
+            self.state, self.ended_at = "stopped", time.monotonic()
+            log.info("stream source stopped after %d frames (%d dropped)", self.next_frame, self.frames_dropped)
+            return
+        self._end("stopped")
 
     def _end(self, state: str) -> None:
         self.state = state
@@ -337,10 +356,20 @@ class ReceiverController(ControlHandler):
         log.exception("the %s source failed at frame %d; acquisition ended", self.source.kind, self.next_frame)
         self._end("failed")
 
+    def stream_socket(self) -> zmq.Socket | None:
+        """A stream source's socket while it should be read: running, and a free buffer (or drop mode)."""
+        if self.state != "running" or not getattr(self.source, "streaming", False):
+            return None
+        if self.mode == "block" and (not self.buffers.empty or self._pending):
+            return None  # the detector's PUSH queues (then blocks) until we release a buffer
+        return self.source.socket
+
     def wait_time(self) -> float | None:
         """Seconds until ``produce`` has work: 0 now, a delay for rate limiting, None when idle/blocked."""
         if self.state != "running":
             return None
+        if getattr(self.source, "streaming", False):
+            return 0.0 if self._pending and self.buffers.empty else None  # else the stream socket wakes us
         if self.mode == "block" and not self.buffers.empty:
             return None  # wake on a release
         return max(0.0, self.next_due - time.monotonic())
@@ -349,6 +378,8 @@ class ReceiverController(ControlHandler):
         """Announce up to ``limit`` frames that are due; return how many were handled."""
         if self.state != "running":
             return 0
+        if getattr(self.source, "streaming", False):
+            return self._produce_stream(limit)
         src, buffers = self.source, self.buffers
         rate = src.rate
         done = 0
@@ -377,6 +408,80 @@ class ReceiverController(ControlHandler):
                 self.next_due += 1.0 / rate
                 now = time.monotonic()
         return done
+
+    # -- stream sources ------------------------------------------------------------
+    def _produce_stream(self, limit: int) -> int:
+        """Read up to ``limit`` stream messages; each image channel goes to a buffer (block: waits for one)."""
+        src, done = self.source, 0
+        while self._pending and self._fill_channels():
+            done += 1
+        while done < limit and not self._pending:
+            if self.mode == "block" and not self.buffers.empty:
+                break
+            msg = src.receive()
+            if msg is None:
+                break
+            done += 1
+            if isinstance(msg, Start):
+                self.stream_acquisition = str(msg.series_id)
+                self.series_frames = 0
+                log.info("series %s started: channels %s", msg.series_id, list(msg.channels))
+            elif isinstance(msg, End):
+                self._end_series(str(msg.series_id))
+            elif isinstance(msg, Image):
+                self._pending = [(msg, ch) for ch in msg.channels]
+                self._fill_channels()
+        return done
+
+    def _fill_channels(self) -> bool:
+        """Put pending image channels into buffers; False when block mode must wait for a release."""
+        while self._pending:
+            image, channel = self._pending[0]
+            if not self._fill_channel(image, channel):
+                return False
+            self._pending.pop(0)
+        return True
+
+    def _fill_channel(self, image: Image, ch: Channel) -> bool:
+        """One channel into one buffer; False only when block mode has no free buffer."""
+        buf = self.buffer
+        if not 1 <= len(ch.shape) <= 4 or FRAME_HEADER.size + ch.nbytes > buf.buffer_size:
+            self.images_bad += 1
+            self.warnings.warning("image %d channel %r: a %s %s image does not fit the %d-byte buffers "
+                                  "(configure the source's shape and dtype for this detector)", image.image_id,
+                                  ch.name, list(ch.shape), ch.dtype.str, buf.buffer_size)
+            return True
+        bid = self.buffers.take()
+        if bid is None:
+            if self.mode == "block":
+                return False
+            self.frames_dropped += 1
+            self.frames_received += 1
+            return True
+        header = FrameHeader(image.image_id, ch.dtype.str, ch.shape, ch.nbytes, 0.0,
+                             self.stream_acquisition or str(image.series_id), ch.name[:16], STATE_FILLING)
+        buf.write_header(bid, header)
+        try:
+            ch.decode_into(buf.views(ch.dtype, ch.shape)[bid])
+        except (StreamError, CompressionError) as err:
+            self.buffers.release(bid)
+            buf.set_state(bid, STATE_EMPTY)
+            self.images_bad += 1
+            self.warnings.warning("image %d channel %r dropped: %s", image.image_id, ch.name, err)
+            return True
+        buf.set_state(bid, STATE_READY, time.time())
+        self.publish_raw(frame_notification("frame_ready", image.image_id, bid))
+        self.frames_received += 1
+        self.next_frame += 1
+        self.series_frames += 1
+        return True
+
+    def _end_series(self, acquisition_id: str) -> None:
+        """A stream's end message: end of acquisition downstream; the source keeps listening."""
+        self.publish(IpcMessage("notify", "frame_ready", {
+            "end_of_acquisition": True, "acquisition_id": acquisition_id, "frames": self.series_frames}))
+        log.info("series %s ended after %d frames", acquisition_id, self.series_frames)
+        self.stream_acquisition, self.series_frames = "", 0
 
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer

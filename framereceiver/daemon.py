@@ -70,6 +70,7 @@ class FrameReceiverDaemon:
         poller.register(self.release.socket, zmq.POLLIN)
         poller.register(self.ready.socket, zmq.POLLIN)
         ctl = self.controller
+        self._stream: zmq.Socket | None = None
         while not self.stop_requested:
             try:
                 self._step(poller)
@@ -82,6 +83,13 @@ class FrameReceiverDaemon:
     def _step(self, poller: zmq.Poller) -> None:
         """One poll: releases, subscriptions, control, then frames that are due."""
         ctl = self.controller
+        stream = ctl.stream_socket()  # a detector stream is read only while a buffer is free (block mode)
+        if stream is not self._stream:
+            if self._stream is not None:
+                poller.unregister(self._stream)  # works on a socket the source has closed
+            if stream is not None:
+                poller.register(stream, zmq.POLLIN)
+            self._stream = stream
         wait = ctl.wait_time()
         timeout = 100 if wait is None else int(wait * 1000)
         events = dict(poller.poll(timeout))

@@ -25,8 +25,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+from framechain.ipc.channel import endpoint_problem
 from framechain.ipc.errors import ConfigError
 from framechain.ipc.options import Option, defaults, validate_options
+
+from .dectris import StreamV2Source
 
 __all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "SOURCE_OPTIONS", "make_source", "speckle_g2"]
 
@@ -246,6 +249,15 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         "read_noise": Option(float, 0.0, "speckle: gaussian read noise, ADU", low=0, high=1e6),
         "fixed_pattern": Option(float, 0.0, "speckle: per-pixel pedestal spread (fraction)", low=0, high=0.5),
     },
+    "dectris_v2": {
+        "type": Option(str, "dectris_v2", "source kind"),
+        "endpoint": Option(str, "tcp://127.0.0.1:31001", "the detector's stream v2 PUSH endpoint "
+                           "(tcp://<DCU>:31001)", check=lambda v: endpoint_problem(v, "tcp://127.0.0.1:31001")),
+        "shape": Option(list, [512, 512], "the largest image [height, width] (sizes the buffers)", check=_shape),
+        "dtype": Option(str, "uint16", "the widest pixel type the detector sends (sizes the buffers)",
+                        choices=("uint8", "uint16", "uint32")),
+        "rcvhwm": Option(int, 1000, "messages ZeroMQ may queue on the receiver's side", low=1),
+    },
     "hdf5": {
         **_COMMON,
         "file": Option(str, "", "HDF5 file to replay"),
@@ -271,6 +283,8 @@ def make_source(cfg: Any) -> FrameSource:
                                v["acquisition_id"], **{k: v[k] for k in (
                                    "correlation_time", "contrast", "intensity", "seed", "pedestal", "gain",
                                    "read_noise", "fixed_pattern")})
+    if kind == "dectris_v2":
+        return StreamV2Source(v["endpoint"], tuple(v["shape"]), v["dtype"], rcvhwm=v["rcvhwm"])
     for key in ("file", "dataset"):
         if not v[key]:
             raise ConfigError(f"an hdf5 source needs '{key}' (a string)", key)

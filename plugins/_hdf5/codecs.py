@@ -17,13 +17,13 @@ Chunk formats
 
 from __future__ import annotations
 
-import ctypes
-import os
 import struct
 from typing import Any
 
 import hdf5plugin
 import numpy as np
+
+from framechain.ipc.compression import filter_library
 
 __all__ = ["COMPRESSIONS", "BLOSC_COMPRESSORS", "Codec", "make_codec"]
 
@@ -31,33 +31,7 @@ COMPRESSIONS = ("none", "LZ4", "BSLZ4", "blosc")
 #: c-blosc compressor codes (odin-data's ``blosc_compressor`` values).
 BLOSC_COMPRESSORS = {0: b"blosclz", 1: b"lz4", 2: b"lz4hc", 3: b"snappy", 4: b"zlib", 5: b"zstd"}
 
-_libs: dict[str, ctypes.CDLL] = {}
-
-
-def _lib(name: str) -> ctypes.CDLL:
-    lib = _libs.get(name)
-    if lib is None:
-        lib = ctypes.CDLL(os.path.join(hdf5plugin.PLUGIN_PATH, f"libh5{name}.so"))
-        if name == "bshuf":
-            lib.bshuf_compress_lz4.restype = ctypes.c_int64
-            lib.bshuf_compress_lz4.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                               ctypes.c_size_t, ctypes.c_size_t]
-            lib.bshuf_compress_lz4_bound.restype = ctypes.c_size_t
-            lib.bshuf_compress_lz4_bound.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
-            lib.bshuf_default_block_size.restype = ctypes.c_size_t
-            lib.bshuf_default_block_size.argtypes = [ctypes.c_size_t]
-        elif name == "lz4":
-            lib.LZ4_compress_default.restype = ctypes.c_int
-            lib.LZ4_compress_default.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-            lib.LZ4_compressBound.restype = ctypes.c_int
-            lib.LZ4_compressBound.argtypes = [ctypes.c_int]
-        elif name == "blosc":
-            lib.blosc_compress_ctx.restype = ctypes.c_int
-            lib.blosc_compress_ctx.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
-                                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                               ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
-        _libs[name] = lib
-    return lib
+_lib = filter_library
 
 
 class Codec:

@@ -81,10 +81,17 @@ class _Acquisition:
         self.files: dict[int, H5File] = {}
         self.deadline: float | None = None
 
+        self.others: dict[str, int] = {}  # frames dealt with per other dataset (a detector's second channel)
+
     @property
     def done(self) -> int:
         """Master-dataset frames dealt with: written or counted lost."""
         return self.written + self.lost
+
+    def complete(self) -> bool:
+        """Every frame expected is dealt with: the master's, and those of each other dataset that has frames."""
+        n = self.frames_max
+        return bool(n) and self.done >= n and all(k >= n for k in self.others.values())
 
 
 class WriterEngine:
@@ -276,6 +283,9 @@ class WriterEngine:
                 self.frames_lost += 1
             self._release(job)
         if job.dataset != s.config.master:
+            acq.others[job.dataset] = acq.others.get(job.dataset, 0) + 1  # written or lost, like done
+            if acq.complete():
+                self._end_session(clean=True)
             return
         if written:
             acq.written += 1
@@ -287,7 +297,7 @@ class WriterEngine:
                 self._flush()
         else:
             acq.lost += 1
-        if acq.frames_max and acq.done >= acq.frames_max:
+        if acq.complete():
             self._end_session(clean=True)
 
     def _acquisition_for(self, s: Session, job: Job) -> _Acquisition:

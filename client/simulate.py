@@ -1,0 +1,133 @@
+"""``framechain simulate dectris``: a DECTRIS stream v2 player, for testing without a detector.
+
+Binds a ZeroMQ PUSH socket where a detector's DCU would (``tcp://*:31001``)
+and sends one series: a CBOR ``start``, one ``image`` per frame (every channel
+as an RFC 8746 multi-dimensional typed array, compressed with DECTRIS tag
+56500 ``bslz4`` or ``lz4`` or raw), then ``end``. Frames come from an HDF5
+stack (``--file``) or a pattern (``ramp``: pixel = frame + index, the same as
+the simulated receiver source, so a test can check every pixel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import cbor2
+import numpy as np
+import zmq
+
+from framechain.framereceiver.dectris import COMPRESSION_TAG, MULTI_DIM_TAG, TYPED_ARRAY_TAGS
+from framechain.plugins._hdf5.codecs import make_codec
+
+__all__ = ["add_parser", "encode_image", "ramp_frame", "main"]
+
+_TAG_FOR = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items() if v.startswith(("<", "i1", "u1"))}
+_TAG_FOR[np.dtype("u1")] = 64
+
+
+def ramp_frame(n: int, shape: tuple[int, ...], dtype: np.dtype, channel: int = 0) -> np.ndarray:
+    """Frame ``n`` of the ramp pattern (channel ``c`` is offset by 1000 c)."""
+    modulus = 1 << (8 * dtype.itemsize)
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64)
+    return ((index + n + 1000 * channel) % modulus).astype(dtype).reshape(shape)
+
+
+def encode_image(frame: np.ndarray, compression: str) -> cbor2.CBORTag:
+    """One channel as ``tag 40 [dims, typed array]``, its bytes raw or in DECTRIS tag 56500."""
+    dtype = frame.dtype.newbyteorder("<") if frame.dtype.byteorder == "=" else frame.dtype
+    data = np.ascontiguousarray(frame, dtype)
+    if compression == "none":
+        payload: Any = data.tobytes()
+    else:
+        codec = make_codec({"bslz4": "BSLZ4", "lz4": "LZ4"}[compression], data.dtype, data.shape)
+        chunk = bytes(codec.compress(data, codec.alloc()))
+        payload = cbor2.CBORTag(COMPRESSION_TAG, [compression, data.dtype.itemsize if compression == "bslz4" else 0,
+                                                  chunk])
+    return cbor2.CBORTag(MULTI_DIM_TAG, [list(data.shape), cbor2.CBORTag(_TAG_FOR[data.dtype], payload)])
+
+
+def _frames(args: argparse.Namespace, shape: tuple[int, ...], dtype: np.dtype, channel: int):
+    if args.file:
+        import h5py
+        with h5py.File(args.file, "r") as fh:
+            stack = fh[args.dataset]
+            for n in range(min(args.frames or len(stack), len(stack))):
+                yield np.asarray(stack[n], dtype)
+        return
+    for n in range(args.frames):
+        yield ramp_frame(n, shape, dtype, channel)
+
+
+def run_dectris(args: argparse.Namespace) -> int:
+    if args.version != 2:
+        print("framechain simulate dectris: only --version 2 (CBOR) is implemented so far", file=sys.stderr)
+        return 2
+    dtype = np.dtype(args.dtype)
+    shape = tuple(args.shape)
+    channels = [c for c in args.channels.split(",") if c]
+    if args.file:
+        import h5py
+        with h5py.File(args.file, "r") as fh:
+            shape, dtype = tuple(fh[args.dataset].shape[1:]), fh[args.dataset].dtype
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, args.hwm)
+    push.setsockopt(zmq.LINGER, -1)  # deliver everything before exiting
+    push.bind(args.endpoint)
+    series = args.series_id
+    now = datetime.now(timezone.utc)
+    start = {"type": "start", "series_id": series, "series_unique_id": f"framechain-{series}",
+             "arm_date": cbor2.CBORTag(0, now.isoformat()), "channels": channels,
+             "image_size_x": shape[-1], "image_size_y": shape[0], "number_of_images": args.frames,
+             "count_time": 1.0 / args.rate if args.rate else 0.001, "frame_time": 1.0 / args.rate if args.rate else 0.001,
+             "incident_energy": 12400.0, "detector_description": "framechain simulated EIGER2",
+             "beam_center_x": shape[-1] / 2, "beam_center_y": shape[0] / 2, "pixel_size_x": 75e-6,
+             "pixel_size_y": 75e-6, "threshold_energy": {c: 6200.0 for c in channels}}
+    push.send(cbor2.dumps(start))
+    sources = [_frames(args, shape, dtype, c) for c in range(len(channels))]
+    t0, sent = time.monotonic(), 0
+    for n, frames in enumerate(zip(*sources)):
+        if args.rate:
+            delay = t0 + n / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        image = {"type": "image", "series_id": series, "series_unique_id": f"framechain-{series}", "image_id": n,
+                 "real_time": [1, 1000], "start_time": [n, 1000], "stop_time": [n + 1, 1000],
+                 "data": {c: encode_image(f, args.compression) for c, f in zip(channels, frames)}}
+        push.send(cbor2.dumps(image))
+        sent += 1
+    push.send(cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": f"framechain-{series}"}))
+    push.close()
+    ctx.term()  # LINGER -1: returns once a receiver has taken every message
+    print(f"sent series {series}: {sent} images x {len(channels)} channels ({args.compression})", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="play a detector stream (DECTRIS stream v2) for testing")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    d = kinds.add_parser("dectris", help="a DECTRIS stream v2 series on a PUSH socket")
+    d.add_argument("--version", type=int, default=2, choices=(1, 2), help="stream version (2: CBOR)")
+    d.add_argument("--endpoint", default="tcp://127.0.0.1:31001", help="PUSH endpoint to bind (default %(default)s)")
+    d.add_argument("--frames", type=int, default=100, help="images in the series (default %(default)s)")
+    d.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    d.add_argument("--dtype", default="uint16", choices=("uint8", "uint16", "uint32"))
+    d.add_argument("--file", help="HDF5 stack to replay instead of the ramp pattern")
+    d.add_argument("--dataset", default="/entry/data/data", help="dataset in --file (default %(default)s)")
+    d.add_argument("--compression", default="bslz4", choices=("bslz4", "lz4", "none"))
+    d.add_argument("--channels", default="threshold_1", help="comma-separated channel names (default %(default)s)")
+    d.add_argument("--rate", type=float, default=0.0, help="images per second (0: as fast as taken)")
+    d.add_argument("--series-id", type=int, default=1)
+    d.add_argument("--hwm", type=int, default=100, help="messages queued before sending blocks")
+    d.set_defaults(func=run_dectris)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="framechain")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

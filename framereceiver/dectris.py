@@ -1,0 +1,241 @@
+"""DECTRIS stream v2: a detector's CBOR ``start`` / ``image`` / ``end`` messages on a ZeroMQ PULL socket.
+
+The receiver connects a PULL socket to the detector's PUSH (SIMPLON
+``stream/api/.../config`` with ``format: cbor``; port 31001). Messages are
+decoded with ``cbor2``:
+
+- typed arrays (RFC 8746 tags 64-87) and multi-dimensional arrays (tag 40,
+  row major: dims ``[image_size_y, image_size_x]``);
+- DECTRIS compression (tag 56500 ``[algorithm, elem_size, bytes]``): ``bslz4``
+  and ``lz4`` with HDF5 framing, decoded by hdf5plugin's filter libraries
+  straight into the shared-memory buffer (``framechain.ipc.compression``).
+
+Each channel (threshold) of an image is one frame in its own buffer, with the
+channel name as its dataset name; the series id is the acquisition id. A
+``start`` is kept (``StreamV2Source.start_message``: geometry, energy, count
+time, flatfield and pixel mask), an ``end`` ends the acquisition downstream.
+
+Logger ``framechain.framereceiver.dectris``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import numpy as np
+import zmq
+
+from framechain.ipc.compression import decompress_bslz4, decompress_lz4
+
+__all__ = ["StreamV2Source", "Start", "Image", "End", "Channel", "decode_v2", "StreamError"]
+
+log = logging.getLogger(__name__)
+
+#: RFC 8746 typed-array tags to numpy dtypes (the integer and float ones DECTRIS uses and their kin)
+TYPED_ARRAY_TAGS = {64: "u1", 65: ">u2", 66: ">u4", 67: ">u8", 68: "u1", 69: "<u2", 70: "<u4", 71: "<u8",
+                    72: "i1", 73: ">i2", 74: ">i4", 75: ">i8", 77: "<i2", 78: "<i4", 79: "<i8",
+                    81: ">f4", 82: ">f8", 85: "<f4", 86: "<f8"}
+COMPRESSION_TAG = 56500
+MULTI_DIM_TAG = 40
+
+
+class StreamError(ValueError):
+    """A stream message that cannot be used; the message is counted and dropped."""
+
+
+@dataclass(frozen=True)
+class Compressed:
+    algorithm: str
+    elem_size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TypedArray:
+    dtype: np.dtype
+    payload: bytes | Compressed
+
+
+@dataclass(frozen=True)
+class MultiDimArray:
+    dims: tuple[int, ...]
+    array: TypedArray
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of an image: name, dtype, shape and how to write its pixels into a buffer."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    payload: bytes | Compressed
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def decode_into(self, out: np.ndarray) -> None:
+        """Write the pixels into ``out`` (a C-contiguous array of this dtype and shape)."""
+        p = self.payload
+        if isinstance(p, Compressed):
+            if p.algorithm == "bslz4":
+                decompress_bslz4(p.data, out, p.elem_size or self.dtype.itemsize)
+            elif p.algorithm == "lz4":
+                decompress_lz4(p.data, out)
+            else:
+                raise StreamError(f"channel {self.name!r}: unknown compression {p.algorithm!r}")
+        else:
+            if len(p) != self.nbytes:
+                raise StreamError(f"channel {self.name!r}: {len(p)} bytes for a {list(self.shape)} "
+                                  f"{self.dtype.str} image of {self.nbytes}")
+            out.reshape(-1).view(np.uint8)[:] = np.frombuffer(p, np.uint8)
+
+
+@dataclass(frozen=True)
+class Start:
+    series_id: int
+    channels: tuple[str, ...]
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Image:
+    series_id: int
+    image_id: int
+    channels: tuple[Channel, ...]
+
+
+@dataclass(frozen=True)
+class End:
+    series_id: int
+
+
+def _tag_hook(*args: Any) -> Any:
+    # cbor2 calls (decoder, tag) in its documented form and (tag, immutable) in 6.x: take the tag
+    tag = args[0] if isinstance(args[0], cbor2.CBORTag) else args[1]
+    if tag.tag == COMPRESSION_TAG:
+        v = tag.value
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[0], str) and isinstance(v[2], bytes)):
+            raise StreamError("tag 56500 must hold [algorithm, elem_size, bytes]")
+        return Compressed(v[0], int(v[1] or 0), v[2])
+    dtype = TYPED_ARRAY_TAGS.get(tag.tag)
+    if dtype is not None:
+        if not isinstance(tag.value, (bytes, Compressed)):
+            raise StreamError(f"typed array tag {tag.tag} must hold a byte string")
+        return TypedArray(np.dtype(dtype), tag.value)
+    if tag.tag == MULTI_DIM_TAG:
+        v = tag.value
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], (list, tuple))
+                and isinstance(v[1], TypedArray)):
+            raise StreamError("tag 40 must hold [dims, typed array]")
+        return MultiDimArray(tuple(int(d) for d in v[0]), v[1])
+    return tag
+
+
+def decode_v2(raw: bytes) -> Start | Image | End | None:
+    """One stream v2 message; None for a message type framechain does not use. StreamError if malformed."""
+    try:
+        msg = cbor2.loads(raw, tag_hook=_tag_hook)
+    except StreamError:
+        raise
+    except Exception as err:  # cbor2 raises several types for broken input
+        raise StreamError(f"not a CBOR message: {type(err).__name__}: {err}") from err
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise StreamError("a stream v2 message is a CBOR map with a 'type'")
+    kind = msg["type"]
+    series = msg.get("series_id", 0)
+    if kind == "start":
+        channels = msg.get("channels") or []
+        return Start(int(series), tuple(str(c) for c in channels), msg)
+    if kind == "image":
+        data = msg.get("data")
+        if not isinstance(data, dict) or not data:
+            raise StreamError("an image message needs 'data': {channel: multi-dimensional array}")
+        channels = []
+        for name, arr in data.items():
+            if not isinstance(arr, MultiDimArray):
+                raise StreamError(f"image channel {name!r} is not a multi-dimensional typed array")
+            channels.append(Channel(str(name), arr.array.dtype, arr.dims, arr.array.payload))
+        return Image(int(series), int(msg.get("image_id", 0)), tuple(channels))
+    if kind == "end":
+        return End(int(series))
+    return None
+
+
+class StreamV2Source:
+    """The receiver's side of a DECTRIS stream v2: a PULL socket and the decoded messages.
+
+    Not a ``FrameSource``: frames arrive when the detector sends them, so the receiver reads
+    the socket when it has a free buffer (block mode) or always (drop mode).
+    """
+
+    kind = "dectris_v2"
+    streaming = True
+
+    def __init__(self, endpoint: str, shape: tuple[int, ...], dtype: str, frames: int = 0,
+                 rcvhwm: int = 1000, context: zmq.Context | None = None) -> None:
+        self.endpoint, self.shape, self.dtype, self.frames = endpoint, tuple(shape), np.dtype(dtype), frames
+        self.frame_bytes = int(np.prod(self.shape)) * self.dtype.itemsize  # what a buffer must hold
+        self.rate, self.acquisition_id = 0.0, ""
+        self.rcvhwm = rcvhwm
+        self._ctx = context or zmq.Context.instance()
+        self.socket: zmq.Socket | None = None
+        self.start_message: dict[str, Any] = {}
+        self.messages = self.bad_messages = self.series = 0
+        self.last_error = ""
+
+    def reset(self) -> None:
+        """Connect (at source start); the detector's PUSH sends to whoever is connected."""
+        if self.socket is None:
+            s = self._ctx.socket(zmq.PULL)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            s.connect(self.endpoint)
+            self.socket = s
+            log.info("dectris stream v2: PULL connected to %s", self.endpoint)
+
+    def receive(self) -> Start | Image | End | None:
+        """The next message, or None when none is waiting (or it was malformed: counted, dropped)."""
+        if self.socket is None:
+            return None
+        try:
+            raw = self.socket.recv(zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return None
+        self.messages += 1
+        try:
+            msg = decode_v2(raw)
+        except StreamError as err:
+            self.bad_messages += 1
+            self.last_error = str(err)
+            if self.bad_messages <= 5:
+                log.warning("dectris stream v2: dropped a malformed message: %s", err)
+            return None
+        if isinstance(msg, Start):
+            self.start_message = msg.fields
+            self.series += 1
+        return msg
+
+    def fill(self, index: int, out: np.ndarray) -> None:
+        raise NotImplementedError("a stream source is read with receive(), not filled")
+
+    def describe(self) -> dict[str, Any]:
+        start = self.start_message
+        return {"type": self.kind, "endpoint": self.endpoint, "shape": list(self.shape), "dtype": self.dtype.name,
+                "frames": self.frames, "messages": self.messages, "bad_messages": self.bad_messages,
+                "series": self.series, "last_error": self.last_error,
+                "detector": {k: start[k] for k in ("detector_description", "image_size_x", "image_size_y",
+                                                    "incident_energy", "count_time", "frame_time",
+                                                    "number_of_images", "channels", "beam_center_x",
+                                                    "beam_center_y", "pixel_size_x", "pixel_size_y")
+                             if k in start and isinstance(start[k], (int, float, str, list))}}
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(0)
+            self.socket = None
+

@@ -1,0 +1,128 @@
+"""DECTRIS stream v2 in: ``framechain simulate dectris`` (a real PUSH player subprocess) -> receiver ->
+processor -> HDF5 writer, bit-exact for every compression and two channels; malformed messages are
+counted and dropped, and block mode loses nothing when the chain is slower than the detector."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cbor2
+import h5py
+import hdf5plugin  # noqa: F401  (registers the filters for reading)
+import numpy as np
+import pytest
+import zmq
+from harness import wait_for
+
+from framechain.client.simulate import encode_image, ramp_frame
+from framechain.framereceiver.dectris import StreamError, decode_v2
+from framechain.ipc import buffer_size_for, free_tcp_endpoint
+
+DET = "/entry/instrument/detector"
+
+
+def _player(endpoint: str, frames: int, shape, compression: str, channels: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "simulate", "dectris", "--version", "2",
+                             "--endpoint", endpoint, "--frames", str(frames), "--shape", *map(str, shape),
+                             "--compression", compression, "--channels", channels, "--series-id", "42", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _writer(path, names, shape, frames):
+    return {"file": {"path": str(path), "prefix": "det"}, "frames": frames, "master": names[0],
+            "dataset": {n: {"datatype": "uint16", "dims": list(shape)} for n in names}}
+
+
+@pytest.mark.parametrize("compression", ["bslz4", "lz4", "none"])
+def test_stream_v2_bit_exact_through_the_writer(pipeline, tmp_path, compression):
+    shape, n, names = (48, 64), 30, ["threshold_1", "threshold_2"]
+    endpoint = free_tcp_endpoint()
+    player = _player(endpoint, n, shape, compression, ",".join(names))
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": endpoint, "shape": list(shape)})
+        pipeline.setup_processor([("hdf", "FileWriterPlugin", "hdf5_writer", "frame_receiver",
+                                   _writer(tmp_path, names, shape, n))])
+        pipeline.processor.ok("execute", {"hdf": {"command": "start_writing"}})
+        pipeline.start()
+        assert player.wait(60) == 0, player.stderr.read()
+        wait_for(lambda: pipeline.plugin_status("hdf")["acquisitions"] == 1, what="the series to end downstream")
+        wait_for(lambda: not pipeline.plugin_status("hdf")["writing"], what="the writer to close its file")
+    finally:
+        player.kill()
+        player.wait()
+    rx = pipeline.receiver.status()
+    assert rx["frames"]["received"] == 2 * n and rx["frames"]["dropped"] == 0 and rx["frames"]["bad_images"] == 0
+    assert rx["source"]["series"] == 1 and rx["source"]["detector"]["image_size_x"] == shape[1]
+    (path,) = tmp_path.glob("det_42_*.h5")  # the series id is the acquisition id
+    with h5py.File(path, "r") as f:
+        for c, name in enumerate(names):
+            got = f[f"{DET}/{name}"][...]
+            want = np.stack([ramp_frame(i, shape, np.dtype("u2"), c) for i in range(n)])
+            np.testing.assert_array_equal(got, want)
+
+
+def test_block_mode_waits_for_a_slow_chain_and_loses_nothing(pipeline, tmp_path):
+    """4 buffers and a plugin that sleeps: the receiver stops reading the stream, the player waits."""
+    shape, n = (16, 16), 60
+    endpoint = free_tcp_endpoint()
+    plugin = tmp_path / "slow.py"
+    plugin.write_text("import time\nfrom framechain.frameprocessor import FrameProcessorPlugin\n"
+                      "class Slow(FrameProcessorPlugin):\n"
+                      "    def process_frame(self, frame):\n        time.sleep(0.005)\n")
+    player = _player(endpoint, n, shape, "bslz4", "threshold_1", "--hwm", "2")
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": endpoint, "shape": list(shape)},
+                                    max_buffer_mem=4 * buffer_size_for(16 * 16 * 2))
+        pipeline.setup_processor([("slow", "Slow", str(plugin), "frame_receiver")], copy=False)
+        pipeline.start()
+        assert player.wait(60) == 0, player.stderr.read()
+        wait_for(lambda: pipeline.plugin_status("slow")["acquisitions"] == 1, what="the end of the series")
+    finally:
+        player.kill()
+        player.wait()
+    assert pipeline.plugin_status("slow")["frames_processed"] == n
+    rx = pipeline.receiver.status()
+    assert rx["frames"]["received"] == n and rx["frames"]["dropped"] == 0 and rx["buffers"]["consistent"]
+
+
+def test_malformed_stream_messages_are_counted_and_dropped(pipeline):
+    shape = (8, 8)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": f"tcp://127.0.0.1:{port}",
+                                     "shape": list(shape)})
+        pipeline.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
+        pipeline.start()
+        good = ramp_frame(0, shape, np.dtype("u2"))
+        bad = [b"not cbor \xff", cbor2.dumps([1, 2]), cbor2.dumps({"type": "image", "data": 3}),
+               cbor2.dumps({"type": "image", "image_id": 1, "data": {"t": cbor2.CBORTag(40, [[8, 8], cbor2.CBORTag(
+                   69, cbor2.CBORTag(56500, ["zstd", 0, b"xx"]))])}})]
+        too_big = cbor2.dumps({"type": "image", "image_id": 2, "data": {"t": encode_image(
+            np.zeros((64, 64), "u2"), "none")}})
+        corrupt = encode_image(good, "bslz4")
+        corrupt.value[1].value.value[2] = corrupt.value[1].value.value[2][:20]  # truncated compressed bytes
+        for raw in [cbor2.dumps({"type": "start", "series_id": 5, "channels": ["t"]}), *bad, too_big,
+                    cbor2.dumps({"type": "image", "series_id": 5, "image_id": 3, "data": {"t": corrupt}}),
+                    cbor2.dumps({"type": "image", "series_id": 5, "image_id": 0, "data": {"t": encode_image(
+                        good, "lz4")}}),
+                    cbor2.dumps({"type": "end", "series_id": 5})]:
+            push.send(raw)
+        wait_for(lambda: pipeline.plugin_status("d")["acquisitions"] == 1, what="the end of the series")
+        rx = pipeline.receiver.status()
+        assert rx["source"]["bad_messages"] == 3  # not CBOR, not a map, data not a map of channels
+        assert rx["frames"]["bad_images"] == 3  # unknown compression, too big for the buffers, truncated bslz4
+        assert rx["frames"]["received"] == 1 and pipeline.plugin_status("d")["frames_processed"] == 1
+        assert rx["source"]["state"] == "running" and rx["process"]["internal_errors"] == 0
+    finally:
+        push.close()
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xa1", cbor2.dumps({"type": 3}), cbor2.dumps({"type": "image"}),
+                                 cbor2.dumps({"type": "image", "data": {"t": cbor2.CBORTag(40, [[2], 5])}})])
+def test_decode_refuses_what_it_cannot_use(raw):
+    with pytest.raises(StreamError):
+        decode_v2(raw)
