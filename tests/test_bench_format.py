@@ -14,3 +14,12 @@ def test_figure_ratio_target_and_json():
     assert {"name", "value", "unit", "baseline", "ratio"} <= set(d)
     table = format_table([f, g])
     assert "value >= 15000 ok" in table and "ratio >= 0.5 MISSED" in table and "0.250" in table
+
+
+def test_the_streams_suite_runs_through_the_command(capsys):
+    """framechain bench --quick --only streams: every figure with its same-run baseline (no timing asserted)."""
+    from framechain.client.cli import main
+    assert main(["bench", "--quick", "--only", "streams", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert [f["suite"] for f in figures] == ["streams", "streams"]
+    assert all(f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "frames/s" for f in figures)
