@@ -1,16 +1,21 @@
-"""``framechain simulate dectris``: a DECTRIS stream v2 player, for testing without a detector.
+"""``framechain simulate dectris``: a DECTRIS stream player (v2 CBOR, v1 JSON multipart), for testing
+without a detector.
 
-Binds a ZeroMQ PUSH socket where a detector's DCU would (``tcp://*:31001``)
-and sends one series: a CBOR ``start``, one ``image`` per frame (every channel
-as an RFC 8746 multi-dimensional typed array, compressed with DECTRIS tag
-56500 ``bslz4`` or ``lz4`` or raw), then ``end``. Frames come from an HDF5
-stack (``--file``) or a pattern (``ramp``: pixel = frame + index, the same as
-the simulated receiver source, so a test can check every pixel).
+Binds a ZeroMQ PUSH socket where a detector's DCU would (``tcp://*:31001`` for
+v2, ``:9999`` for v1) and sends one series. v2: a CBOR ``start``, one
+``image`` per frame (every channel as an RFC 8746 multi-dimensional typed
+array, compressed with DECTRIS tag 56500 ``bslz4`` or ``lz4`` or raw), then
+``end``. v1: ``dheader-1.0`` (with ``--header-detail``), ``dimage-1.0`` +
+``dimage_d-1.0`` + blob + ``dconfig-1.0`` per frame (encoding ``bs16-lz4<`` /
+``bs32-lz4<``, ``lz4<`` or ``<``), then ``dseries_end-1.0``. Frames come from
+an HDF5 stack (``--file``) or the ramp pattern (channel c of frame n: pixel =
+n + 1000 c + index, so a test can check every pixel).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,9 +26,10 @@ import numpy as np
 import zmq
 
 from framechain.framereceiver.dectris import COMPRESSION_TAG, MULTI_DIM_TAG, TYPED_ARRAY_TAGS
+from framechain.ipc.compression import filter_library
 from framechain.plugins._hdf5.codecs import make_codec
 
-__all__ = ["add_parser", "encode_image", "ramp_frame", "main"]
+__all__ = ["add_parser", "encode_image", "encode_v1_image", "ramp_frame", "main"]
 
 _TAG_FOR = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items() if v.startswith(("<", "i1", "u1"))}
 _TAG_FOR[np.dtype("u1")] = 64
@@ -50,6 +56,44 @@ def encode_image(frame: np.ndarray, compression: str) -> cbor2.CBORTag:
     return cbor2.CBORTag(MULTI_DIM_TAG, [list(data.shape), cbor2.CBORTag(_TAG_FOR[data.dtype], payload)])
 
 
+def encode_v1_image(frame: np.ndarray, compression: str, series: int, n: int) -> list[bytes]:
+    """The four parts of a stream v1 ``dimage-1.0`` message."""
+    data = np.ascontiguousarray(frame, frame.dtype.newbyteorder("<"))
+    if compression == "none":
+        encoding, blob = "<", data.tobytes()
+    elif compression == "lz4":
+        lib = filter_library("lz4")
+        out = np.empty(lib.LZ4_compressBound(data.nbytes), np.uint8)
+        size = lib.LZ4_compress_default(data.ctypes.data, out.ctypes.data, data.nbytes, out.size)
+        encoding, blob = "lz4<", out[:size].tobytes()
+    else:
+        codec = make_codec("BSLZ4", data.dtype, data.shape)
+        encoding, blob = f"bs{8 * data.dtype.itemsize}-lz4<", bytes(codec.compress(data, codec.alloc()))
+    h, w = data.shape
+    return [json.dumps({"htype": "dimage-1.0", "series": series, "frame": n, "hash": ""}).encode(),
+            json.dumps({"htype": "dimage_d-1.0", "shape": [w, h], "type": data.dtype.name, "encoding": encoding,
+                        "size": len(blob)}).encode(),
+            blob,
+            json.dumps({"htype": "dconfig-1.0", "start_time": n * 1000000, "stop_time": (n + 1) * 1000000,
+                        "real_time": 1000000}).encode()]
+
+
+def _v1_header(args: argparse.Namespace, shape: tuple[int, ...]) -> list[bytes]:
+    parts = [json.dumps({"htype": "dheader-1.0", "series": args.series_id,
+                         "header_detail": args.header_detail}).encode()]
+    if args.header_detail in ("basic", "all"):
+        parts.append(json.dumps({"description": "framechain simulated EIGER", "x_pixels_in_detector": shape[1],
+                                 "y_pixels_in_detector": shape[0], "nimages": args.frames,
+                                 "photon_energy": 12400.0, "count_time": 0.001}).encode())
+    if args.header_detail == "all":
+        h, w = shape
+        for htype, dtype, value in (("dflatfield-1.0", "float32", 1.0), ("dpixelmask-1.0", "uint32", 0),
+                                    ("dcountrate_table-1.0", "float32", 1.0)):
+            parts.append(json.dumps({"htype": htype, "shape": [w, h], "type": dtype}).encode())
+            parts.append(np.full((h, w), value, dtype).tobytes())
+    return parts
+
+
 def _frames(args: argparse.Namespace, shape: tuple[int, ...], dtype: np.dtype, channel: int):
     if args.file:
         import h5py
@@ -63,9 +107,6 @@ def _frames(args: argparse.Namespace, shape: tuple[int, ...], dtype: np.dtype, c
 
 
 def run_dectris(args: argparse.Namespace) -> int:
-    if args.version != 2:
-        print("framechain simulate dectris: only --version 2 (CBOR) is implemented so far", file=sys.stderr)
-        return 2
     dtype = np.dtype(args.dtype)
     shape = tuple(args.shape)
     channels = [c for c in args.channels.split(",") if c]
@@ -79,6 +120,15 @@ def run_dectris(args: argparse.Namespace) -> int:
     push.setsockopt(zmq.LINGER, -1)  # deliver everything before exiting
     push.bind(args.endpoint)
     series = args.series_id
+    if args.version == 1:
+        push.send_multipart(_v1_header(args, shape))
+        sent = _play(args, (_frames(args, shape, dtype, 0),),
+                     lambda n, frames: push.send_multipart(encode_v1_image(frames[0], args.compression, series, n)))
+        push.send(json.dumps({"htype": "dseries_end-1.0", "series": series}).encode())
+        push.close()
+        ctx.term()
+        print(f"sent series {series}: {sent} images (stream v1, {args.compression})", file=sys.stderr)
+        return 0
     now = datetime.now(timezone.utc)
     start = {"type": "start", "series_id": series, "series_unique_id": f"framechain-{series}",
              "arm_date": cbor2.CBORTag(0, now.isoformat()), "channels": channels,
@@ -88,18 +138,13 @@ def run_dectris(args: argparse.Namespace) -> int:
              "beam_center_x": shape[-1] / 2, "beam_center_y": shape[0] / 2, "pixel_size_x": 75e-6,
              "pixel_size_y": 75e-6, "threshold_energy": {c: 6200.0 for c in channels}}
     push.send(cbor2.dumps(start))
-    sources = [_frames(args, shape, dtype, c) for c in range(len(channels))]
-    t0, sent = time.monotonic(), 0
-    for n, frames in enumerate(zip(*sources)):
-        if args.rate:
-            delay = t0 + n / args.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        image = {"type": "image", "series_id": series, "series_unique_id": f"framechain-{series}", "image_id": n,
-                 "real_time": [1, 1000], "start_time": [n, 1000], "stop_time": [n + 1, 1000],
-                 "data": {c: encode_image(f, args.compression) for c, f in zip(channels, frames)}}
-        push.send(cbor2.dumps(image))
-        sent += 1
+    def send(n: int, frames: tuple[np.ndarray, ...]) -> None:
+        push.send(cbor2.dumps({"type": "image", "series_id": series, "series_unique_id": f"framechain-{series}",
+                               "image_id": n, "real_time": [1, 1000], "start_time": [n, 1000],
+                               "stop_time": [n + 1, 1000],
+                               "data": {c: encode_image(f, args.compression) for c, f in zip(channels, frames)}}))
+
+    sent = _play(args, [_frames(args, shape, dtype, c) for c in range(len(channels))], send)
     push.send(cbor2.dumps({"type": "end", "series_id": series, "series_unique_id": f"framechain-{series}"}))
     push.close()
     ctx.term()  # LINGER -1: returns once a receiver has taken every message
@@ -107,10 +152,23 @@ def run_dectris(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace, sources, send) -> int:
+    """Send frame after frame (of every channel together) at ``--rate``; how many were sent."""
+    t0, sent = time.monotonic(), 0
+    for n, frames in enumerate(zip(*sources)):
+        if args.rate:
+            delay = t0 + n / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        send(n, frames)
+        sent += 1
+    return sent
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="play a detector stream (DECTRIS stream v2) for testing")
+    p = sub.add_parser("simulate", help="play a detector stream (DECTRIS stream v1/v2) for testing")
     kinds = p.add_subparsers(dest="kind", required=True)
-    d = kinds.add_parser("dectris", help="a DECTRIS stream v2 series on a PUSH socket")
+    d = kinds.add_parser("dectris", help="a DECTRIS stream (v2 or v1) series on a PUSH socket")
     d.add_argument("--version", type=int, default=2, choices=(1, 2), help="stream version (2: CBOR)")
     d.add_argument("--endpoint", default="tcp://127.0.0.1:31001", help="PUSH endpoint to bind (default %(default)s)")
     d.add_argument("--frames", type=int, default=100, help="images in the series (default %(default)s)")
@@ -122,6 +180,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--channels", default="threshold_1", help="comma-separated channel names (default %(default)s)")
     d.add_argument("--rate", type=float, default=0.0, help="images per second (0: as fast as taken)")
     d.add_argument("--series-id", type=int, default=1)
+    d.add_argument("--header-detail", default="basic", choices=("none", "basic", "all"),
+                   help="stream v1: what the dheader-1.0 message carries")
     d.add_argument("--hwm", type=int, default=100, help="messages queued before sending blocks")
     d.set_defaults(func=run_dectris)
 

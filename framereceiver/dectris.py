@@ -1,4 +1,6 @@
-"""DECTRIS stream v2: a detector's CBOR ``start`` / ``image`` / ``end`` messages on a ZeroMQ PULL socket.
+"""DECTRIS streams: a detector's series on a ZeroMQ PULL socket, stream v2 (CBOR) and v1 (JSON multipart).
+
+Stream v2 (``dectris_v2``, port 31001):
 
 The receiver connects a PULL socket to the detector's PUSH (SIMPLON
 ``stream/api/.../config`` with ``format: cbor``; port 31001). Messages are
@@ -15,6 +17,19 @@ channel name as its dataset name; the series id is the acquisition id. A
 ``start`` is kept (``StreamV2Source.start_message``: geometry, energy, count
 time, flatfield and pixel mask), an ``end`` ends the acquisition downstream.
 
+Stream v1 (``dectris_v1``, port 9999), multipart messages whose first part is
+JSON with an ``htype``:
+
+- ``dheader-1.0`` ``{series, header_detail}``, then with ``basic``/``all`` the
+  detector configuration (JSON), and with ``all`` flatfield, pixel mask and
+  count-rate table, each a ``{htype, shape, type}`` part and its blob; an
+  appendix may follow. Kept as ``start_message``.
+- ``dimage-1.0`` ``{series, frame, hash}``, ``dimage_d-1.0`` ``{shape: [x, y],
+  type, encoding, size}``, the blob, ``dconfig-1.0`` (times), optional appendix.
+  Encodings ``<`` (raw little endian), ``lz4<`` (one LZ4 block),
+  ``bs16-lz4<`` / ``bs32-lz4<`` (bitshuffle-LZ4 with the 12-byte HDF5 header).
+- ``dseries_end-1.0`` ``{series}``.
+
 Logger ``framechain.framereceiver.dectris``.
 """
 
@@ -28,9 +43,10 @@ import cbor2
 import numpy as np
 import zmq
 
-from framechain.ipc.compression import decompress_bslz4, decompress_lz4
+from framechain.ipc.compression import decompress_bslz4, decompress_lz4, decompress_lz4_block
 
-__all__ = ["StreamV2Source", "Start", "Image", "End", "Channel", "decode_v2", "StreamError"]
+__all__ = ["StreamV2Source", "StreamV1Source", "Start", "Image", "End", "Channel", "decode_v2", "decode_v1",
+           "StreamError"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +102,8 @@ class Channel:
                 decompress_bslz4(p.data, out, p.elem_size or self.dtype.itemsize)
             elif p.algorithm == "lz4":
                 decompress_lz4(p.data, out)
+            elif p.algorithm == "lz4-block":  # stream v1 lz4<: one LZ4 block, no framing
+                decompress_lz4_block(p.data, out)
             else:
                 raise StreamError(f"channel {self.name!r}: unknown compression {p.algorithm!r}")
         else:
@@ -166,8 +184,84 @@ def decode_v2(raw: bytes) -> Start | Image | End | None:
     return None
 
 
+_V1_TYPES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
+
+
+def _json_part(raw: bytes, what: str) -> dict[str, Any]:
+    import json
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StreamError(f"{what} is not JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise StreamError(f"{what} must be a JSON object")
+    return obj
+
+
+def _v1_array(meta: dict[str, Any], blob: bytes, what: str) -> np.ndarray:
+    dtype = _V1_TYPES.get(meta.get("type"))
+    shape = meta.get("shape")
+    if dtype is None or not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) for d in shape)):
+        raise StreamError(f"{what}: needs 'shape' [x, y] and 'type' one of {sorted(_V1_TYPES)}")
+    arr = np.frombuffer(blob, dtype)
+    if arr.size != shape[0] * shape[1]:
+        raise StreamError(f"{what}: {arr.size} values for shape {shape}")
+    return arr.reshape(shape[1], shape[0])
+
+
+def decode_v1(parts: list[bytes]) -> Start | Image | End | None:
+    """One stream v1 multipart message (its ZeroMQ frames); StreamError if malformed."""
+    if not parts:
+        raise StreamError("an empty multipart message")
+    head = _json_part(parts[0], "the first part")
+    htype = head.get("htype")
+    series = head.get("series", 0)
+    if not isinstance(series, int) or isinstance(series, bool):
+        raise StreamError(f"series must be an integer, not {series!r}")
+    if htype == "dheader-1.0":
+        fields: dict[str, Any] = {"header_detail": head.get("header_detail", "none")}
+        rest = parts[1:]
+        if fields["header_detail"] in ("basic", "all") and rest:
+            fields["config"] = _json_part(rest[0], "the detector configuration")
+            rest = rest[1:]
+        while len(rest) >= 2:
+            meta = _json_part(rest[0], "a header part")
+            name = {"dflatfield-1.0": "flatfield", "dpixelmask-1.0": "pixel_mask",
+                    "dcountrate_table-1.0": "countrate_table"}.get(meta.get("htype"))
+            if name is None:
+                break  # an appendix
+            fields[name] = _v1_array(meta, rest[1], meta["htype"])
+            rest = rest[2:]
+        return Start(series, ("data",), fields)
+    if htype == "dimage-1.0":
+        if len(parts) < 3:
+            raise StreamError(f"a dimage-1.0 message has {len(parts)} parts, at least 3 expected")
+        frame = head.get("frame")
+        if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+            raise StreamError(f"dimage-1.0 'frame' must be a non-negative integer, not {frame!r}")
+        d = _json_part(parts[1], "dimage_d-1.0")
+        shape, encoding = d.get("shape"), d.get("encoding")
+        dtype = _V1_TYPES.get(d.get("type"))
+        if d.get("htype") != "dimage_d-1.0" or dtype is None or not (
+                isinstance(shape, list) and len(shape) == 2 and all(isinstance(x, int) and x > 0 for x in shape)):
+            raise StreamError("dimage_d-1.0 needs shape [x, y] and type uint8/uint16/uint32/float32")
+        blob = parts[2]
+        if encoding == "<":
+            payload: bytes | Compressed = blob
+        elif encoding == "lz4<":
+            payload = Compressed("lz4-block", 0, blob)
+        elif encoding in ("bs8-lz4<", "bs16-lz4<", "bs32-lz4<"):
+            payload = Compressed("bslz4", int(encoding[2:encoding.index("-")]) // 8, blob)
+        else:
+            raise StreamError(f"dimage_d-1.0 encoding {encoding!r} is not one of <, lz4<, bs16-lz4<, bs32-lz4<")
+        return Image(series, frame, (Channel("data", np.dtype(dtype), (shape[1], shape[0]), payload),))
+    if htype == "dseries_end-1.0":
+        return End(series)
+    raise StreamError(f"unknown htype {htype!r}")
+
+
 class StreamV2Source:
-    """The receiver's side of a DECTRIS stream v2: a PULL socket and the decoded messages.
+    """The receiver's side of a DECTRIS stream (v2; v1 below): a PULL socket and the decoded messages.
 
     Not a ``FrameSource``: frames arrive when the detector sends them, so the receiver reads
     the socket when it has a free buffer (block mode) or always (drop mode).
@@ -196,29 +290,36 @@ class StreamV2Source:
             s.setsockopt(zmq.RCVHWM, self.rcvhwm)
             s.connect(self.endpoint)
             self.socket = s
-            log.info("dectris stream v2: PULL connected to %s", self.endpoint)
+            log.info("%s: PULL connected to %s", self.kind, self.endpoint)
 
     def receive(self) -> Start | Image | End | None:
         """The next message, or None when none is waiting (or it was malformed: counted, dropped)."""
         if self.socket is None:
             return None
         try:
-            raw = self.socket.recv(zmq.NOBLOCK, copy=True)
+            raw = self._recv()
         except zmq.Again:
             return None
         self.messages += 1
         try:
-            msg = decode_v2(raw)
+            msg = self._decode(raw)
         except StreamError as err:
             self.bad_messages += 1
             self.last_error = str(err)
             if self.bad_messages <= 5:
-                log.warning("dectris stream v2: dropped a malformed message: %s", err)
+                log.warning("%s: dropped a malformed message: %s", self.kind, err)
             return None
         if isinstance(msg, Start):
             self.start_message = msg.fields
             self.series += 1
         return msg
+
+    def _recv(self) -> Any:
+        return self.socket.recv(zmq.NOBLOCK, copy=True)
+
+    @staticmethod
+    def _decode(raw: Any) -> Start | Image | End | None:
+        return decode_v2(raw)
 
     def fill(self, index: int, out: np.ndarray) -> None:
         raise NotImplementedError("a stream source is read with receive(), not filled")
@@ -239,3 +340,24 @@ class StreamV2Source:
             self.socket.close(0)
             self.socket = None
 
+
+class StreamV1Source(StreamV2Source):
+    """DECTRIS stream v1: the same PULL socket, multipart JSON messages."""
+
+    kind = "dectris_v1"
+
+    def _recv(self) -> Any:
+        return self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+
+    @staticmethod
+    def _decode(raw: Any) -> Start | Image | End | None:
+        return decode_v1(raw)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        cfg = self.start_message.get("config", {})
+        d["detector"] = {k: cfg[k] for k in ("description", "x_pixels_in_detector", "y_pixels_in_detector",
+                                             "photon_energy", "count_time", "frame_time", "nimages",
+                                             "beam_center_x", "beam_center_y") if isinstance(cfg.get(k), (int, float, str))}
+        d["header_parts"] = sorted(k for k in ("flatfield", "pixel_mask", "countrate_table") if k in self.start_message)
+        return d

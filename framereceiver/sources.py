@@ -29,7 +29,7 @@ from framechain.ipc.channel import endpoint_problem
 from framechain.ipc.errors import ConfigError
 from framechain.ipc.options import Option, defaults, validate_options
 
-from .dectris import StreamV2Source
+from .dectris import StreamV1Source, StreamV2Source
 
 __all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "SOURCE_OPTIONS", "make_source", "speckle_g2"]
 
@@ -230,7 +230,7 @@ _COMMON = {
     "rate": Option(float, 0.0, "frames per second (0: as fast as possible)", low=0, high=1e7),
     "acquisition_id": Option(str, "", "acquisition id carried by every frame", check=_acquisition_id),
 }
-#: each source type's declared keys (``type`` selects the table)
+#: each source type's declared keys (``type`` selects the table; dectris_v1 shares dectris_v2's)
 SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     "simulated": {
         **_COMMON,
@@ -251,8 +251,8 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
     },
     "dectris_v2": {
         "type": Option(str, "dectris_v2", "source kind"),
-        "endpoint": Option(str, "tcp://127.0.0.1:31001", "the detector's stream v2 PUSH endpoint "
-                           "(tcp://<DCU>:31001)", check=lambda v: endpoint_problem(v, "tcp://127.0.0.1:31001")),
+        "endpoint": Option(str, "tcp://127.0.0.1:31001", "the detector's stream PUSH endpoint "
+                           "(tcp://<DCU>:31001 for v2, :9999 for v1)", check=endpoint_problem),
         "shape": Option(list, [512, 512], "the largest image [height, width] (sizes the buffers)", check=_shape),
         "dtype": Option(str, "uint16", "the widest pixel type the detector sends (sizes the buffers)",
                         choices=("uint8", "uint16", "uint32")),
@@ -264,6 +264,9 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         "dataset": Option(str, "", "dataset of frames in it, e.g. /entry/data/data"),
     },
 }
+
+
+SOURCE_OPTIONS["dectris_v1"] = {**SOURCE_OPTIONS["dectris_v2"], "type": Option(str, "dectris_v1", "source kind")}
 
 
 def make_source(cfg: Any) -> FrameSource:
@@ -283,8 +286,10 @@ def make_source(cfg: Any) -> FrameSource:
                                v["acquisition_id"], **{k: v[k] for k in (
                                    "correlation_time", "contrast", "intensity", "seed", "pedestal", "gain",
                                    "read_noise", "fixed_pattern")})
-    if kind == "dectris_v2":
-        return StreamV2Source(v["endpoint"], tuple(v["shape"]), v["dtype"], rcvhwm=v["rcvhwm"])
+    if kind in ("dectris_v2", "dectris_v1"):
+        cls = StreamV2Source if kind == "dectris_v2" else StreamV1Source
+        endpoint = v["endpoint"] if "endpoint" in cfg or kind == "dectris_v2" else "tcp://127.0.0.1:9999"
+        return cls(endpoint, tuple(v["shape"]), v["dtype"], rcvhwm=v["rcvhwm"])
     for key in ("file", "dataset"):
         if not v[key]:
             raise ConfigError(f"an hdf5 source needs '{key}' (a string)", key)

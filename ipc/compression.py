@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import FramechainError
 
-__all__ = ["filter_library", "decompress_bslz4", "decompress_lz4", "CompressionError"]
+__all__ = ["filter_library", "decompress_bslz4", "decompress_lz4", "decompress_lz4_block", "CompressionError"]
 
 _libs: dict[str, ctypes.CDLL] = {}
 _H5_HEADER = struct.Struct(">QI")
@@ -136,3 +136,13 @@ def decompress_lz4(src: bytes | memoryview, out: np.ndarray) -> None:
                 raise CompressionError(f"lz4 block at byte {pos} does not decode ({n} of {want} bytes)")
         pos += size
         done += want
+
+
+def decompress_lz4_block(src: bytes | memoryview, out: np.ndarray) -> None:
+    """Decode one bare LZ4 block (DECTRIS stream v1 ``lz4<``) into ``out``, which it must fill exactly."""
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise CompressionError("lz4: the output must be a writable C-contiguous array")
+    base = np.frombuffer(memoryview(src).cast("B"), np.uint8)
+    n = filter_library("lz4").LZ4_decompress_safe(base.ctypes.data, out.ctypes.data, len(base), out.nbytes)
+    if n != out.nbytes:
+        raise CompressionError(f"lz4 block does not decode to the frame ({n} of {out.nbytes} bytes)")

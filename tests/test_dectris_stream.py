@@ -22,8 +22,10 @@ from framechain.ipc import buffer_size_for, free_tcp_endpoint
 DET = "/entry/instrument/detector"
 
 
-def _player(endpoint: str, frames: int, shape, compression: str, channels: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "simulate", "dectris", "--version", "2",
+def _player(endpoint: str, frames: int, shape, compression: str, channels: str, *extra: str,
+            version: int = 2) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "simulate", "dectris", "--version",
+                             str(version),
                              "--endpoint", endpoint, "--frames", str(frames), "--shape", *map(str, shape),
                              "--compression", compression, "--channels", channels, "--series-id", "42", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -34,13 +36,18 @@ def _writer(path, names, shape, frames):
             "dataset": {n: {"datatype": "uint16", "dims": list(shape)} for n in names}}
 
 
-@pytest.mark.parametrize("compression", ["bslz4", "lz4", "none"])
-def test_stream_v2_bit_exact_through_the_writer(pipeline, tmp_path, compression):
-    shape, n, names = (48, 64), 30, ["threshold_1", "threshold_2"]
+@pytest.mark.parametrize("version, compression, detail", [
+    (2, "bslz4", ""), (2, "lz4", ""), (2, "none", ""),
+    (1, "bslz4", "all"), (1, "lz4", "basic"), (1, "none", "none")])
+def test_stream_bit_exact_through_the_writer(pipeline, tmp_path, version, compression, detail):
+    """v2: two channels, each its own dataset; v1: one image per message, every encoding and header detail."""
+    shape, n = (48, 64), 30
+    names = ["threshold_1", "threshold_2"] if version == 2 else ["data"]
     endpoint = free_tcp_endpoint()
-    player = _player(endpoint, n, shape, compression, ",".join(names))
+    extra = ("--header-detail", detail) if detail else ()
+    player = _player(endpoint, n, shape, compression, ",".join(names), *extra, version=version)
     try:
-        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": endpoint, "shape": list(shape)})
+        pipeline.configure_receiver({"type": f"dectris_v{version}", "endpoint": endpoint, "shape": list(shape)})
         pipeline.setup_processor([("hdf", "FileWriterPlugin", "hdf5_writer", "frame_receiver",
                                    _writer(tmp_path, names, shape, n))])
         pipeline.processor.ok("execute", {"hdf": {"command": "start_writing"}})
@@ -52,8 +59,15 @@ def test_stream_v2_bit_exact_through_the_writer(pipeline, tmp_path, compression)
         player.kill()
         player.wait()
     rx = pipeline.receiver.status()
-    assert rx["frames"]["received"] == 2 * n and rx["frames"]["dropped"] == 0 and rx["frames"]["bad_images"] == 0
-    assert rx["source"]["series"] == 1 and rx["source"]["detector"]["image_size_x"] == shape[1]
+    assert rx["frames"]["received"] == len(names) * n and rx["frames"]["dropped"] == 0
+    assert rx["frames"]["bad_images"] == 0
+    assert rx["source"]["series"] == 1
+    if version == 2:
+        assert rx["source"]["detector"]["image_size_x"] == shape[1]
+    else:
+        assert rx["source"]["header_parts"] == (["countrate_table", "flatfield", "pixel_mask"] if detail == "all"
+                                                else [])
+        assert ("x_pixels_in_detector" in rx["source"]["detector"]) == (detail != "none")
     (path,) = tmp_path.glob("det_42_*.h5")  # the series id is the acquisition id
     with h5py.File(path, "r") as f:
         for c, name in enumerate(names):
@@ -126,3 +140,16 @@ def test_malformed_stream_messages_are_counted_and_dropped(pipeline):
 def test_decode_refuses_what_it_cannot_use(raw):
     with pytest.raises(StreamError):
         decode_v2(raw)
+
+
+@pytest.mark.parametrize("parts, why", [
+    ([], "empty"), ([b"{"], "not JSON"), ([b'{"htype": "dimage-1.0", "frame": 1}'], "at least 3"),
+    ([b'{"htype": "dimage-1.0", "frame": -1}', b"{}", b""], "non-negative"),
+    ([b'{"htype": "dimage-1.0", "frame": 1}', b'{"htype": "dimage_d-1.0", "shape": [2, 2], "type": "uint16", '
+      b'"encoding": "zip<"}', b"xxxx"], "encoding 'zip<'"),
+    ([b'{"htype": "dfoo-1.0"}'], "unknown htype"),
+])
+def test_decode_v1_refuses_what_it_cannot_use(parts, why):
+    from framechain.framereceiver.dectris import decode_v1
+    with pytest.raises(StreamError, match=why):
+        decode_v1(parts)
