@@ -10,12 +10,18 @@ array, compressed with DECTRIS tag 56500 ``bslz4`` or ``lz4`` or raw), then
 ``bs32-lz4<``, ``lz4<`` or ``<``), then ``dseries_end-1.0``. Frames come from
 an HDF5 stack (``--file``) or the ramp pattern (channel c of frame n: pixel =
 n + 1000 c + index, so a test can check every pixel).
+
+``framechain simulate udp`` sends ramp frames as odin-data DummyUDP packets,
+dropping (``--drop``) and swapping (``--reorder``) some, and prints as JSON
+which frames it left incomplete and how many packets it dropped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
+import struct
 import sys
 import time
 from datetime import datetime, timezone
@@ -29,7 +35,7 @@ from framechain.framereceiver.dectris import COMPRESSION_TAG, MULTI_DIM_TAG, TYP
 from framechain.ipc.compression import filter_library
 from framechain.plugins._hdf5.codecs import make_codec
 
-__all__ = ["add_parser", "encode_image", "encode_v1_image", "ramp_frame", "main"]
+__all__ = ["add_parser", "encode_image", "encode_v1_image", "ramp_frame", "udp_packets", "main"]
 
 _TAG_FOR = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items() if v.startswith(("<", "i1", "u1"))}
 _TAG_FOR[np.dtype("u1")] = 64
@@ -165,8 +171,54 @@ def _play(args: argparse.Namespace, sources, send) -> int:
     return sent
 
 
+def udp_packets(frame: np.ndarray, number: int, payload: int) -> list[bytes]:
+    """One frame as odin-data DummyUDP packets: ``<II`` frame number, packet number | SOF/EOF flags, payload."""
+    raw = np.ascontiguousarray(frame).tobytes()
+    count = -(-len(raw) // payload)
+    packets = []
+    for p in range(count):
+        flags = (1 << 30) if p == count - 1 else (1 << 31) if p == 0 else 0
+        packets.append(struct.pack("<II", number, p | flags) + raw[p * payload:(p + 1) * payload])
+    return packets
+
+
+def run_udp(args: argparse.Namespace) -> int:
+    """Send ramp frames as DummyUDP packets, dropping and reordering some; print what was dropped (JSON)."""
+    rng = np.random.default_rng(args.seed)
+    dtype, shape = np.dtype(args.dtype), tuple(args.shape)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in args.ports]
+    incomplete: list[int] = []
+    dropped_packets = 0
+    t0 = time.monotonic()
+    for n in range(args.frames):
+        if args.rate:
+            delay = t0 + n / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        packets = udp_packets(ramp_frame(n, shape, dtype), n, args.packet_size)
+        keep = rng.random(len(packets)) >= args.drop
+        if not keep.any():
+            keep[rng.integers(len(packets))] = True  # a frame is never lost whole: the receiver must see it
+        if not keep.all():
+            incomplete.append(n)
+            dropped_packets += int((~keep).sum())
+        order = [p for p, k in zip(packets, keep) if k]
+        for i in range(len(order) - 1):
+            if rng.random() < args.reorder:
+                order[i], order[i + 1] = order[i + 1], order[i]
+        sock = socks[n % len(socks)]
+        port = args.ports[n % len(socks)]
+        for p in order:
+            sock.sendto(p, (args.address, port))
+    for s in socks:
+        s.close()
+    print(json.dumps({"frames": args.frames, "incomplete": incomplete, "dropped_packets": dropped_packets,
+                      "packets_per_frame": -(-int(np.prod(shape)) * dtype.itemsize // args.packet_size)}))
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="play a detector stream (DECTRIS stream v1/v2) for testing")
+    p = sub.add_parser("simulate", help="play a detector stream (DECTRIS stream v1/v2, DummyUDP) for testing")
     kinds = p.add_subparsers(dest="kind", required=True)
     d = kinds.add_parser("dectris", help="a DECTRIS stream (v2 or v1) series on a PUSH socket")
     d.add_argument("--version", type=int, default=2, choices=(1, 2), help="stream version (2: CBOR)")
@@ -184,6 +236,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stream v1: what the dheader-1.0 message carries")
     d.add_argument("--hwm", type=int, default=100, help="messages queued before sending blocks")
     d.set_defaults(func=run_dectris)
+    u = kinds.add_parser("udp", help="odin-data DummyUDP packets, with packet loss and reordering")
+    u.add_argument("--address", default="127.0.0.1")
+    u.add_argument("--ports", type=int, nargs="+", default=[61649], help="frames go round-robin over the ports")
+    u.add_argument("--frames", type=int, default=100)
+    u.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    u.add_argument("--dtype", default="uint16", choices=("uint8", "uint16", "uint32"))
+    u.add_argument("--packet-size", type=int, default=8000, help="payload bytes per packet (default %(default)s)")
+    u.add_argument("--drop", type=float, default=0.0, help="fraction of packets not sent")
+    u.add_argument("--reorder", type=float, default=0.0, help="chance each packet swaps with the next")
+    u.add_argument("--rate", type=float, default=0.0, help="frames per second (0: as fast as possible)")
+    u.add_argument("--seed", type=int, default=0)
+    u.set_defaults(func=run_udp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from framechain.ipc.shm import (FRAME_HEADER, STATE_EMPTY, STATE_FILLING, STATE_
 
 from .buffers import BufferManager
 from .dectris import Channel, End, Image, Start, StreamError
+from .udp import Finished, UdpSource
 from .sources import FrameSource, make_source
 
 __all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS", "RECEIVER_OPTIONS"]
@@ -113,6 +114,8 @@ class ReceiverController(ControlHandler):
         self.frames_reclaimed = 0
         self.bad_releases = 0
         self.images_bad = 0
+        self.packets_lost = 0
+        self._udp_no_buffer = getattr(getattr(self, "source", None), "frames_no_buffer", 0)  # counted from here
 
     # -- control -----------------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,7 +125,7 @@ class ReceiverController(ControlHandler):
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "dropped": self.frames_dropped, "timedout": self.frames_timedout,
                        "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases,
-                       "bad_images": self.images_bad},
+                       "bad_images": self.images_bad, "packets_lost": self.packets_lost},
             "source": {"state": self.state, "frame": self.next_frame, "error": self.source_error,
                        **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
@@ -313,7 +316,10 @@ class ReceiverController(ControlHandler):
         if self.state == "running":
             raise ConfigError("the source is already running")
         self._reclaim_orphans("source start")
-        self.source.reset()
+        try:
+            self.source.reset()
+        except OSError as err:  # a UDP port in use, an address not on this host
+            raise ConfigError(f"the {self.source.kind} source cannot start: {err}", "source") from err
         src = self.source
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self.buffer.views(src.dtype, src.shape)  # build the per-buffer views now, not on the first frame
@@ -326,6 +332,9 @@ class ReceiverController(ControlHandler):
 
     def stop(self) -> None:
         if self.state != "running":
+            return
+        if isinstance(self.source, UdpSource):
+            self._stop_udp("stopped")
             return
         if getattr(self.source, "streaming", False):
             self.frames_dropped += len(self._pending)  # channels of an image that never got a buffer
@@ -356,10 +365,15 @@ class ReceiverController(ControlHandler):
         log.exception("the %s source failed at frame %d; acquisition ended", self.source.kind, self.next_frame)
         self._end("failed")
 
-    def stream_socket(self) -> zmq.Socket | None:
-        """A stream source's socket while it should be read: running, and a free buffer (or drop mode)."""
+    def stream_socket(self) -> zmq.Socket | int | None:
+        """A stream source's socket while it should be read: running, and a free buffer (or drop mode).
+
+        For a UDP source, the eventfd its receive thread signals finished frames on.
+        """
         if self.state != "running" or not getattr(self.source, "streaming", False):
             return None
+        if isinstance(self.source, UdpSource):
+            return self.source.socket
         if self.mode == "block" and (not self.buffers.empty or self._pending):
             return None  # the detector's PUSH queues (then blocks) until we release a buffer
         return self.source.socket
@@ -378,6 +392,8 @@ class ReceiverController(ControlHandler):
         """Announce up to ``limit`` frames that are due; return how many were handled."""
         if self.state != "running":
             return 0
+        if isinstance(self.source, UdpSource):
+            return self._produce_udp()
         if getattr(self.source, "streaming", False):
             return self._produce_stream(limit)
         src, buffers = self.source, self.buffers
@@ -482,6 +498,49 @@ class ReceiverController(ControlHandler):
             "end_of_acquisition": True, "acquisition_id": acquisition_id, "frames": self.series_frames}))
         log.info("series %s ended after %d frames", acquisition_id, self.series_frames)
         self.stream_acquisition, self.series_frames = "", 0
+
+    # -- UDP ---------------------------------------------------------------------------
+    def _produce_udp(self) -> int:
+        """Announce the frames the receive thread finished, then lend it every free buffer."""
+        src = self.source
+        done = self._udp_finished(src.take_finished())
+        lost = src.frames_no_buffer - self._udp_no_buffer  # first packets that found no buffer: dropped
+        if lost:
+            self._udp_no_buffer += lost
+            self.frames_dropped += lost
+            self.frames_received += lost
+        if src.frames and self.frames_received + self.frames_timedout >= src.frames:
+            self._stop_udp("done")
+            return done
+        flat = self.buffer.views(np.uint8, (src.frame_bytes,))
+        while (bid := self.buffers.take()) is not None:
+            src.lend(bid, flat[bid])
+        return done
+
+    def _udp_finished(self, finished: list[Finished]) -> int:
+        src, buf = self.source, self.buffer
+        for fin in finished:
+            if fin.complete:
+                buf.write_header(fin.buffer_id, FrameHeader(fin.frame, src.dtype.str, src.shape, src.frame_bytes,
+                                                            time.time(), src.acquisition_id, "data", STATE_READY))
+                self.publish_raw(frame_notification("frame_ready", fin.frame, fin.buffer_id))
+                self.frames_received += 1
+                self.next_frame += 1
+            else:  # released unannounced after frame_timeout_ms, counted with its lost packets
+                buf.set_state(fin.buffer_id, STATE_EMPTY)
+                self.buffers.release(fin.buffer_id)
+                self.frames_timedout += 1
+                self.packets_lost += fin.packets_expected - fin.packets_received
+        return len(finished)
+
+    def _stop_udp(self, state: str) -> None:
+        src = self.source
+        held = src.close()
+        self._udp_finished(src.take_finished())
+        for bid in held:  # lent, never used
+            self.buffers.release(bid)
+        src.lent = 0
+        self._end(state)
 
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer

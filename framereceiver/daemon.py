@@ -70,7 +70,7 @@ class FrameReceiverDaemon:
         poller.register(self.release.socket, zmq.POLLIN)
         poller.register(self.ready.socket, zmq.POLLIN)
         ctl = self.controller
-        self._stream: zmq.Socket | None = None
+        self._stream: zmq.Socket | int | None = None
         while not self.stop_requested:
             try:
                 self._step(poller)
@@ -84,7 +84,7 @@ class FrameReceiverDaemon:
         """One poll: releases, subscriptions, control, then frames that are due."""
         ctl = self.controller
         stream = ctl.stream_socket()  # a detector stream is read only while a buffer is free (block mode)
-        if stream is not self._stream:
+        if stream != self._stream:  # a zmq socket or, for UDP, an eventfd number
             if self._stream is not None:
                 poller.unregister(self._stream)  # works on a socket the source has closed
             if stream is not None:

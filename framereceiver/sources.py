@@ -30,6 +30,7 @@ from framechain.ipc.errors import ConfigError
 from framechain.ipc.options import Option, defaults, validate_options
 
 from .dectris import StreamV1Source, StreamV2Source
+from .udp import UdpSource
 
 __all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "SOURCE_OPTIONS", "make_source", "speckle_g2"]
 
@@ -258,6 +259,23 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
                         choices=("uint8", "uint16", "uint32")),
         "rcvhwm": Option(int, 1000, "messages ZeroMQ may queue on the receiver's side", low=1),
     },
+    "udp": {
+        "type": Option(str, "udp", "source kind"),
+        "rx_ports": Option(list, [61649], "UDP ports to receive on", check=lambda v: None if v and all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in v)
+            else "must be a non-empty list of port numbers 1..65535"),
+        "rx_address": Option(str, "127.0.0.1", "address to bind (the NIC facing the detector)"),
+        "shape": Option(list, [512, 512], "frame shape [height, width]", check=_shape),
+        "dtype": Option(str, "uint16", "pixel type", choices=("uint8", "uint16", "uint32")),
+        "decoder": Option(str, "dummy_udp", "packet layout", choices=("dummy_udp",)),
+        "packet_size": Option(int, 8000, "payload bytes per packet (the last of a frame may be shorter)",
+                              low=1, high=65000),
+        "frame_timeout_ms": Option(int, 1000, "an incomplete frame is dropped (frames/timedout) after this",
+                                   low=1),
+        "rcvbuf": Option(int, 4 << 20, "socket receive buffer, bytes (the kernel may cap it: a warning says so)",
+                         low=4096),
+        "frames": Option(int, 0, "end the acquisition after this many frames (0: at execute stop)", low=0),
+    },
     "hdf5": {
         **_COMMON,
         "file": Option(str, "", "HDF5 file to replay"),
@@ -286,6 +304,9 @@ def make_source(cfg: Any) -> FrameSource:
                                v["acquisition_id"], **{k: v[k] for k in (
                                    "correlation_time", "contrast", "intensity", "seed", "pedestal", "gain",
                                    "read_noise", "fixed_pattern")})
+    if kind == "udp":
+        return UdpSource(v["rx_ports"], v["rx_address"], tuple(v["shape"]), v["dtype"], v["packet_size"],
+                         v["frame_timeout_ms"], v["rcvbuf"], v["decoder"], v["frames"])
     if kind in ("dectris_v2", "dectris_v1"):
         cls = StreamV2Source if kind == "dectris_v2" else StreamV1Source
         endpoint = v["endpoint"] if "endpoint" in cfg or kind == "dectris_v2" else "tcp://127.0.0.1:9999"

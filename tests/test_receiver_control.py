@@ -30,7 +30,7 @@ SOURCE = {"type": "simulated", "shape": [16, 16], "frames": 10}
     ({"max_buffer_mem": 1 << 60}, "more than half this machine's memory"),
     ({"max_buffer_mem": 100}, "cannot hold one buffer"),
     ({"mode": "sometimes"}, "'mode' option of the frame receiver must be one of ['block', 'drop']"),
-    ({"source": {"type": "camera"}}, "source type must be one of ['dectris_v2', 'hdf5', 'simulated']"),
+    ({"source": {"type": "camera"}}, "source type must be one of ['dectris_v1', 'dectris_v2', 'hdf5', 'simulated', 'udp']"),
     ({"source": {**SOURCE, "shape": [0, 4]}}, "'source/shape' option of a simulated source: must be a list"),
     ({"source": {**SOURCE, "dtype": "complex64"}}, "'source/dtype' option"),
     ({"source": {**SOURCE, "pattern": "stars"}}, "'source/pattern' option of a simulated source must be one of ['ramp', 'speckle']"),

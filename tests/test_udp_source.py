@@ -1,0 +1,116 @@
+"""UDP packet frames in odin-data's DummyUDP layout: ``framechain simulate udp`` (a real sender subprocess)
+-> receiver -> processor, with packet loss and reordering: every complete frame bit-exact, every
+incomplete one counted in frames/timedout with its lost packets, nothing else lost."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from harness import wait_for
+
+from framechain.framereceiver.udp import DummyUdpDecoder
+
+CHECKER = textwrap.dedent("""
+    import numpy as np
+    from framechain.frameprocessor import FrameProcessorPlugin
+
+    class RampChecker(FrameProcessorPlugin):
+        def __init__(self, name):
+            super().__init__(name)
+            self.good = self.bad = 0
+            self.numbers = []
+
+        def process_frame(self, frame):
+            d = frame.data
+            want = ((np.arange(d.size, dtype=np.uint64) + frame.frame_number) % 65536).astype(np.uint16)
+            ok = d.dtype == np.uint16 and np.array_equal(d.reshape(-1), want)
+            self.good += ok
+            self.bad += not ok
+            self.numbers.append(frame.frame_number)
+
+        def status(self):
+            return {"good": self.good, "bad": self.bad, "numbers": self.numbers}
+""")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("ports", [1, 2])
+def test_lossy_reordered_udp_frames_are_exact_and_every_loss_counted(pipeline, tmp_path, ports):
+    n, shape, payload = 300, (64, 64), 1024  # 8 packets a frame
+    rx_ports = [free_udp_port() for _ in range(ports)]
+    plugin = tmp_path / "checker.py"
+    plugin.write_text(CHECKER)
+    pipeline.configure_receiver({"type": "udp", "rx_ports": rx_ports, "shape": list(shape), "packet_size": payload,
+                                 "frame_timeout_ms": 200})
+    pipeline.setup_processor([("check", "RampChecker", str(plugin), "frame_receiver")])
+    pipeline.start()
+    sender = subprocess.run([sys.executable, "-m", "framechain.client.cli", "simulate", "udp", "--ports",
+                             *map(str, rx_ports), "--frames", str(n), "--shape", *map(str, shape), "--packet-size",
+                             str(payload), "--drop", "0.01", "--reorder", "0.05", "--rate", "1000", "--seed", "3"],
+                            capture_output=True, text=True, timeout=60)
+    assert sender.returncode == 0, sender.stderr
+    sent = json.loads(sender.stdout)
+    incomplete = set(sent["incomplete"])
+    assert 0 < len(incomplete) < n // 4  # the seed gives some loss, not too much
+    wait_for(lambda: (f := pipeline.receiver.status()["frames"])["received"] + f["timedout"] == n,
+             what="every frame to be complete or timed out")
+    rx = pipeline.receiver.status()
+    assert rx["frames"]["timedout"] == len(incomplete) and rx["frames"]["packets_lost"] == sent["dropped_packets"]
+    assert rx["frames"]["received"] == n - len(incomplete) and rx["frames"]["dropped"] == 0
+    assert rx["source"]["packets"]["bad"] == 0 and rx["source"]["packets"]["duplicate"] == 0
+    wait_for(lambda: pipeline.plugin_status("check")["frames_processed"] == n - len(incomplete),
+             what="the complete frames to reach the checker")
+    st = pipeline.plugin_status("check")
+    assert st["good"] == n - len(incomplete) and st["bad"] == 0
+    assert sorted(st["numbers"]) == sorted(set(range(n)) - incomplete)
+    pipeline.receiver.ok("execute", {"source": {"command": "stop"}})
+    wait_for(lambda: pipeline.plugin_status("check")["acquisitions"] == 1, what="the end of acquisition")
+    rx = pipeline.receiver.status()
+    assert rx["buffers"]["consistent"] and rx["buffers"]["mapped"] == 0
+
+
+def test_bad_packets_are_counted_and_the_port_in_use_is_a_clear_nack(pipeline):
+    port = free_udp_port()
+    pipeline.configure_receiver({"type": "udp", "rx_ports": [port], "shape": [8, 8], "packet_size": 64,
+                                 "frame_timeout_ms": 100})
+    pipeline.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
+    pipeline.start()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    good = np.arange(64, dtype=np.uint16).tobytes()
+    for packet in (b"abc", struct.pack("<II", 0, 7) + good[:64],            # too short; packet 7 of 2
+                   struct.pack("<II", 0, 0) + good[:10],                    # a short packet that is not the last
+                   struct.pack("<II", 1, 0 | 1 << 31) + good[:64], struct.pack("<II", 1, 1 | 1 << 30) + good[64:],
+                   struct.pack("<II", 1, 1 | 1 << 30) + good[64:]):          # frame 1, then a late duplicate
+        tx.sendto(packet, ("127.0.0.1", port))
+    tx.close()
+    wait_for(lambda: pipeline.plugin_status("d")["frames_processed"] == 1, what="frame 1")
+    wait_for(lambda: pipeline.receiver.status()["source"]["packets"]["late"] == 1, what="the late packet")
+    assert pipeline.receiver.status()["source"]["packets"]["bad"] == 3
+    other = pipeline.receiver.request("configure", {"source": {"type": "udp", "rx_ports": [port]}})
+    assert other.msg_type == "nack" and "running" in other.error
+    pipeline.receiver.ok("execute", {"source": {"command": "stop"}})
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", port))
+    try:
+        r = pipeline.receiver.request("execute", {"source": {"command": "start"}})
+        assert r.msg_type == "nack" and "udp source cannot start" in r.error and "in use" in r.error
+    finally:
+        blocker.close()
+
+
+def test_the_dummy_udp_decoder_reads_odin_flags():
+    dec = DummyUdpDecoder()
+    assert dec.parse(memoryview(struct.pack("<II", 5, 0 | 1 << 31))) == (5, 0, True, False)
+    assert dec.parse(memoryview(struct.pack("<II", 5, 359 | 1 << 30))) == (5, 359, False, True)
