@@ -8,7 +8,7 @@ from typing import Any
 
 from framechain import __version__
 
-from . import ctl, rest, simulate, tui
+from . import ctl, fan, rest, simulate, tui
 
 __all__ = ["main"]
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_parser(sub)
     rest.add_parser(sub)
     simulate.add_parser(sub)
+    fan.add_parser(sub)
     r = sub.add_parser("run", help="run a whole acquisition from one JSON config")
     r.add_argument("config", help="launcher JSON file (see examples/)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -4,6 +4,7 @@ counted and dropped, and block mode loses nothing when the chain is slower than 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -153,3 +154,52 @@ def test_decode_v1_refuses_what_it_cannot_use(parts, why):
     from framechain.framereceiver.dectris import decode_v1
     with pytest.raises(StreamError, match=why):
         decode_v1(parts)
+
+
+def test_fan_out_to_three_receivers_writes_every_frame_once_in_order(tmp_path):
+    """player -> framechain fan (block 4) -> 3 receiver/processor pairs -> rank writers; rank 0's VDS reads
+    every frame in order, each rank file holds only its blocks."""
+    from harness import Pipeline
+    shape, n, block, ranks = (16, 24), 101, 4, 3
+    out = tmp_path / "out"
+    out.mkdir()
+    upstream, consumers = free_tcp_endpoint(), [free_tcp_endpoint() for _ in range(ranks)]
+    pipes, procs = [], []
+    try:
+        for r in range(ranks):
+            d = tmp_path / f"p{r}"
+            d.mkdir()
+            p = Pipeline(d)
+            pipes.append(p)
+            p.configure_receiver({"type": "dectris_v2", "endpoint": consumers[r], "shape": list(shape)})
+            cfg = _writer(out, ["threshold_1"], shape, n)
+            cfg["process"] = {"number": ranks, "rank": r, "frames_per_block": block}
+            p.setup_processor([("hdf", "FileWriterPlugin", "hdf5_writer", "frame_receiver", cfg)])
+            p.processor.ok("execute", {"hdf": {"command": "start_writing"}})
+        fan = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "fan", "--upstream", upstream,
+                                "--consumers", *consumers, "--block", str(block), "--series", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(fan)
+        for p in pipes:
+            p.start()  # each receiver connects to its fan endpoint; the fan then connects upstream
+        player = _player(upstream, n, shape, "bslz4", "threshold_1")
+        procs.append(player)
+        assert player.wait(60) == 0, player.stderr.read()
+        assert fan.wait(60) == 0, fan.stderr.read()
+        report = json.loads(fan.stdout.read().strip().splitlines()[-1])
+        want = [sum(1 for i in range(n) if (i // block) % ranks == r) for r in range(ranks)]
+        assert report == {"series": 42, "images": want, "bad_messages": 0}
+        for r, p in enumerate(pipes):
+            wait_for(lambda p=p: not p.plugin_status("hdf")["writing"], what=f"rank {r} to close its file")
+            st = p.plugin_status("hdf")
+            assert st["frames_written"] == want[r] and st["frames_rejected"] == 0 and st["error"] == "", st
+        (vds,) = out.glob("*_vds.h5")
+        with h5py.File(vds, "r") as f:
+            got = f["/entry/data/data"][...]
+        np.testing.assert_array_equal(got, np.stack([ramp_frame(i, shape, np.dtype("u2")) for i in range(n)]))
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for p in pipes:
+            p.close()
