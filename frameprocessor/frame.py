@@ -11,11 +11,33 @@ Frame over it; copy what you keep.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["Frame", "EndOfAcquisition"]
+from framechain.ipc.compression import decompress_bslz4, decompress_lz4
+
+if TYPE_CHECKING:
+    from .pool import DataBlockPool
+
+__all__ = ["Frame", "EndOfAcquisition", "Compressed", "decompress_frame"]
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    """What a compressed frame's chunk decodes to: ``algorithm`` (``bslz4`` | ``lz4``), pixel dtype and shape."""
+
+    algorithm: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
 
 
 class Frame:
@@ -44,7 +66,7 @@ class Frame:
     """
 
     __slots__ = ("data", "frame_number", "dataset", "acquisition_id", "timestamp", "parameters",
-                 "mask", "_on_release", "_base", "__weakref__")
+                 "mask", "compressed", "_on_release", "_base", "__weakref__")
 
     def __init__(self, data: np.ndarray, frame_number: int, dataset: str = "data",
                  acquisition_id: str = "", timestamp: float = 0.0,
@@ -57,6 +79,8 @@ class Frame:
         self.timestamp = timestamp
         self.parameters = {} if parameters is None else parameters
         self.mask: np.ndarray | None = None
+        #: set when ``data`` is a compressed chunk (uint8) of the pixels it describes, not the pixels
+        self.compressed: Compressed | None = None
         self._on_release = on_release
         self._base: Frame | None = None  # the frame whose memory ``data`` views (set by derive)
 
@@ -101,6 +125,18 @@ class Frame:
     def __repr__(self) -> str:
         return (f"<Frame {self.frame_number} {self.dataset!r} {self.dtype} {self.shape} "
                 f"acq={self.acquisition_id!r}>")
+
+
+def decompress_frame(frame: Frame, pool: DataBlockPool, timeout: float = 2.0) -> Frame | None:
+    """A pooled Frame holding the pixels of compressed ``frame`` (metadata kept); None when the pool is full.
+
+    Raises ``framechain.ipc.compression.CompressionError`` for a chunk that does not decode.
+    """
+    c = frame.compressed
+    out = pool.frame_like(frame, c.dtype, timeout, shape=c.shape)
+    if out is not None:
+        (decompress_bslz4 if c.algorithm == "bslz4" else decompress_lz4)(frame.data, out.data)
+    return out
 
 
 class EndOfAcquisition:

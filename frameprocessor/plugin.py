@@ -57,6 +57,9 @@ class FrameProcessorPlugin:
         names is accepted too: parameters then reach ``execute`` unchecked).
     version : str
         Reported by ``request_version``.
+    accepts_compressed : bool
+        True if ``process_frame`` handles frames whose ``data`` is a compressed chunk
+        (``frame.compressed`` set); otherwise the worker decodes them first.
 
     Attributes
     ----------
@@ -71,6 +74,7 @@ class FrameProcessorPlugin:
     options: ClassVar[dict[str, Option]] = {}
     commands: ClassVar[Mapping[str, Mapping[str, Option]] | tuple[str, ...]] = {}
     version: ClassVar[str] = "0.1.0"
+    accepts_compressed: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -109,13 +109,14 @@ class DataBlockPool:
         block = self.acquire(_nbytes(dt, shape))
         return Frame(block.view(dt, shape), frame_number, on_release=lambda: self.release(block), **meta)
 
-    def frame_like(self, frame: Frame, dtype: np.dtype | str | None = None, timeout: float = 0.0) -> Frame | None:
+    def frame_like(self, frame: Frame, dtype: np.dtype | str | None = None, timeout: float = 0.0,
+                   shape: tuple[int, ...] | None = None) -> Frame | None:
         """A pooled Frame with ``frame``'s shape and metadata (parameters copied, mask shared).
 
         When the pool is at its limit, waits up to ``timeout`` seconds for downstream
         plugins to release frames; returns None if there is still no memory (count it as a drop).
         """
-        dt, shape = np.dtype(frame.dtype if dtype is None else dtype), frame.shape
+        dt, shape = np.dtype(frame.dtype if dtype is None else dtype), frame.shape if shape is None else shape
         size = _nbytes(dt, shape)
         deadline = None
         with self._lock:

@@ -26,10 +26,10 @@ from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import ThrottledLog
 from framechain.ipc.errors import FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
-from framechain.ipc.shm import FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
+from framechain.ipc.shm import COMPRESSION_CODES, FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
 from .chain import PluginChain
-from .frame import EndOfAcquisition, Frame
+from .frame import Compressed, EndOfAcquisition, Frame
 from .pool import DataBlockPool, PoolExhausted
 
 __all__ = ["SharedMemoryController"]
@@ -119,6 +119,7 @@ class SharedMemoryController:
         self.frames_bad = 0
         self.frames_unrouted = 0
         self.frames_discarded = 0
+        self.frames_compressed = 0
         self.acquisitions = 0
         self.last_bad = ""
 
@@ -203,8 +204,13 @@ class SharedMemoryController:
         if number != fields[3]:
             self._bad(f"frame_ready says frame {number} but the header holds frame {fields[3]}", bid, number)
             return
-        dtype, shape, size, acq, dset = layout
-        view = buf.views(dtype, shape, writeable=False)[bid]  # receiver memory: plugins read it, never write it
+        dtype, shape, size, acq, dset, packed = layout
+        if packed is not None:  # a compressed chunk travels as bytes (its length varies frame to frame)
+            dtype, shape = np.dtype(np.uint8), (size,)
+            view = buf.data(bid, dtype, shape)
+            view.flags.writeable = False
+        else:
+            view = buf.views(dtype, shape, writeable=False)[bid]  # receiver memory: plugins read it, never write it
         ts = fields[5]
         if self.copy:
             try:
@@ -222,6 +228,9 @@ class SharedMemoryController:
             releases = self.releases
             self.outstanding += 1
             frame = Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
+        if packed is not None:
+            frame.compressed = packed
+            self.frames_compressed += 1
         self._dispatch(frame)
 
     def _valid_bid(self, bid: Any) -> bool:
@@ -232,11 +241,12 @@ class SharedMemoryController:
     def _layout(self, fields: tuple, buf: SharedBuffer) -> tuple | str:
         """Validate a header's layout, cached: frames of a run share dtype, shape and names.
 
-        Returns (dtype, shape, size, acquisition_id, dataset) or a problem sentence.
+        Returns (dtype, shape, size, acquisition_id, dataset, compressed) or a problem sentence; for a
+        compressed frame (``compressed`` not None) dtype and shape are those of the pixels, size the chunk's.
         """
         if fields[2] != STATE_READY:
             return f"buffer state is {fields[2]}, not ready ({STATE_READY})"
-        key = (fields[0], fields[1], fields[4], fields[6], fields[7], fields[9:13], fields[13], fields[14],
+        key = (fields[0], fields[1], fields[4], fields[6], fields[7], fields[8], fields[9:13], fields[13], fields[14],
                buf.buffer_size)
         if key == self._layout_key:
             return self._layout_value
@@ -245,7 +255,9 @@ class SharedMemoryController:
         if problem is not None:
             return problem
         self._layout_key = key
-        self._layout_value = (np.dtype(hdr.dtype), hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset)
+        packed = (Compressed(COMPRESSION_CODES[hdr.compression], np.dtype(hdr.dtype), hdr.shape)
+                  if hdr.compression else None)
+        self._layout_value = (np.dtype(hdr.dtype), hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, packed)
         return self._layout_value
 
     def _dispatch(self, item: Frame | EndOfAcquisition) -> None:
@@ -340,7 +352,8 @@ class SharedMemoryController:
                        "bad": self.frames_bad, "unrouted": self.frames_unrouted,
                        "discarded": self.frames_discarded, "outstanding": self.outstanding,
                        "waiting": len(self.waiting), "stalled": self.busy,
-                       "acquisitions": self.acquisitions, "last_bad": self.last_bad},
+                       "acquisitions": self.acquisitions, "last_bad": self.last_bad,
+                       "compressed": self.frames_compressed},
         }
 
     def close(self) -> None:

@@ -13,8 +13,11 @@ import threading
 import time
 from typing import Any
 
-from .frame import EndOfAcquisition, Frame
+from framechain.ipc.compression import CompressionError
+
+from .frame import EndOfAcquisition, Frame, decompress_frame
 from .plugin import FrameProcessorPlugin
+from .pool import DataBlockPool
 
 __all__ = ["PluginWorker"]
 
@@ -35,6 +38,7 @@ class PluginWorker:
         self._counts = threading.Lock()  # counters are bumped from several threads
         self.inputs = 0  # upstream connections (set by the chain): the end of acquisition waits for all
         self._eoa_arrivals: dict[int, int] = {}
+        self._pixels = DataBlockPool(256 << 20)  # compressed frames decoded for a plugin that needs pixels
         self.reset_statistics()
 
     @property
@@ -49,6 +53,7 @@ class PluginWorker:
         self.errors = 0
         self.last_error = ""
         self.acquisitions = 0
+        self.frames_decompressed = 0
         self._t_last = 0
         self._t_max = 0
         self._t_sum = 0
@@ -136,6 +141,8 @@ class PluginWorker:
                     continue
                 t0 = clock()
                 try:
+                    if item.compressed is not None and not plugin.accepts_compressed:
+                        item = self._decompressed(item)
                     plugin.process_frame(item)
                 except Exception as err:  # a bad frame must never kill the thread
                     self.errors += 1
@@ -151,6 +158,17 @@ class PluginWorker:
             finally:
                 item = None
                 done()
+
+    def _decompressed(self, frame: Frame) -> Frame:
+        """The pixels of a compressed frame, for a plugin that needs them (decoded on this plugin's thread)."""
+        try:
+            out = decompress_frame(frame, self._pixels)
+        except CompressionError as err:
+            raise ValueError(f"compressed frame does not decode: {err}") from err
+        if out is None:
+            raise MemoryError("no memory to decompress the frame into (256 MiB of decoded frames held)")
+        self.frames_decompressed += 1
+        return out
 
     def _end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
         # act once, after the marker has come down every input (a diamond's slow branch included)
@@ -175,7 +193,7 @@ class PluginWorker:
         st: dict[str, Any] = {
             "frames_received": self.frames_received, "frames_processed": n, "frames_handled": n,
             "frames_dropped": self.frames_dropped, "errors": self.errors, "last_error": self.last_error,
-            "acquisitions": self.acquisitions,
+            "acquisitions": self.acquisitions, "frames_decompressed": self.frames_decompressed,
             "queue": {"size": self.queue.qsize(), "max": self.queue_size, "dropped": self.frames_dropped},
             "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
                        "mean_process": (self._t_sum / n / 1000) if n else 0.0},

@@ -43,7 +43,7 @@ import cbor2
 import numpy as np
 import zmq
 
-from framechain.ipc.compression import decompress_bslz4, decompress_lz4, decompress_lz4_block
+from framechain.ipc.compression import check_chunk, decompress_bslz4, decompress_lz4, decompress_lz4_block
 
 __all__ = ["StreamV2Source", "StreamV1Source", "Start", "Image", "End", "Channel", "decode_v2", "decode_v1",
            "StreamError"]
@@ -93,6 +93,15 @@ class Channel:
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def passthrough(self) -> tuple[int, bytes] | None:
+        """(header compression code, chunk) when the payload is an HDF5-framed chunk that can travel as it is
+        (bslz4, or v2's framed lz4), checked to describe this image; None when it must be decoded."""
+        p = self.payload
+        if not isinstance(p, Compressed) or p.algorithm not in ("bslz4", "lz4"):
+            return None
+        check_chunk(p.data, p.algorithm, self.nbytes, p.elem_size or self.dtype.itemsize)
+        return (1 if p.algorithm == "bslz4" else 2), p.data
 
     def decode_into(self, out: np.ndarray) -> None:
         """Write the pixels into ``out`` (a C-contiguous array of this dtype and shape)."""
@@ -271,7 +280,8 @@ class StreamV2Source:
     streaming = True
 
     def __init__(self, endpoint: str, shape: tuple[int, ...], dtype: str, frames: int = 0,
-                 rcvhwm: int = 1000, context: zmq.Context | None = None) -> None:
+                 rcvhwm: int = 1000, context: zmq.Context | None = None, decompress: bool = True) -> None:
+        self.decompress = decompress
         self.endpoint, self.shape, self.dtype, self.frames = endpoint, tuple(shape), np.dtype(dtype), frames
         self.frame_bytes = int(np.prod(self.shape)) * self.dtype.itemsize  # what a buffer must hold
         self.rate, self.acquisition_id = 0.0, ""
@@ -327,6 +337,7 @@ class StreamV2Source:
     def describe(self) -> dict[str, Any]:
         start = self.start_message
         return {"type": self.kind, "endpoint": self.endpoint, "shape": list(self.shape), "dtype": self.dtype.name,
+                "decompress": self.decompress,
                 "frames": self.frames, "messages": self.messages, "bad_messages": self.bad_messages,
                 "series": self.series, "last_error": self.last_error,
                 "detector": {k: start[k] for k in ("detector_description", "image_size_x", "image_size_y",

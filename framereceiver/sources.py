@@ -258,6 +258,8 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         "dtype": Option(str, "uint16", "the widest pixel type the detector sends (sizes the buffers)",
                         choices=("uint8", "uint16", "uint32")),
         "rcvhwm": Option(int, 1000, "messages ZeroMQ may queue on the receiver's side", low=1),
+        "decompress": Option(bool, True, "decode bslz4/lz4 images here (false: they travel compressed and the "
+                                         "processor decodes them only for plugins that need pixels)"),
     },
     "udp": {
         "type": Option(str, "udp", "source kind"),
@@ -310,7 +312,7 @@ def make_source(cfg: Any) -> FrameSource:
     if kind in ("dectris_v2", "dectris_v1"):
         cls = StreamV2Source if kind == "dectris_v2" else StreamV1Source
         endpoint = v["endpoint"] if "endpoint" in cfg or kind == "dectris_v2" else "tcp://127.0.0.1:9999"
-        return cls(endpoint, tuple(v["shape"]), v["dtype"], rcvhwm=v["rcvhwm"])
+        return cls(endpoint, tuple(v["shape"]), v["dtype"], rcvhwm=v["rcvhwm"], decompress=v["decompress"])
     for key in ("file", "dataset"):
         if not v[key]:
             raise ConfigError(f"an hdf5 source needs '{key}' (a string)", key)

@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import FramechainError
 
-__all__ = ["filter_library", "decompress_bslz4", "decompress_lz4", "decompress_lz4_block", "CompressionError"]
+__all__ = ["filter_library", "decompress_bslz4", "decompress_lz4", "decompress_lz4_block", "check_chunk",
+           "CompressionError"]
 
 _libs: dict[str, ctypes.CDLL] = {}
 _H5_HEADER = struct.Struct(">QI")
@@ -146,3 +147,28 @@ def decompress_lz4_block(src: bytes | memoryview, out: np.ndarray) -> None:
     n = filter_library("lz4").LZ4_decompress_safe(base.ctypes.data, out.ctypes.data, len(base), out.nbytes)
     if n != out.nbytes:
         raise CompressionError(f"lz4 block does not decode to the frame ({n} of {out.nbytes} bytes)")
+
+
+def check_chunk(src: bytes | memoryview, algorithm: str, nbytes: int, elem_size: int) -> None:
+    """Check that an HDF5-framed ``bslz4``/``lz4`` chunk holds ``nbytes`` and that its blocks lie within it,
+    without decoding (a chunk written to a file as it is must not be truncated or mislabelled)."""
+    view = memoryview(src).cast("B")
+    if len(view) < _H5_HEADER.size:
+        raise CompressionError(f"{algorithm} data of {len(view)} bytes is shorter than its 12-byte header")
+    total, block = _H5_HEADER.unpack_from(view)
+    if total != nbytes:
+        raise CompressionError(f"{algorithm} data holds {total} bytes, the frame {nbytes}")
+    if algorithm == "bslz4":
+        if block % elem_size:
+            raise CompressionError(f"bslz4 block size {block} is not a multiple of the element size {elem_size}")
+        _check_bslz4_blocks(view, total // elem_size, elem_size, block // elem_size)
+        return
+    pos, done = _H5_HEADER.size, 0
+    while done < total:
+        if block <= 0 or pos + 4 > len(view):
+            raise CompressionError("lz4 data ends inside a block header")
+        (size,) = struct.unpack_from(">I", view, pos)
+        pos += 4 + size
+        done += min(block, total - done)
+        if pos > len(view):
+            raise CompressionError("lz4 data ends inside a block")

@@ -37,7 +37,7 @@ import posix_ipc
 from .errors import ShmError
 
 __all__ = ["SEGMENT_HEADER", "FRAME_HEADER", "FrameHeader", "SharedBuffer", "buffer_size_for",
-           "STATE_EMPTY", "STATE_FILLING", "STATE_READY", "MAGIC"]
+           "STATE_EMPTY", "STATE_FILLING", "STATE_READY", "MAGIC", "COMPRESSION_CODES"]
 
 SEGMENT_HEADER = struct.Struct("QQQ")
 FRAME_HEADER = struct.Struct("<4sHHQQd8sII4Q32s16s")
@@ -45,6 +45,8 @@ assert FRAME_HEADER.size == 128
 MAGIC = b"FCFR"
 HEADER_VERSION = 1
 STATE_EMPTY, STATE_FILLING, STATE_READY = 0, 1, 2
+#: the header's compression field (offset 44): the data is a pixel array (0) or an HDF5-framed chunk
+COMPRESSION_CODES = {0: "", 1: "bslz4", 2: "lz4"}
 _ALIGN = 4096
 _VALID_KINDS = frozenset("biuf")
 
@@ -67,22 +69,24 @@ class FrameHeader:
     acquisition_id: str = ""
     dataset: str = "data"
     state: int = STATE_READY
+    compression: int = 0
     magic: bytes = MAGIC
     version: int = HEADER_VERSION
 
     def pack_into(self, buf: memoryview | mmap.mmap, offset: int) -> None:
         shape = tuple(self.shape) + (0,) * (4 - len(self.shape))
         FRAME_HEADER.pack_into(buf, offset, self.magic, self.version, self.state, self.frame_number,
-                               self.data_size, self.timestamp, self.dtype.encode(), len(self.shape), 0,
+                               self.data_size, self.timestamp, self.dtype.encode(), len(self.shape),
+                               self.compression,
                                *shape, self.acquisition_id.encode(), self.dataset.encode())
 
     @classmethod
     def from_fields(cls, fields: tuple) -> FrameHeader:
-        (magic, version, state, number, size, ts, dtype, ndim, _r, s0, s1, s2, s3, acq, dset) = fields
+        (magic, version, state, number, size, ts, dtype, ndim, compression, s0, s1, s2, s3, acq, dset) = fields
         shape = (s0, s1, s2, s3)[:min(ndim, 4)]
         return cls(number, dtype.rstrip(b"\0").decode("ascii", "replace"), shape, size, ts,
                    acq.rstrip(b"\0").decode("utf-8", "replace"),
-                   dset.rstrip(b"\0").decode("utf-8", "replace"), state, magic, version)
+                   dset.rstrip(b"\0").decode("utf-8", "replace"), state, compression, magic, version)
 
     def problem(self, buffer_size: int) -> str | None:
         """Why this header cannot describe a valid frame in a buffer of ``buffer_size``, or None."""
@@ -99,7 +103,12 @@ class FrameHeader:
         if dt.kind not in _VALID_KINDS:
             return f"unsupported dtype {self.dtype!r}"
         expected = int(np.prod(self.shape)) * dt.itemsize
-        if self.data_size != expected:
+        if self.compression:
+            if self.compression not in COMPRESSION_CODES:
+                return f"unknown compression code {self.compression}"
+            if self.data_size < 12:
+                return f"compressed data size {self.data_size} is shorter than its 12-byte header"
+        elif self.data_size != expected:
             return f"data size {self.data_size} does not match shape {self.shape} of {self.dtype} ({expected} bytes)"
         if FRAME_HEADER.size + self.data_size > buffer_size:
             return f"data size {self.data_size} exceeds the buffer size {buffer_size}"

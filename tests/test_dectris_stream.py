@@ -203,3 +203,47 @@ def test_fan_out_to_three_receivers_writes_every_frame_once_in_order(tmp_path):
             proc.wait()
         for p in pipes:
             p.close()
+
+
+def test_bslz4_passes_through_compressed_and_is_decoded_only_for_pixel_plugins(pipeline, tmp_path):
+    """decompress: false: the detector's bslz4 chunks travel compressed; a BSLZ4 writer stores them byte for
+    byte (read_direct_chunk), an uncompressed writer and a sum plugin get them decoded, bit-exact."""
+    shape, n = (48, 64), 20
+    endpoint = free_tcp_endpoint()
+    (tmp_path / "bs").mkdir()
+    (tmp_path / "raw").mkdir()
+    player = _player(endpoint, n, shape, "bslz4", "threshold_1")
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": endpoint, "shape": list(shape),
+                                     "decompress": False})
+        bs, raw = _writer(tmp_path / "bs", ["threshold_1"], shape, n), _writer(tmp_path / "raw", ["threshold_1"],
+                                                                               shape, n)
+        bs["dataset"]["threshold_1"]["compression"] = "BSLZ4"
+        pipeline.setup_processor([("bs", "FileWriterPlugin", "hdf5_writer", "frame_receiver", bs),
+                                  ("raw", "FileWriterPlugin", "hdf5_writer", "frame_receiver", raw),
+                                  ("sum", "SumPlugin", "sum", "frame_receiver")])
+        pipeline.processor.ok("execute", {"bs": {"command": "start_writing"}, "raw": {"command": "start_writing"}})
+        pipeline.start()
+        assert player.wait(60) == 0, player.stderr.read()
+        for w in ("bs", "raw"):
+            wait_for(lambda w=w: not pipeline.plugin_status(w)["writing"], what=f"{w} to close its file")
+        wait_for(lambda: pipeline.plugin_status("sum")["acquisitions"] == 1, what="the end of the series")
+    finally:
+        player.kill()
+        player.wait()
+    st = pipeline.processor.status()
+    assert pipeline.receiver.status()["frames"]["compressed"] == n and st["frames"]["compressed"] == n
+    assert st["bs"]["frames_passed_through"] == n and st["bs"]["frames_decompressed"] == 0
+    assert st["raw"]["frames_passed_through"] == 0 and st["raw"]["frames_decompressed"] == n
+    assert st["sum"]["frames_decompressed"] == n and st["sum"]["frames_processed"] == n
+    frames = [ramp_frame(i, shape, np.dtype("u2")) for i in range(n)]
+    assert st["sum"]["last"]["sum"] == int(frames[-1].astype(np.int64).sum())
+    for sub in ("bs", "raw"):
+        (path,) = (tmp_path / sub).glob("det_42_*.h5")
+        with h5py.File(path, "r") as f:
+            ds = f[f"{DET}/threshold_1"]
+            np.testing.assert_array_equal(ds[...], np.stack(frames))
+            if sub == "bs":
+                for i, frame in enumerate(frames):
+                    _mask, chunk = ds.id.read_direct_chunk((i, 0, 0))
+                    assert chunk == encode_image(frame, "bslz4").value[1].value.value[2]  # the stream's blob

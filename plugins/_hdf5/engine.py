@@ -40,9 +40,11 @@ _TIMINGS = ("create", "write", "flush", "close")
 class Job:
     """One frame on its way to the file."""
 
-    __slots__ = ("session", "dataset", "frame", "offset", "timestamp", "acq", "params", "future", "buf", "bufq")
+    __slots__ = ("session", "dataset", "frame", "offset", "timestamp", "acq", "params", "future", "buf", "bufq",
+                 "precompressed")
 
-    def __init__(self, session: int, frame: Frame, acq: str) -> None:
+    def __init__(self, session: int, frame: Frame, acq: str, precompressed: bool = False) -> None:
+        self.precompressed = precompressed  # frame.data is already the dataset's chunk (a detector's bslz4)
         self.session = session
         self.dataset = frame.dataset
         self.frame: Frame | None = frame  # dropped as soon as its pixels are compressed or written
@@ -179,7 +181,7 @@ class WriterEngine:
         Blocks while every buffer of the dataset, or the queue, is full.
         """
         codec = session.codecs[job.dataset]
-        if codec.compressed:
+        if codec.compressed and not job.precompressed:
             bufq = job.bufq = session.bufs[job.dataset]
             job.buf = bufq.get()
             with self._pool_lock:
