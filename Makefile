@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: run test soak bench clean browser
+.PHONY: run test soak interop bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(TSTAMP) browser
 # long runs kept out of `make test`: 10,000 hostile control messages per daemon (1,000 in make test)
 soak: $(TSTAMP)
 	FRAMECHAIN_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_control_fuzz.py
+
+# against peers built outside this repository: ODIN_DATA_PREFIX names an odin-data build (bin/, lib/)
+interop: $(TSTAMP)
+	$(PY) -m pytest -q interop
 
 # system packages the client tests drive: headless Chromium + chromedriver (web page), tmux (curses TUI)
 browser:

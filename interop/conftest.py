@@ -1,0 +1,33 @@
+"""Interop tests against peers built outside this repository (``make interop``); never part of ``make test``."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness import Pipeline  # noqa: E402
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    p = Pipeline(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(scope="session")
+def odin_prefix() -> Path:
+    """An odin-data build or install (``bin/frameSimulator``, ``lib/``), named by ODIN_DATA_PREFIX."""
+    value = os.environ.get("ODIN_DATA_PREFIX")
+    if not value:
+        pytest.fail("make interop needs ODIN_DATA_PREFIX: an odin-data build folder with bin/frameSimulator "
+                    "and lib/ (see docs/operations.md, 'Interop with odin-data')")
+    prefix = Path(value)
+    if not (prefix / "bin" / "frameSimulator").exists():
+        pytest.fail(f"{prefix}/bin/frameSimulator does not exist")
+    return prefix
