@@ -59,7 +59,8 @@ class FrameProcessorPlugin:
         Reported by ``request_version``.
     accepts_compressed : bool
         True if ``process_frame`` handles frames whose ``data`` is a compressed chunk
-        (``frame.compressed`` set); otherwise the worker decodes them first.
+        (``frame.compressed`` set); otherwise the worker decodes them first. Override
+        ``wants_compressed(frame)`` to decide frame by frame.
 
     Attributes
     ----------
@@ -140,6 +141,10 @@ class FrameProcessorPlugin:
         return self._outputs
 
     # -- data path (plugin thread) ---------------------------------------------
+    def wants_compressed(self, frame: Frame) -> bool:
+        """Whether ``process_frame`` takes this compressed frame as it is (else the worker decodes it first)."""
+        return self.accepts_compressed
+
     def process_frame(self, frame: Frame) -> None:
         """Handle one frame (runs on the plugin's thread). Subclasses must implement it."""
         raise NotImplementedError

@@ -141,7 +141,7 @@ class PluginWorker:
                     continue
                 t0 = clock()
                 try:
-                    if item.compressed is not None and not plugin.accepts_compressed:
+                    if item.compressed is not None and not plugin.wants_compressed(item):
                         item = self._decompressed(item)
                     plugin.process_frame(item)
                 except Exception as err:  # a bad frame must never kill the thread

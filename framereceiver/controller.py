@@ -469,9 +469,6 @@ class ReceiverController(ControlHandler):
                                   "(configure the source's shape and dtype for this detector)", image.image_id,
                                   ch.name, list(ch.shape), ch.dtype.str, buf.buffer_size)
             return True
-        packed = ch.passthrough() if not self.source.decompress else None
-        if packed is not None and FRAME_HEADER.size + len(packed[1]) > buf.buffer_size:
-            packed = None  # incompressible data grew past the buffer: decode it instead
         bid = self.buffers.take()
         if bid is None:
             if self.mode == "block":
@@ -482,6 +479,9 @@ class ReceiverController(ControlHandler):
         header = FrameHeader(image.image_id, ch.dtype.str, ch.shape, ch.nbytes, 0.0,
                              self.stream_acquisition or str(image.series_id), ch.name[:16], STATE_FILLING)
         try:
+            packed = ch.passthrough() if not self.source.decompress else None  # checked: CompressionError if bad
+            if packed is not None and FRAME_HEADER.size + len(packed[1]) > buf.buffer_size:
+                packed = None  # incompressible data grew past the buffer: decode it instead
             if packed is not None:  # the chunk travels compressed; the processor decodes it if a plugin needs pixels
                 code, chunk = packed
                 header.compression, header.data_size = code, len(chunk)

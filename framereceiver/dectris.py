@@ -35,6 +35,7 @@ Logger ``framechain.framereceiver.dectris``.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -197,7 +198,6 @@ _V1_TYPES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
 
 
 def _json_part(raw: bytes, what: str) -> dict[str, Any]:
-    import json
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

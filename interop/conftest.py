@@ -8,16 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Pipeline  # noqa: E402
-
-
-@pytest.fixture
-def pipeline(tmp_path):
-    p = Pipeline(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
+from harness import pipeline  # noqa: E402,F401  (the fixture tests/ uses)
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from framechain.frameprocessor import DataBlockPool, Frame, FrameProcessorPlugin
-from framechain.frameprocessor.frame import EndOfAcquisition, decompress_frame
-from framechain.ipc.compression import CompressionError
+from framechain.frameprocessor import Frame, FrameProcessorPlugin
+from framechain.frameprocessor.frame import Compressed, EndOfAcquisition
 from framechain.ipc.errors import ConfigError
 
 from ._hdf5.codecs import make_codec
@@ -39,6 +38,11 @@ __all__ = ["FileWriterPlugin"]
 
 _ids = itertools.count(1)
 _PASSTHROUGH = {"BSLZ4": "bslz4", "LZ4": "lz4"}  # dataset compression -> the detector chunk it stores as it is
+
+
+def _passes_through(spec: DatasetSpec, packed: Compressed) -> bool:
+    return _PASSTHROUGH.get(spec.compression) == packed.algorithm and packed.dtype == spec.dtype \
+        and packed.shape == spec.dims
 
 
 class FileWriterPlugin(FrameProcessorPlugin):
@@ -63,7 +67,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
     """
 
     commands = {"start_writing": {}, "stop_writing": {}}
-    accepts_compressed = True  # a detector's bslz4 chunk is written as it is into a BSLZ4 dataset
+    # a detector's bslz4 chunk is written as it is into a BSLZ4 dataset: see wants_compressed
     version = "0.1.0"
     options = WRITER_OPTIONS
 
@@ -73,7 +77,6 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self._session: Session | None = None
         self._writing = False
         self._engine = WriterEngine(self._idle)
-        self._pixels = DataBlockPool(256 << 20)  # compressed frames decoded for a dataset of another compression
         self.reset_statistics()
 
     # -- configuration --------------------------------------------------------------------
@@ -153,53 +156,38 @@ class FileWriterPlugin(FrameProcessorPlugin):
         return paths[0] if paths else f"in {self._cfg.file.path!r}"
 
     # -- data path ---------------------------------------------------------------------------
+    def wants_compressed(self, frame: Frame) -> bool:
+        """A compressed frame is taken as it is when its dataset stores that compression (pass-through);
+        for any other dataset the worker decodes it first."""
+        s = self._session
+        spec = s.config.datasets.get(frame.dataset) if s is not None else None
+        return spec is None or _passes_through(spec, frame.compressed)
+
     def process_frame(self, frame: Frame) -> None:
         s = self._session
         if self._writing and s is not None:
-            spec = s.config.datasets.get(frame.dataset)
-            if frame.compressed is not None and spec is not None:
-                self._write_compressed(frame, s, spec)
-            else:
-                self._write_pixels(frame, s, spec)
+            self._write(frame, s, s.config.datasets.get(frame.dataset))
         self.push(frame)
 
-    def _write_compressed(self, frame: Frame, s: Session, spec: DatasetSpec) -> None:
-        """A detector's chunk: written as it is when the dataset uses its compression, else decoded first."""
-        packed = frame.compressed
-        if (_PASSTHROUGH.get(spec.compression) == packed.algorithm and packed.dtype == spec.dtype
-                and packed.shape == spec.dims and 0 <= frame.frame_number
-                and not 0 < s.config.frames <= frame.frame_number and s.config.process.owns(frame.frame_number)):
-            job = Job(s.id, frame, frame.acquisition_id or s.config.acquisition_id, precompressed=True)
-            self.frames_processed += 1
-            self.frames_passed_through += 1
-            self._engine.submit(job, s)
-            return
-        try:
-            pixels = decompress_frame(frame, self._pixels, 2.0)
-        except CompressionError as err:
-            self._reject(frame, f"compressed frame does not decode: {err}")
-            return
-        if pixels is None:
-            self._reject(frame, "no memory to decompress the frame into")
-            return
-        self.frames_decompressed += 1
-        self._write_pixels(pixels, s, spec)
-
-    def _write_pixels(self, frame: Frame, s: Session, spec: DatasetSpec | None) -> None:
-        data = frame.data
+    def _write(self, frame: Frame, s: Session, spec: DatasetSpec | None) -> None:
+        packed, data = frame.compressed, frame.data
+        dtype, shape = (packed.dtype, packed.shape) if packed is not None else (data.dtype, data.shape)
         if spec is None:
             self._reject(frame, f"dataset {frame.dataset!r} is not configured")
-        elif data.dtype != spec.dtype or data.shape != spec.dims:
-            self._reject(frame, f"{data.dtype} {list(data.shape)} does not match dataset {spec.name!r} "
+        elif dtype != spec.dtype or shape != spec.dims:
+            self._reject(frame, f"{dtype} {list(shape)} does not match dataset {spec.name!r} "
                                 f"{spec.datatype} {list(spec.dims)}")
+        elif packed is not None and not _passes_through(spec, packed):  # the dataset changed since it was checked
+            self._reject(frame, f"a {packed.algorithm} chunk for dataset {spec.name!r} stored {spec.compression}")
         elif 0 < s.config.frames <= frame.frame_number or frame.frame_number < 0:
             self._reject(frame, f"frame number outside the acquisition's {s.config.frames} frames")
         elif not s.config.process.owns(frame.frame_number):
             self.frames_other_rank += 1
         else:
-            f = frame if data.flags.c_contiguous else frame.derive(np.ascontiguousarray(data))
-            job = Job(s.id, f, frame.acquisition_id or s.config.acquisition_id)
+            f = frame if packed is not None or data.flags.c_contiguous else frame.derive(np.ascontiguousarray(data))
+            job = Job(s.id, f, frame.acquisition_id or s.config.acquisition_id, precompressed=packed is not None)
             self.frames_processed += 1
+            self.frames_passed_through += packed is not None  # the detector's chunk, written as it came
             self._engine.submit(job, s)
 
     def _reject(self, frame: Frame, why: str) -> None:
@@ -253,7 +241,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "watchdog_warnings": e.watchdog_warnings,
             "last_watchdog": e.last_watchdog,
             "stalled": e.stalled(),
-            "frames_passed_through": self.frames_passed_through, "frames_decompressed": self.frames_decompressed,
+            "frames_passed_through": self.frames_passed_through,
             "datasets": {n: {"dimensions": list(d.dims), "type": d.datatype, "compression": d.compression}
                          for n, d in cfg.datasets.items()},
             "timing": e.timing_status(),  # the worker adds {last,max,mean}_process
@@ -264,7 +252,6 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self.frames_rejected = 0
         self.frames_other_rank = 0
         self.frames_passed_through = 0
-        self.frames_decompressed = 0
         self.last_rejected = ""
         self._engine.reset_statistics()
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from framechain.ipc import IpcChannel, IpcClient, IpcMessage, SharedBuffer, buffer_size_for, free_tcp_endpoint
@@ -207,3 +208,13 @@ class FakeReceiver:
         self.sub.close()
         self.buf.close()
         self.buf.unlink()
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path):
+    """A running receiver + processor pair on free ports (stopped after the test); for tests and interop."""
+    p = Pipeline(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()

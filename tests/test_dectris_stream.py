@@ -247,3 +247,28 @@ def test_bslz4_passes_through_compressed_and_is_decoded_only_for_pixel_plugins(p
                 for i, frame in enumerate(frames):
                     _mask, chunk = ds.id.read_direct_chunk((i, 0, 0))
                     assert chunk == encode_image(frame, "bslz4").value[1].value.value[2]  # the stream's blob
+
+
+def test_a_bad_chunk_meant_to_pass_through_is_counted_not_a_receiver_fault(pipeline):
+    """decompress: false checks each chunk before it travels: a truncated one is a bad image, the next good."""
+    shape = (8, 8)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": f"tcp://127.0.0.1:{port}",
+                                     "shape": list(shape), "decompress": False})
+        pipeline.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
+        pipeline.start()
+        good = ramp_frame(0, shape, np.dtype("u2"))
+        corrupt = encode_image(good, "bslz4")
+        corrupt.value[1].value.value[2] = corrupt.value[1].value.value[2][:20]
+        for image_id, arr in ((1, corrupt), (0, encode_image(good, "bslz4"))):
+            push.send(cbor2.dumps({"type": "image", "series_id": 5, "image_id": image_id, "data": {"t": arr}}))
+        push.send(cbor2.dumps({"type": "end", "series_id": 5}))
+        wait_for(lambda: pipeline.plugin_status("d")["acquisitions"] == 1, what="the end of the series")
+        rx = pipeline.receiver.status()
+        assert rx["frames"]["bad_images"] == 1 and rx["frames"]["received"] == 1 and rx["frames"]["compressed"] == 1
+        assert rx["process"]["internal_errors"] == 0
+    finally:
+        push.close()
