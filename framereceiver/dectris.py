@@ -38,13 +38,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import cbor2
 import numpy as np
 import zmq
 
-from framechain.ipc.compression import check_chunk, decompress_bslz4, decompress_lz4, decompress_lz4_block
+from framechain.framereceiver.cbor_blobs import BLOB_TAG, elide_blobs
+from framechain.ipc.compression import (CompressionError, check_chunk, decompress_bslz4, decompress_lz4,
+                                         decompress_lz4_block)
 
 __all__ = ["StreamV2Source", "StreamV1Source", "Start", "Image", "End", "Channel", "decode_v2", "decode_v1",
            "StreamError"]
@@ -67,13 +70,13 @@ class StreamError(ValueError):
 class Compressed:
     algorithm: str
     elem_size: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
 class TypedArray:
     dtype: np.dtype
-    payload: bytes | Compressed
+    payload: bytes | memoryview | Compressed
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,21 @@ class Channel:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    payload: bytes | Compressed
+    payload: bytes | memoryview | Compressed
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
-    def passthrough(self) -> tuple[int, bytes] | None:
+    def passthrough(self) -> tuple[int, bytes | memoryview] | None:
         """(header compression code, chunk) when the payload is an HDF5-framed chunk that can travel as it is
-        (bslz4, or v2's framed lz4), checked to describe this image; None when it must be decoded."""
+        (bslz4, or v2's framed lz4), its header checked to describe this image (the writer walks its blocks
+        before storing it); None when it must be decoded."""
         p = self.payload
-        if not isinstance(p, Compressed) or p.algorithm not in ("bslz4", "lz4"):
+        if not isinstance(p, Compressed) or p.algorithm not in ("bslz4", "lz4") or \
+                p.elem_size not in (0, self.dtype.itemsize):  # a dataset's filter shuffles by its own element size
             return None
-        check_chunk(p.data, p.algorithm, self.nbytes, p.elem_size or self.dtype.itemsize)
+        check_chunk(p.data, p.algorithm, self.nbytes, p.elem_size or self.dtype.itemsize, blocks=False)
         return (1 if p.algorithm == "bslz4" else 2), p.data
 
     def decode_into(self, out: np.ndarray) -> None:
@@ -142,17 +147,22 @@ class End:
     series_id: int
 
 
-def _tag_hook(*args: Any) -> Any:
+def _tag_hook(blobs: list[memoryview], *args: Any) -> Any:
     # cbor2 calls (decoder, tag) in its documented form and (tag, immutable) in 6.x: take the tag
     tag = args[0] if isinstance(args[0], cbor2.CBORTag) else args[1]
+    if tag.tag == BLOB_TAG:  # an image-sized byte string cut out before decoding (cbor_blobs)
+        if not isinstance(tag.value, int) or not 0 <= tag.value < len(blobs):
+            raise StreamError(f"tag {BLOB_TAG} is framechain's own and must not appear in a stream")
+        return blobs[tag.value]
     if tag.tag == COMPRESSION_TAG:
         v = tag.value
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[0], str) and isinstance(v[2], bytes)):
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[0], str)
+                and isinstance(v[2], (bytes, memoryview))):
             raise StreamError("tag 56500 must hold [algorithm, elem_size, bytes]")
         return Compressed(v[0], int(v[1] or 0), v[2])
     dtype = TYPED_ARRAY_TAGS.get(tag.tag)
     if dtype is not None:
-        if not isinstance(tag.value, (bytes, Compressed)):
+        if not isinstance(tag.value, (bytes, memoryview, Compressed)):
             raise StreamError(f"typed array tag {tag.tag} must hold a byte string")
         return TypedArray(np.dtype(dtype), tag.value)
     if tag.tag == MULTI_DIM_TAG:
@@ -164,10 +174,16 @@ def _tag_hook(*args: Any) -> Any:
     return tag
 
 
-def decode_v2(raw: bytes) -> Start | Image | End | None:
-    """One stream v2 message; None for a message type framechain does not use. StreamError if malformed."""
+def decode_v2(raw: bytes | memoryview) -> Start | Image | End | None:
+    """One stream v2 message; None for a message type framechain does not use. StreamError if malformed.
+
+    Image-sized byte strings are not copied: channel payloads are views of ``raw`` (keep it alive)."""
     try:
-        msg = cbor2.loads(raw, tag_hook=_tag_hook)
+        small, blobs = elide_blobs(raw)
+    except ValueError as err:
+        raise StreamError(f"not a CBOR message: {err}") from err
+    try:
+        msg = cbor2.loads(small, tag_hook=partial(_tag_hook, blobs))
     except StreamError:
         raise
     except Exception as err:  # cbor2 raises several types for broken input
@@ -194,12 +210,16 @@ def decode_v2(raw: bytes) -> Start | Image | End | None:
     return None
 
 
+#: the start message's image-sized arrays (v2 names; v1's dflatfield/dpixelmask/dcountrate_table map onto them)
+_HEADER_ARRAYS = ("pixel_mask", "flatfield", "countrate_table")
+_MAX_HEADER_ARRAY = 256 << 20
+
 _V1_TYPES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4", "float32": "<f4"}
 
 
 def _json_part(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(raw)
+        obj = json.loads(bytes(raw))
     except (ValueError, UnicodeDecodeError) as err:
         raise StreamError(f"{what} is not JSON: {err}") from err
     if not isinstance(obj, dict):
@@ -218,7 +238,7 @@ def _v1_array(meta: dict[str, Any], blob: bytes, what: str) -> np.ndarray:
     return arr.reshape(shape[1], shape[0])
 
 
-def decode_v1(parts: list[bytes]) -> Start | Image | End | None:
+def decode_v1(parts: list[bytes | memoryview]) -> Start | Image | End | None:
     """One stream v1 multipart message (its ZeroMQ frames); StreamError if malformed."""
     if not parts:
         raise StreamError("an empty multipart message")
@@ -325,7 +345,7 @@ class StreamV2Source:
         return msg
 
     def _recv(self) -> Any:
-        return self.socket.recv(zmq.NOBLOCK, copy=True)
+        return self.socket.recv(zmq.NOBLOCK, copy=False).buffer  # image payloads stay views of it
 
     @staticmethod
     def _decode(raw: Any) -> Start | Image | End | None:
@@ -333,6 +353,32 @@ class StreamV2Source:
 
     def fill(self, index: int, out: np.ndarray) -> None:
         raise NotImplementedError("a stream source is read with receive(), not filled")
+
+    def header(self, start: Start) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A start message's scalar fields and its arrays as ``<kind>/<dataset>`` (StreamError if malformed)."""
+        f = start.fields
+        params = {k: v for k, v in f.items() if k != "type" and isinstance(v, (int, float, str))
+                  and not (isinstance(v, str) and len(v) > 4096)}
+        arrays = {}
+        for kind in _HEADER_ARRAYS:
+            per_channel = f.get(kind)
+            if isinstance(per_channel, MultiDimArray):
+                per_channel = {start.channels[0] if start.channels else "data": per_channel}
+            if not isinstance(per_channel, dict):
+                continue
+            for name, md in per_channel.items():
+                if not isinstance(md, MultiDimArray):
+                    raise StreamError(f"start {kind}/{name} is not a multi-dimensional typed array")
+                ch = Channel(str(name), md.array.dtype, md.dims, md.array.payload)
+                if not 1 <= len(md.dims) <= 3 or ch.nbytes > _MAX_HEADER_ARRAY:
+                    raise StreamError(f"start {kind}/{name}: a {list(md.dims)} array is not an image-sized array")
+                out = np.empty(md.dims, md.array.dtype)
+                try:
+                    ch.decode_into(out)
+                except CompressionError as err:
+                    raise StreamError(f"start {kind}/{name}: {err}") from err
+                arrays[f"{kind}/{name}"] = out.astype(out.dtype.newbyteorder("="), copy=False)
+        return params, arrays
 
     def describe(self) -> dict[str, Any]:
         start = self.start_message
@@ -358,7 +404,7 @@ class StreamV1Source(StreamV2Source):
     kind = "dectris_v1"
 
     def _recv(self) -> Any:
-        return self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+        return [f.buffer for f in self.socket.recv_multipart(zmq.NOBLOCK, copy=False)]
 
     @staticmethod
     def _decode(raw: Any) -> Start | Image | End | None:
@@ -370,5 +416,13 @@ class StreamV1Source(StreamV2Source):
         d["detector"] = {k: cfg[k] for k in ("description", "x_pixels_in_detector", "y_pixels_in_detector",
                                              "photon_energy", "count_time", "frame_time", "nimages",
                                              "beam_center_x", "beam_center_y") if isinstance(cfg.get(k), (int, float, str))}
-        d["header_parts"] = sorted(k for k in ("flatfield", "pixel_mask", "countrate_table") if k in self.start_message)
+        d["header_parts"] = sorted(k for k in _HEADER_ARRAYS if k in self.start_message)
         return d
+
+    def header(self, start: Start) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        f = start.fields
+        cfg = f.get("config", {})
+        params = {k: v for k, v in cfg.items() if isinstance(v, (int, float, str))
+                  and not (isinstance(v, str) and len(v) > 4096)}
+        params["header_detail"] = f.get("header_detail", "none")
+        return params, {f"{k}/data": np.array(f[k]) for k in _HEADER_ARRAYS if k in f}

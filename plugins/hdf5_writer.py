@@ -27,6 +27,7 @@ import numpy as np
 
 from framechain.frameprocessor import Frame, FrameProcessorPlugin
 from framechain.frameprocessor.frame import Compressed, EndOfAcquisition
+from framechain.ipc.compression import CompressionError, check_chunk
 from framechain.ipc.errors import ConfigError
 
 from ._hdf5.codecs import make_codec
@@ -38,6 +39,16 @@ __all__ = ["FileWriterPlugin"]
 
 _ids = itertools.count(1)
 _PASSTHROUGH = {"BSLZ4": "bslz4", "LZ4": "lz4"}  # dataset compression -> the detector chunk it stores as it is
+
+
+def _bad_chunk(chunk: np.ndarray, packed: Compressed) -> str:
+    """Why a detector's chunk must not be stored as it is ('' when its blocks all lie within it)."""
+    try:
+        check_chunk(chunk, packed.algorithm, int(np.prod(packed.shape)) * packed.dtype.itemsize,
+                    packed.dtype.itemsize)
+    except CompressionError as err:
+        return str(err)
+    return ""
 
 
 def _passes_through(spec: DatasetSpec, packed: Compressed) -> bool:
@@ -179,6 +190,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
                                 f"{spec.datatype} {list(spec.dims)}")
         elif packed is not None and not _passes_through(spec, packed):  # the dataset changed since it was checked
             self._reject(frame, f"a {packed.algorithm} chunk for dataset {spec.name!r} stored {spec.compression}")
+        elif packed is not None and (bad := _bad_chunk(frame.data, packed)):
+            self._reject(frame, bad)
         elif 0 < s.config.frames <= frame.frame_number or frame.frame_number < 0:
             self._reject(frame, f"frame number outside the acquisition's {s.config.frames} frames")
         elif not s.config.process.owns(frame.frame_number):

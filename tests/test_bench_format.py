@@ -21,5 +21,6 @@ def test_the_streams_suite_runs_through_the_command(capsys):
     from framechain.client.cli import main
     assert main(["bench", "--quick", "--only", "streams", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert [f["suite"] for f in figures] == ["streams"] * 3
+    assert [f["suite"] for f in figures] == ["streams"] * 7  # v2 and v1: 3 each, then UDP
+    assert sum("passed through" in f["name"] for f in figures) == 2 and "UDP" in figures[-1]["name"]
     assert all(f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "frames/s" for f in figures)
