@@ -35,7 +35,7 @@ from framechain.framereceiver.dectris import COMPRESSION_TAG, MULTI_DIM_TAG, TYP
 from framechain.ipc.compression import filter_library
 from framechain.plugins._hdf5.codecs import make_codec
 
-__all__ = ["add_parser", "encode_image", "encode_v1_image", "ramp_frame", "udp_packets", "main"]
+__all__ = ["add_parser", "encode_image", "encode_v1_image", "pixel_mask", "ramp_frame", "udp_packets", "main"]
 
 _TAG_FOR = {np.dtype(v): k for k, v in TYPED_ARRAY_TAGS.items() if v.startswith(("<", "i1", "u1"))}
 _TAG_FOR[np.dtype("u1")] = 64
@@ -93,11 +93,21 @@ def _v1_header(args: argparse.Namespace, shape: tuple[int, ...]) -> list[bytes]:
                                  "photon_energy": 12400.0, "count_time": 0.001}).encode())
     if args.header_detail == "all":
         h, w = shape
-        for htype, dtype, value in (("dflatfield-1.0", "float32", 1.0), ("dpixelmask-1.0", "uint32", 0),
+        mask = pixel_mask(shape, args.bad_pixels, args.series_id)
+        for htype, dtype, value in (("dflatfield-1.0", "float32", 1.0), ("dpixelmask-1.0", "uint32", mask),
                                     ("dcountrate_table-1.0", "float32", 1.0)):
             parts.append(json.dumps({"htype": htype, "shape": [w, h], "type": dtype}).encode())
-            parts.append(np.full((h, w), value, dtype).tobytes())
+            parts.append(np.broadcast_to(np.asarray(value, dtype), (h, w)).tobytes())
     return parts
+
+
+def pixel_mask(shape: tuple[int, ...], bad: int, seed: int) -> np.ndarray:
+    """A DECTRIS-style uint32 pixel mask: ``bad`` pixels (chosen with ``seed``) flagged, bits 1 or 2 set."""
+    mask = np.zeros(shape, np.uint32)
+    rng = np.random.default_rng(seed)
+    flat, n = mask.reshape(-1), min(bad, mask.size)
+    flat[rng.choice(flat.size, size=n, replace=False)] = rng.choice([1, 2, 4], size=n)
+    return mask
 
 
 def _frames(args: argparse.Namespace, shape: tuple[int, ...], dtype: np.dtype, channel: int):
@@ -142,7 +152,11 @@ def run_dectris(args: argparse.Namespace) -> int:
              "count_time": 1.0 / args.rate if args.rate else 0.001, "frame_time": 1.0 / args.rate if args.rate else 0.001,
              "incident_energy": 12400.0, "detector_description": "framechain simulated EIGER2",
              "beam_center_x": shape[-1] / 2, "beam_center_y": shape[0] / 2, "pixel_size_x": 75e-6,
-             "pixel_size_y": 75e-6, "threshold_energy": {c: 6200.0 for c in channels}}
+             "pixel_size_y": 75e-6, "threshold_energy": {c: 6200.0 for c in channels},
+             "pixel_mask_enabled": True, "flatfield_enabled": True,
+             "pixel_mask": {c: encode_image(pixel_mask(shape, args.bad_pixels, args.series_id + i), "none")
+                            for i, c in enumerate(channels)},
+             "flatfield": {c: encode_image(np.ones(shape, np.float32), "none") for c in channels}}
     push.send(cbor2.dumps(start))
     def send(n: int, frames: tuple[np.ndarray, ...]) -> None:
         push.send(cbor2.dumps({"type": "image", "series_id": series, "series_unique_id": f"framechain-{series}",
@@ -234,6 +248,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--series-id", type=int, default=1)
     d.add_argument("--header-detail", default="basic", choices=("none", "basic", "all"),
                    help="stream v1: what the dheader-1.0 message carries")
+    d.add_argument("--bad-pixels", type=int, default=0,
+                   help="pixels flagged in the start's pixel mask (seeded by the series id; default %(default)s)")
     d.add_argument("--hwm", type=int, default=100, help="messages queued before sending blocks")
     d.set_defaults(func=run_dectris)
     u = kinds.add_parser("udp", help="odin-data DummyUDP packets, with packet loss and reordering")

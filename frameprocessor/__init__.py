@@ -2,9 +2,9 @@
 
 from framechain.ipc.options import Option, Section
 
-from .frame import EndOfAcquisition, Frame
+from .frame import DetectorHeader, EndOfAcquisition, Frame
 from .plugin import FrameProcessorPlugin, FrameSink
 from .pool import DataBlock, DataBlockPool, PoolExhausted
 
-__all__ = ["Frame", "EndOfAcquisition", "FrameProcessorPlugin", "FrameSink", "Option", "Section", "DataBlock",
+__all__ = ["Frame", "EndOfAcquisition", "DetectorHeader", "FrameProcessorPlugin", "FrameSink", "Option", "Section", "DataBlock",
            "DataBlockPool", "PoolExhausted"]

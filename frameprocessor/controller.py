@@ -27,6 +27,7 @@ from framechain.ipc.message import IpcMessage
 from framechain.ipc.options import Option, validate_options
 
 from .chain import PluginChain
+from .decoders import make_decoder
 from .plugin import FrameProcessorPlugin
 from .pool import DataBlockPool
 from .shm_controller import ReleaseQueue, SharedMemoryController
@@ -47,11 +48,15 @@ FR_SETUP_OPTIONS = {
     "fr_release_cnxn": Option(str, "", "the receiver's frame_release endpoint, e.g. tcp://127.0.0.1:5002",
                               check=_data_endpoint),
     "fr_shared_mem": Option(str, "", "the shared buffer name (else learnt from buffer_config)"),
+    "decoder": Option(dict, {}, "an odin-data frameReceiver's buffer layout {type: dummy_udp, shape, dtype[, "
+                                "dataset]} (default: framechain's own frame header)"),
 }
 SHARED_MEMORY_OPTIONS = {
     "copy": Option(bool, True, "copy each frame into a pooled block and release the buffer at once "
                                "(false: zero-copy views on the receiver's buffers)"),
     "max_pool_memory": Option(int, 2 << 30, "memory bound of the processor's DataBlockPool, bytes", low=1),
+    "detector_mask": Option(bool, False, "attach the pixel mask a DECTRIS stream's start carries as frame.mask "
+                                         "(a pixel with any bit set is not used)"),
 }
 
 
@@ -75,6 +80,7 @@ class ProcessorController(ControlHandler):
         self.shm: SharedMemoryController | None = None
         self.releases = ReleaseQueue()  # lives as long as the processor: plugin threads write to it
         self.copy = True
+        self.detector_mask = False
         self.fr_setup: dict[str, str] = {}
         self.started = time.time()
         self.shutdown_requested = False
@@ -104,7 +110,8 @@ class ProcessorController(ControlHandler):
 
     def _on_request_configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
         cfg: dict[str, Any] = {"fr_setup": dict(self.fr_setup),
-                               "shared_memory": {"copy": self.copy, "max_pool_memory": self.pool.max_memory},
+                               "shared_memory": {"copy": self.copy, "max_pool_memory": self.pool.max_memory,
+                                                 "detector_mask": self.detector_mask},
                                "plugin": self.chain.configuration()}
         for index, worker in self.chain.workers.items():
             cfg[index] = worker.plugin.request_configuration()
@@ -206,6 +213,7 @@ class ProcessorController(ControlHandler):
         for key in ("fr_ready_cnxn", "fr_release_cnxn"):
             if key not in value:
                 raise ConfigError(f"fr_setup needs {key} ({FR_SETUP_OPTIONS[key].help})", key)
+        make_decoder(value.get("decoder"))  # ConfigError if it does not describe a known layout
         if self.shm is not None and self.shm.busy:
             raise ConfigError("cannot change fr_setup while a frame is waiting for a plugin; retry when idle",
                               "fr_setup")
@@ -227,14 +235,21 @@ class ProcessorController(ControlHandler):
             self.copy = value["copy"]
             if self.shm is not None:
                 self.shm.copy = self.copy
+        if "detector_mask" in value:
+            self.detector_mask = value["detector_mask"]
+            if self.shm is not None:
+                self.shm.detector_mask = self.detector_mask
 
     def _connect(self, setup: dict[str, str]) -> SharedMemoryController:
         """A data path to the receiver ``setup`` names (not yet in use)."""
-        return SharedMemoryController(setup["fr_ready_cnxn"], setup["fr_release_cnxn"], self.chain, self.pool,
-                                      self.releases, setup.get("fr_shared_mem"), self.copy, self.context)
+        shm = SharedMemoryController(setup["fr_ready_cnxn"], setup["fr_release_cnxn"], self.chain, self.pool,
+                                     self.releases, setup.get("fr_shared_mem"), self.copy, self.context)
+        shm.decoder = make_decoder(setup.get("decoder"))
+        return shm
 
     def _swap_shm(self, new: SharedMemoryController, setup: dict[str, str]) -> None:
         new.copy = self.copy  # shared_memory settings of the same message apply to the new path
+        new.detector_mask = self.detector_mask
         old, self.shm, self.fr_setup = self.shm, new, setup
         if old is not None:
             old.close()

@@ -21,7 +21,7 @@ from framechain.ipc.compression import decompress_bslz4, decompress_lz4
 if TYPE_CHECKING:
     from .pool import DataBlockPool
 
-__all__ = ["Frame", "EndOfAcquisition", "Compressed", "decompress_frame"]
+__all__ = ["Frame", "EndOfAcquisition", "Compressed", "DetectorHeader", "decompress_frame"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ class Frame:
     """
 
     __slots__ = ("data", "frame_number", "dataset", "acquisition_id", "timestamp", "parameters",
-                 "mask", "compressed", "_on_release", "_base", "__weakref__")
+                 "mask", "compressed", "detector", "_on_release", "_base", "__weakref__")
 
     def __init__(self, data: np.ndarray, frame_number: int, dataset: str = "data",
                  acquisition_id: str = "", timestamp: float = 0.0,
@@ -81,6 +81,8 @@ class Frame:
         self.mask: np.ndarray | None = None
         #: set when ``data`` is a compressed chunk (uint8) of the pixels it describes, not the pixels
         self.compressed: Compressed | None = None
+        #: what the detector said about this frame's series at its start (DECTRIS streams), shared by its frames
+        self.detector: DetectorHeader | None = None
         self._on_release = on_release
         self._base: Frame | None = None  # the frame whose memory ``data`` views (set by derive)
 
@@ -111,7 +113,7 @@ class Frame:
         """
         f = Frame(data, self.frame_number, self.dataset, self.acquisition_id, self.timestamp,
                   dict(self.parameters), on_release)
-        f.mask = self.mask
+        f.mask, f.detector = self.mask, self.detector
         if data is self.data or np.may_share_memory(data, self.data):
             f._base = self
         return f
@@ -137,6 +139,22 @@ def decompress_frame(frame: Frame, pool: DataBlockPool, timeout: float = 2.0) ->
     if out is not None:
         (decompress_bslz4 if c.algorithm == "bslz4" else decompress_lz4)(frame.data, out.data)
     return out
+
+
+class DetectorHeader:
+    """A detector's own description of a series, from its start message: ``parameters`` (count_time,
+    incident_energy, beam centre, ... as the stream names them) and ``arrays`` (``pixel_mask/<dataset>``,
+    ``flatfield/<dataset>``, ``countrate_table/<dataset>``; read-only). The HDF5 writer stores both."""
+
+    __slots__ = ("acquisition_id", "parameters", "arrays")
+
+    def __init__(self, acquisition_id: str, parameters: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.acquisition_id, self.parameters, self.arrays = acquisition_id, parameters, arrays
+        for a in arrays.values():
+            a.flags.writeable = False
+
+    def __repr__(self) -> str:
+        return f"<DetectorHeader acq={self.acquisition_id!r} {sorted(self.parameters)} arrays={sorted(self.arrays)}>"
 
 
 class EndOfAcquisition:

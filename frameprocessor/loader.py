@@ -28,6 +28,12 @@ __all__ = ["load_plugin_class"]
 log = logging.getLogger(__name__)
 
 
+#: odin-data C++ plugin classes and the built-in framechain plugin that does their job
+_ODIN_PLUGINS = {"FileWriterPlugin": "hdf5_writer", "LiveViewPlugin": "live_view", "SumPlugin": "sum",
+                 "DummyUDPProcessPlugin": "dummy", "GapFillPlugin": "", "OffsetAdjustmentPlugin": "calibration",
+                 "ParameterAdjustmentPlugin": "", "BloscPlugin": "hdf5_writer"}
+
+
 def _import_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise PluginError(f"plugin file {path!r} does not exist")
@@ -102,6 +108,12 @@ def load_plugin_class(library: str, name: str | None = None) -> type[FrameProces
     """
     if not isinstance(library, str) or not library:
         raise PluginError("plugin load needs 'library': a module path, a .py file or a plugin name")
+    if library.endswith(".so") or ".so." in os.path.basename(library):
+        odin = _ODIN_PLUGINS.get(name or "")
+        hint = f" framechain's own {odin!r} plugin does this job ({{'library': {odin!r}}})." if odin else ""
+        raise PluginError(f"{library!r} is a compiled (odin-data C++) plugin library; framechain loads Python "
+                          f"plugins: a built-in name, a module path or a .py file.{hint} A plugin of your own is a "
+                          "FrameProcessorPlugin subclass in about 20 lines (docs/writing-plugins.md)")
     if ":" in library and not library.endswith(".py"):
         library, _, cls_name = library.rpartition(":")
         name = name or cls_name

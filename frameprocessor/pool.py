@@ -138,7 +138,7 @@ class DataBlockPool:
         block = got if got.__class__ is DataBlock else DataBlock(size, got)
         new = Frame(block.view(dt, shape), frame.frame_number, frame.dataset, frame.acquisition_id,
                     frame.timestamp, dict(frame.parameters), on_release=lambda: self.release(block))
-        new.mask = frame.mask
+        new.mask, new.detector = frame.mask, frame.detector
         return new
 
     def stats(self) -> dict[str, int]:

@@ -26,10 +26,12 @@ from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import ThrottledLog
 from framechain.ipc.errors import FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
+from framechain.ipc.series_header import read_arrays
 from framechain.ipc.shm import COMPRESSION_CODES, FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
 
 from .chain import PluginChain
-from .frame import Compressed, EndOfAcquisition, Frame
+from .decoders import FrameDecoder
+from .frame import Compressed, DetectorHeader, EndOfAcquisition, Frame
 from .pool import DataBlockPool, PoolExhausted
 
 __all__ = ["SharedMemoryController"]
@@ -108,6 +110,10 @@ class SharedMemoryController:
         self._warnings = ThrottledLog(log, 5, "status frames/bad")
         self._layout_key: tuple | None = None
         self._layout_value: tuple = ()
+        self.detector_mask = False  # shared_memory/detector_mask
+        self.decoder: FrameDecoder | None = None  # fr_setup/decoder: buffers of an odin-data frameReceiver
+        self.headers: dict[str, DetectorHeader] = {}  # detector series headers by acquisition id
+        self._use_masks: dict[tuple[str, str], np.ndarray] = {}
         self.reset_statistics()
         if shared_buffer_name:
             self._map(shared_buffer_name, quiet=True)
@@ -120,6 +126,7 @@ class SharedMemoryController:
         self.frames_unrouted = 0
         self.frames_discarded = 0
         self.frames_compressed = 0
+        self.headers_bad = 0
         self.acquisitions = 0
         self.last_bad = ""
 
@@ -184,7 +191,45 @@ class SharedMemoryController:
             if self.busy:
                 return  # leave the rest on the socket until the stalled frame is placed
 
+    def _start_of_acquisition(self, p: dict[str, Any]) -> None:
+        """A detector series' header: kept for its frames (frame.detector; frame.mask if asked)."""
+        acq = str(p.get("acquisition_id", ""))
+        layout = p.get("arrays") or {}
+        try:
+            arrays = read_arrays(p.get("header_segment"), layout) if layout else {}
+        except ShmError as err:
+            self.headers_bad += 1
+            self._warnings.warning("series %s: detector header arrays not read: %s", acq, err)
+            arrays = {}
+        det = p.get("detector")
+        params = {k: v for k, v in det.items() if isinstance(v, (int, float, str))} if isinstance(det, dict) else {}
+        self.headers[acq] = DetectorHeader(acq, params, arrays)
+        for key, arr in arrays.items():
+            kind, _, dataset = key.partition("/")
+            if kind == "pixel_mask" and arr.dtype.kind in "ui":
+                use = arr == 0
+                use.flags.writeable = False
+                self._use_masks[(acq, dataset)] = use
+        while len(self.headers) > 4:  # the last few series: frames of the previous one may still be arriving
+            old = next(iter(self.headers))
+            del self.headers[old]
+            for k in [k for k in self._use_masks if k[0] == old]:
+                del self._use_masks[k]
+        log.info("series %s: detector header with %d parameters, arrays %s", acq, len(params), sorted(arrays))
+
+    def _attach_header(self, frame: Frame, pixels: tuple[int, ...]) -> None:
+        hdr = self.headers.get(frame.acquisition_id)
+        if hdr is not None:
+            frame.detector = hdr
+            if self.detector_mask:
+                use = self._use_masks.get((frame.acquisition_id, frame.dataset))
+                if use is not None and use.shape == pixels:
+                    frame.mask = use
+
     def handle_ready(self, p: dict[str, Any]) -> None:
+        if p.get("start_of_acquisition"):
+            self._start_of_acquisition(p)
+            return
         if p.get("end_of_acquisition"):
             self.acquisitions += 1
             eoa = EndOfAcquisition(str(p.get("acquisition_id", "")), int(p.get("frames", 0)))
@@ -193,6 +238,9 @@ class SharedMemoryController:
         self.frames_received += 1
         buf = self.buffer
         number, bid = p.get("frame"), p.get("buffer_id")
+        if self.decoder is not None:
+            self._handle_foreign(p, number, bid)
+            return
         if not self._valid_bid(bid):
             self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
             return
@@ -206,32 +254,60 @@ class SharedMemoryController:
             return
         dtype, shape, size, acq, dset, packed = layout
         if packed is not None:  # a compressed chunk travels as bytes (its length varies frame to frame)
-            dtype, shape = np.dtype(np.uint8), (size,)
-            view = buf.data(bid, dtype, shape)
+            view = buf.data(bid, np.uint8, (size,))
             view.flags.writeable = False
         else:
             view = buf.views(dtype, shape, writeable=False)[bid]  # receiver memory: plugins read it, never write it
-        ts = fields[5]
-        if self.copy:
-            try:
-                block = self.pool.acquire(size)
-            except PoolExhausted:
-                self.frames_received -= 1  # counted again on retry
-                self.stalled_ready = p
-                return
-            data = block.view(dtype, shape)
-            np.copyto(data, view)
-            self._send_release(number, bid)
-            pool = self.pool
-            frame = Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
-        else:
-            releases = self.releases
-            self.outstanding += 1
-            frame = Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
+        frame = self._wrap(p, view, number, bid, dset, acq, fields[5])
+        if frame is None:
+            return
         if packed is not None:
             frame.compressed = packed
             self.frames_compressed += 1
+        if self.headers:
+            self._attach_header(frame, packed.shape if packed is not None else shape)
         self._dispatch(frame)
+
+    def _wrap(self, p: dict[str, Any], view: np.ndarray, number: int, bid: int, dset: str, acq: str,
+              ts: float) -> Frame | None:
+        """A Frame over ``view``: copied into the pool and the buffer released (copy mode), or the view itself,
+        released when the frame dies. None when the pool is full (the frame_ready is retried)."""
+        if self.copy:
+            try:
+                block = self.pool.acquire(view.nbytes)
+            except PoolExhausted:
+                self.frames_received -= 1  # counted again on retry
+                self.stalled_ready = p
+                return None
+            data = block.view(view.dtype, view.shape)
+            np.copyto(data, view)
+            self._send_release(number, bid)
+            pool = self.pool
+            return Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
+        releases = self.releases
+        self.outstanding += 1
+        return Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
+
+    def _handle_foreign(self, p: dict[str, Any], number: Any, bid: Any) -> None:
+        """A frame in an odin-data receiver's buffer: its decoder's header, then the pixels (``decoders``)."""
+        dec, buf = self.decoder, self.buffer
+        if not self._valid_bid(bid):
+            self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
+            return
+        if dec.header_size + dec.nbytes > buf.buffer_size:
+            self._bad(f"a {list(dec.shape)} {dec.dtype.name} frame after the {dec.header_size}-byte {dec.name} "
+                      f"header does not fit the {buf.buffer_size}-byte buffers (fr_setup/decoder)", bid, number)
+            return
+        frame_number, ts, problem = dec.check(buf.unpack_header(bid, dec.header))
+        if problem is None and number != frame_number:
+            problem = f"frame_ready says frame {number} but the {dec.name} header holds frame {frame_number}"
+        if problem is not None:
+            self._bad(problem, bid, number)
+            return
+        view = buf.views(dec.dtype, dec.shape, writeable=False, header_size=dec.header_size)[bid]
+        frame = self._wrap(p, view, frame_number, bid, dec.dataset, "", ts)
+        if frame is not None:
+            self._dispatch(frame)
 
     def _valid_bid(self, bid: Any) -> bool:
         """Whether ``bid`` names a buffer of the mapped segment."""
@@ -347,7 +423,9 @@ class SharedMemoryController:
                               "shared_buffer_name": self.shared_buffer_name or "",
                               "num_buffers": b.num_buffers if b else 0, "buffer_size": b.buffer_size if b else 0,
                               "header_size": FRAME_HEADER.size, "copy": self.copy,
-                              "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn},
+                              "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn,
+                              "detector": self._header_status(),
+                              "decoder": self.decoder.describe() if self.decoder is not None else {}},
             "frames": {"received": self.frames_received, "released": self.frames_released,
                        "bad": self.frames_bad, "unrouted": self.frames_unrouted,
                        "discarded": self.frames_discarded, "outstanding": self.outstanding,
@@ -355,6 +433,11 @@ class SharedMemoryController:
                        "acquisitions": self.acquisitions, "last_bad": self.last_bad,
                        "compressed": self.frames_compressed},
         }
+
+    def _header_status(self) -> dict[str, Any]:
+        last = self.headers[next(reversed(self.headers))] if self.headers else None
+        return {"series": list(self.headers), "headers_bad": self.headers_bad, "mask": self.detector_mask,
+                "parameters": len(last.parameters) if last else 0, "arrays": sorted(last.arrays) if last else []}
 
     def close(self) -> None:
         """Close the data path (the ReleaseQueue is the processor's and stays open)."""

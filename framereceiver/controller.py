@@ -24,6 +24,7 @@ from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.options import Option, validate_options
+from framechain.ipc.series_header import HeaderSegment, header_segment_name
 from framechain.ipc.shm import (FRAME_HEADER, STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer,
                                 buffer_size_for)
 
@@ -98,10 +99,13 @@ class ReceiverController(ControlHandler):
         self.ended_at = 0.0
         self.shutdown_requested = False
         self.subscribers = 0  # processors subscribed to frame_ready
+        self.peer_subscribers = 0  # of which framechain processors (the others: odin-data's C++ frameProcessor)
+        self.acquisition_notices_skipped = 0
         self.source_error = ""  # why the last acquisition failed (state "failed")
         self._pending: list[tuple[Image, Channel]] = []  # stream image channels waiting for a buffer
         self.stream_acquisition = ""
         self.series_frames = 0
+        self._header_segment: HeaderSegment | None = None  # the current series' header arrays
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
         self.reset_statistics()
@@ -137,6 +141,8 @@ class ReceiverController(ControlHandler):
                               "buffer_size": self.buffer.buffer_size if self.buffer else 0},
             "mode": self.mode,
             "ready_subscribers": self.subscribers,
+            "ready_subscribers_framechain": self.peer_subscribers,
+            "acquisition_notices_skipped": self.acquisition_notices_skipped,
             "process": {"pid": os.getpid(), **self.control_status()},
         }
         return st
@@ -354,10 +360,17 @@ class ReceiverController(ControlHandler):
         self.state = state
         self.ended_at = time.monotonic()
         src = self.source
-        self.publish(IpcMessage("notify", "frame_ready", {
-            "end_of_acquisition": True, "acquisition_id": src.acquisition_id if src else "",
-            "frames": self.next_frame}))
+        self._notify_acquisition({"end_of_acquisition": True, "acquisition_id": src.acquisition_id if src else "",
+                                  "frames": self.next_frame})
         log.info("source %s after %d frames (%d dropped)", state, self.next_frame, self.frames_dropped)
+
+    def _notify_acquisition(self, params: dict[str, Any]) -> None:
+        """A start/end-of-acquisition frame_ready (no buffer_id: framechain's extension). odin-data's C++
+        frameProcessor logs an error for one, so it is not sent when every subscriber is an odin processor."""
+        if self.subscribers > 0 and self.peer_subscribers == 0:
+            self.acquisition_notices_skipped += 1
+            return
+        self.publish(IpcMessage("notify", "frame_ready", params))
 
     def _fail(self, bid: int, err: Exception) -> None:
         """Frame ``next_frame`` could not be made: give its buffer back and end the acquisition as failed."""
@@ -444,6 +457,7 @@ class ReceiverController(ControlHandler):
                 self.stream_acquisition = str(msg.series_id)
                 self.series_frames = 0
                 log.info("series %s started: channels %s", msg.series_id, list(msg.channels))
+                self._start_series(msg)
             elif isinstance(msg, End):
                 self._end_series(str(msg.series_id))
             elif isinstance(msg, Image):
@@ -503,10 +517,31 @@ class ReceiverController(ControlHandler):
         self.series_frames += 1
         return True
 
+    def _start_series(self, start: Start) -> None:
+        """Announce a series with the detector's header: scalars in the notification, arrays in a segment."""
+        try:
+            params, arrays = self.source.header(start)
+        except StreamError as err:
+            self.images_bad += 1  # counted with the bad images: the series' frames still flow
+            self.warnings.warning("series %s: start message's header dropped: %s", start.series_id, err)
+            params, arrays = {}, {}
+        name = header_segment_name(self.buffer.name)
+        if self._header_segment is None or self._header_segment.name != name:
+            if self._header_segment is not None:
+                self._header_segment.unlink()
+            self._header_segment = HeaderSegment(name)
+        try:
+            layout = self._header_segment.write(arrays)
+        except ShmError as err:
+            self.warnings.warning("series %s: header arrays not passed on: %s", start.series_id, err)
+            layout = {}
+        self._notify_acquisition({"start_of_acquisition": True, "acquisition_id": str(start.series_id),
+                                  "detector": params, "header_segment": self._header_segment.name, "arrays": layout})
+
     def _end_series(self, acquisition_id: str) -> None:
         """A stream's end message: end of acquisition downstream; the source keeps listening."""
-        self.publish(IpcMessage("notify", "frame_ready", {
-            "end_of_acquisition": True, "acquisition_id": acquisition_id, "frames": self.series_frames}))
+        self._notify_acquisition({"end_of_acquisition": True, "acquisition_id": acquisition_id,
+                                  "frames": self.series_frames})
         log.info("series %s ended after %d frames", acquisition_id, self.series_frames)
         self.stream_acquisition, self.series_frames = "", 0
 
@@ -580,6 +615,8 @@ class ReceiverController(ControlHandler):
     def close(self) -> None:
         if self.source is not None:
             self.source.close()
+        if self._header_segment is not None:
+            self._header_segment.unlink()
         if self.buffer is not None:
             self.buffer.close()
             self.buffer.unlink()

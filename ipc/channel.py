@@ -17,7 +17,10 @@ import zmq
 from .errors import FramechainError, ProtocolError
 from .message import IpcMessage, nack_for_garbage
 
-__all__ = ["IpcChannel", "free_tcp_endpoint", "endpoint_problem"]
+__all__ = ["IpcChannel", "free_tcp_endpoint", "endpoint_problem", "PEER_TOPIC"]
+
+#: a framechain SUB's second subscription; messages are JSON objects, so none ever starts with it
+PEER_TOPIC = b"\x00framechain-peer"
 
 
 def endpoint_problem(endpoint: object, example: str = "tcp://127.0.0.1:5000") -> str | None:
@@ -56,8 +59,10 @@ class IpcChannel:
         if hwm is not None:
             self.socket.setsockopt(zmq.SNDHWM, hwm)
             self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.peers = 0  # XPUB: framechain subscribers (see subscription_events)
         if kind == zmq.SUB:
             self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+            self.socket.setsockopt(zmq.SUBSCRIBE, PEER_TOPIC)  # "a framechain peer": matches no message
         self.endpoint: str | None = None
 
     def bind(self, endpoint: str) -> None:
@@ -130,9 +135,16 @@ class IpcChannel:
                 return
 
     def subscription_events(self, limit: int | None = None) -> Iterator[bool]:
-        """On an XPUB: yield True for each subscribe and False for each unsubscribe waiting (see ``pending``)."""
+        """On an XPUB: yield True for each subscribe and False for each unsubscribe waiting (see ``pending``).
+
+        Subscriptions to ``PEER_TOPIC`` (a framechain processor's second subscription, which no message
+        matches) are not yielded: they count framechain peers in ``self.peers``, so a receiver can tell
+        odin-data's C++ processors (which subscribe only to everything) from its own."""
         for event in self.pending(limit):
-            if event[:1] == b"\x01":
+            topic = event[1:]
+            if topic == PEER_TOPIC:
+                self.peers = self.peers + 1 if event[:1] == b"\x01" else max(0, self.peers - 1)
+            elif event[:1] == b"\x01":
                 yield True
             elif event[:1] == b"\x00":
                 yield False

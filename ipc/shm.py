@@ -220,6 +220,10 @@ class SharedBuffer:
         """The raw unpacked FRAME_HEADER tuple of ``buffer_id`` (fast path; see FrameHeader for meaning)."""
         return FRAME_HEADER.unpack_from(self._map, self.offset(buffer_id))
 
+    def unpack_header(self, buffer_id: int, layout: struct.Struct) -> tuple:
+        """A foreign receiver's frame header (``layout`` at the start of ``buffer_id``), unpacked."""
+        return layout.unpack_from(self._map, self.offset(buffer_id))
+
     def write_header(self, buffer_id: int, header: FrameHeader) -> None:
         header.pack_into(self._map, self.offset(buffer_id))
 
@@ -230,25 +234,28 @@ class SharedBuffer:
         if timestamp is not None:
             struct.pack_into("<d", self._map, off + 24, timestamp)
 
-    def data(self, buffer_id: int, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
-        """A writable numpy view of the pixel data of ``buffer_id`` (no copy)."""
-        start = self.offset(buffer_id) + FRAME_HEADER.size
+    def data(self, buffer_id: int, dtype: np.dtype | str, shape: tuple[int, ...],
+             header_size: int = FRAME_HEADER.size) -> np.ndarray:
+        """A writable numpy view of the pixel data of ``buffer_id`` (no copy); ``header_size`` for a foreign
+        receiver's frame header (odin-data's decoders put their own before the pixels)."""
+        start = self.offset(buffer_id) + header_size
         dt = np.dtype(dtype)
         count = int(np.prod(shape))
         return np.frombuffer(self._map, dtype=dt, count=count, offset=start).reshape(shape)
 
-    def views(self, dtype: np.dtype | str, shape: tuple[int, ...], writeable: bool = True) -> list[np.ndarray]:
+    def views(self, dtype: np.dtype | str, shape: tuple[int, ...], writeable: bool = True,
+              header_size: int = FRAME_HEADER.size) -> list[np.ndarray]:
         """Per-buffer numpy views of the pixel data, indexed by buffer id; cached until another layout or close().
 
         Keep the list only as long as this buffer: ``close()`` drops it so that the mapping can go.
         """
-        key = (np.dtype(dtype), tuple(shape), writeable)
+        key = (np.dtype(dtype), tuple(shape), writeable, header_size)
         cached = self._views
         if cached is not None and cached[0] == key:
             return cached[1]
         if self.closed:
             raise ShmError(f"shared buffer {self.name!r} is closed")
-        views = [self.data(i, key[0], key[1]) for i in range(self.num_buffers)]
+        views = [self.data(i, key[0], key[1], header_size) for i in range(self.num_buffers)]
         if not writeable:
             for v in views:
                 v.flags.writeable = False

@@ -249,26 +249,142 @@ def test_bslz4_passes_through_compressed_and_is_decoded_only_for_pixel_plugins(p
                     assert chunk == encode_image(frame, "bslz4").value[1].value.value[2]  # the stream's blob
 
 
-def test_a_bad_chunk_meant_to_pass_through_is_counted_not_a_receiver_fault(pipeline):
-    """decompress: false checks each chunk before it travels: a truncated one is a bad image, the next good."""
-    shape = (8, 8)
+def test_a_bad_chunk_meant_to_pass_through_is_counted_not_a_receiver_fault(pipeline, tmp_path):
+    """decompress: false: the receiver checks each chunk's header (a wrong size is a bad image there); the
+    writer walks its blocks before storing it (a truncated one is rejected) and a pixel plugin cannot decode
+    it (an error); the good image after them is written and summed."""
+    shape = (64, 64)  # four 2 KiB bitshuffle blocks: the truncation below lands inside the last one
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     port = push.bind_to_random_port("tcp://127.0.0.1")
     try:
         pipeline.configure_receiver({"type": "dectris_v2", "endpoint": f"tcp://127.0.0.1:{port}",
                                      "shape": list(shape), "decompress": False})
-        pipeline.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
+        writer = _writer(tmp_path, ["t"], shape, 3)
+        writer["dataset"]["t"]["compression"] = "BSLZ4"
+        pipeline.setup_processor([("w", "FileWriterPlugin", "hdf5_writer", "frame_receiver", writer),
+                                  ("sum", "SumPlugin", "sum", "frame_receiver")])
+        pipeline.processor.ok("execute", {"w": {"command": "start_writing"}})
         pipeline.start()
-        good = ramp_frame(0, shape, np.dtype("u2"))
-        corrupt = encode_image(good, "bslz4")
-        corrupt.value[1].value.value[2] = corrupt.value[1].value.value[2][:20]
-        for image_id, arr in ((1, corrupt), (0, encode_image(good, "bslz4"))):
+        rng = np.random.default_rng(3)
+        good = rng.integers(0, 4000, shape, dtype=np.uint16)  # noisy: compresses little, blocks stay long
+        wrong_size = encode_image(good, "bslz4")
+        blob = wrong_size.value[1].value.value[2]
+        wrong_size.value[1].value.value[2] = (99).to_bytes(8, "big") + blob[8:]
+        truncated = encode_image(good, "bslz4")
+        truncated.value[1].value.value[2] = blob[:len(blob) - 100]
+        for image_id, arr in ((1, wrong_size), (2, truncated), (0, encode_image(good, "bslz4"))):
             push.send(cbor2.dumps({"type": "image", "series_id": 5, "image_id": image_id, "data": {"t": arr}}))
         push.send(cbor2.dumps({"type": "end", "series_id": 5}))
-        wait_for(lambda: pipeline.plugin_status("d")["acquisitions"] == 1, what="the end of the series")
+        wait_for(lambda: pipeline.plugin_status("sum")["acquisitions"] == 1, what="the end of the series")
         rx = pipeline.receiver.status()
-        assert rx["frames"]["bad_images"] == 1 and rx["frames"]["received"] == 1 and rx["frames"]["compressed"] == 1
+        assert rx["frames"]["bad_images"] == 1 and rx["frames"]["received"] == 2 and rx["frames"]["compressed"] == 2
         assert rx["process"]["internal_errors"] == 0
+        st = pipeline.processor.status()
+        assert st["w"]["frames_rejected"] == 1 and "frame 2" in st["w"]["last_rejected"], st["w"]
+        assert st["w"]["frames_passed_through"] == 1
+        assert st["sum"]["errors"] == 1 and "does not decode" in st["sum"]["last_error"], st["sum"]
+        assert st["sum"]["last"]["sum"] == int(good.astype(np.int64).sum())
+        wait_for(lambda: pipeline.plugin_status("w")["frames_written"] == 1, what="the good frame written")
     finally:
         push.close()
+
+
+MASK_CHECKER = '''
+import numpy as np
+from framechain.frameprocessor import FrameProcessorPlugin
+
+class MaskCheck(FrameProcessorPlugin):
+    """Records what each frame carries of its series' detector header."""
+    def __init__(self, name):
+        super().__init__(name)
+        self.seen = {}
+
+    def process_frame(self, frame):
+        m = frame.mask
+        d = frame.detector
+        self.seen[f"{frame.dataset}/{frame.frame_number}"] = {
+            "unused": [] if m is None else np.flatnonzero(~m).tolist(),
+            "count_time": None if d is None else d.parameters.get("count_time",
+                                                                 d.parameters.get("photon_energy"))}
+        self.push(frame)
+
+    def status(self):
+        return {"seen": self.seen}
+'''
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_start_header_reaches_frames_and_the_writer(pipeline, tmp_path, version):
+    """The start's pixel mask becomes frame.mask (shared_memory/detector_mask) and, with its flatfield and
+    scalars, is stored by the writer under detector/detectorSpecific (and NeXus fields); frames are intact."""
+    from framechain.client.simulate import pixel_mask
+    shape, n, bad = (32, 40), 6, 25
+    names = ["threshold_1", "threshold_2"] if version == 2 else ["data"]
+    endpoint = free_tcp_endpoint()
+    extra = ("--header-detail", "all") if version == 1 else ()
+    checker = tmp_path / "mask_check.py"
+    checker.write_text(MASK_CHECKER)
+    (tmp_path / "out").mkdir()
+    player = _player(endpoint, n, shape, "bslz4", ",".join(names), "--bad-pixels", str(bad), *extra,
+                     version=version)
+    try:
+        pipeline.configure_receiver({"type": f"dectris_v{version}", "endpoint": endpoint, "shape": list(shape)})
+        pipeline.setup_processor([("check", "MaskCheck", str(checker), "frame_receiver"),
+                                  ("hdf", "FileWriterPlugin", "hdf5_writer", "check",
+                                   _writer(tmp_path / "out", names, shape, n))])
+        pipeline.processor.ok("configure", {"shared_memory": {"detector_mask": True}})
+        pipeline.processor.ok("execute", {"hdf": {"command": "start_writing"}})
+        pipeline.start()
+        assert player.wait(60) == 0, player.stderr.read()
+        wait_for(lambda: pipeline.plugin_status("hdf")["acquisitions"] == 1, what="the series to end downstream")
+        wait_for(lambda: not pipeline.plugin_status("hdf")["writing"], what="the writer to close its file")
+    finally:
+        player.kill()
+        player.wait()
+    st = pipeline.processor.status()
+    assert st["shared_memory"]["detector"]["series"] == ["42"] and st["shared_memory"]["detector"]["headers_bad"] == 0
+    seen = st["check"]["seen"]
+    assert len(seen) == n * len(names)
+    masks = {name: pixel_mask(shape, bad, 42 + c) for c, name in enumerate(names)}
+    for name, mask in masks.items():
+        want = np.flatnonzero(mask).tolist()
+        assert len(want) == bad
+        for i in range(n):
+            assert seen[f"{name}/{i}"]["unused"] == want
+            assert seen[f"{name}/{i}"]["count_time"] == 0.001
+    (path,) = (tmp_path / "out").glob("det_42_*.h5")
+    with h5py.File(path, "r") as f:
+        spec = f[f"{DET}/detectorSpecific"]
+        for c, name in enumerate(names):
+            np.testing.assert_array_equal(spec[f"{name}/pixel_mask"][...], masks[name])
+            np.testing.assert_array_equal(spec[f"{name}/flatfield"][...], np.ones(shape, np.float32))
+            np.testing.assert_array_equal(f[f"{DET}/{name}"][...],
+                                          np.stack([ramp_frame(i, shape, np.dtype("u2"), c) for i in range(n)]))
+        np.testing.assert_array_equal(f[f"{DET}/pixel_mask"][...], masks[names[0]])  # NeXus: the master's
+        if version == 2:
+            assert f[f"{DET}/count_time"][()] == 0.001 and spec["image_size_x"][()] == shape[1]
+            assert f["/entry/instrument/beam/incident_energy"][()] == 12400.0
+        else:
+            assert spec["x_pixels_in_detector"][()] == shape[1] and spec["header_detail"][()] == b"all"
+            np.testing.assert_array_equal(spec["data/countrate_table"][...], np.ones(shape, np.float32))
+
+
+def test_without_detector_mask_frames_keep_no_mask(pipeline, tmp_path):
+    """detector_mask defaults to false: the header still reaches frame.detector, frame.mask stays unset."""
+    shape, n = (16, 16), 3
+    endpoint = free_tcp_endpoint()
+    checker = tmp_path / "mask_check.py"
+    checker.write_text(MASK_CHECKER)
+    player = _player(endpoint, n, shape, "none", "threshold_1", "--bad-pixels", "5")
+    try:
+        pipeline.configure_receiver({"type": "dectris_v2", "endpoint": endpoint, "shape": list(shape)})
+        pipeline.setup_processor([("check", "MaskCheck", str(checker), "frame_receiver")])
+        pipeline.start()
+        assert player.wait(60) == 0, player.stderr.read()
+        wait_for(lambda: len(pipeline.plugin_status("check")["seen"]) == n, what="every frame")
+    finally:
+        player.kill()
+        player.wait()
+    seen = pipeline.plugin_status("check")["seen"]
+    assert all(v["unused"] == [] and v["count_time"] == 0.001 for v in seen.values())

@@ -95,6 +95,12 @@ def _bad_plugin_file(tmp_path):
     ({"plugin": {"load": {"index": "c", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                  "connect": [{"index": "c", "connection": "a"}, {"index": "c", "connection": "missing"}]}},
      "no plugin with index 'missing'"),
+    ({"plugin": {"load": {"index": "hdf", "name": "FileWriterPlugin",
+                          "library": "/opt/odin/lib/libHdf5Plugin.so"}}},
+     "is a compiled (odin-data C++) plugin library; framechain loads Python plugins: a built-in name, a module "
+     "path or a .py file. framechain's own 'hdf5_writer' plugin does this job ({'library': 'hdf5_writer'})"),
+    ({"plugin": {"load": {"index": "g", "name": "GapFillPlugin", "library": "libGapFillPlugin.so.1"}}},
+     "(docs/writing-plugins.md)"),
 ])
 def test_bad_configure_is_nacked_and_changes_nothing(processor, params, reason):
     before = _config(processor)

@@ -360,7 +360,8 @@ class WriterEngine:
         h5 = H5File(path, c.file.temp_suffix, {k: (specs[k], s.codecs[k]) for k in specs}, c.master, n, job.params,
                     {"acquisition_id": acq.id, "file_index": fi, "rank": c.process.rank,
                      "processes": c.process.number, "config": c.describe(), "versions": versions(),
-                     "writer": "framechain FileWriterPlugin"}, c.swmr, c.file.overwrite)
+                     "writer": "framechain FileWriterPlugin"}, c.swmr, c.file.overwrite,
+                    job.frame.detector if job.frame is not None else None)
         self._timed("create", t0)
         self._since_flush = 0
         return h5

@@ -24,6 +24,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from framechain.frameprocessor.frame import DetectorHeader
+
 from .codecs import Codec
 from .config import DatasetSpec
 
@@ -67,6 +69,14 @@ class _ParamColumn:
             self.hwm = index + 1
 
 
+#: NXdetector fields and the stream keys they come from (stream v2 first, then v1's detector configuration)
+_NEXUS_DETECTOR = {"count_time": ("count_time",), "frame_time": ("frame_time",),
+                   "beam_center_x": ("beam_center_x",), "beam_center_y": ("beam_center_y",),
+                   "x_pixel_size": ("pixel_size_x", "x_pixel_size"), "y_pixel_size": ("pixel_size_y", "y_pixel_size"),
+                   "description": ("detector_description", "description"),
+                   "detector_distance": ("detector_distance",), "sensor_thickness": ("sensor_thickness",)}
+
+
 class H5File:
     """An open output file.
 
@@ -84,11 +94,13 @@ class H5File:
         (they must exist before SWMR starts).
     attrs : mapping
         Stored on ``/entry`` (config, versions), JSON-encoded when not scalar.
+    detector : DetectorHeader, optional
+        The detector's own header for the series (a DECTRIS start): see ``_write_detector``.
     """
 
     def __init__(self, final_path: str, temp_suffix: str, datasets: Mapping[str, tuple[DatasetSpec, Codec]],
                  master: str, frames: int, parameters: Mapping[str, Any], attrs: Mapping[str, Any],
-                 swmr: bool, overwrite: bool = False) -> None:
+                 swmr: bool, overwrite: bool = False, detector: DetectorHeader | None = None) -> None:
         self.final_path = final_path
         self.path = final_path + temp_suffix
         for p in {final_path, self.path}:
@@ -102,6 +114,8 @@ class H5File:
         self._f = h5py.File(self.path, "w-", libver="latest")
         try:
             self._build(datasets, parameters, attrs)
+            if detector is not None:
+                self._write_detector(detector)
             if swmr:
                 self._f.swmr_mode = True
         except BaseException:
@@ -148,6 +162,32 @@ class H5File:
             self._pds[key] = pg.create_dataset(key, shape=(0,), maxshape=(maxn,), dtype=dt,
                                                chunks=(min(max(cap, 1), 4096),),
                                                fillvalue=self._params[key].fill)
+
+    def _write_detector(self, header: DetectorHeader) -> None:
+        """The detector's header as DECTRIS and NeXus files hold it: every scalar and array under
+        ``detector/detectorSpecific`` (arrays per dataset: ``<dataset>/pixel_mask``), the NeXus NXdetector
+        fields (count_time, beam_center_x, pixel_mask of the master dataset, ...) in ``detector`` and the
+        incident energy in ``instrument/beam``."""
+        det = self._f["entry/instrument/detector"]
+        spec = det.create_group("detectorSpecific")
+        for key, value in header.parameters.items():
+            if "/" not in key and key:
+                spec[key] = value
+        for key, arr in header.arrays.items():
+            kind, _, dataset = key.partition("/")
+            spec.create_dataset(f"{dataset}/{kind}", data=arr, compression="gzip", shuffle=True)
+            if dataset == self.master and kind not in det:
+                det[kind] = spec[f"{dataset}/{kind}"]
+        for nexus, names in _NEXUS_DETECTOR.items():
+            value = next((header.parameters[n] for n in names if n in header.parameters), None)
+            if value is not None and nexus not in det:
+                det[nexus] = value
+        energy = header.parameters.get("incident_energy", header.parameters.get("photon_energy"))
+        if isinstance(energy, (int, float)):
+            beam = self._f["entry/instrument"].create_group("beam")
+            beam.attrs["NX_class"] = "NXbeam"
+            beam["incident_energy"] = energy
+            beam["incident_energy"].attrs["units"] = "eV"
 
     # -- writing ---------------------------------------------------------------
     def write_chunk(self, name: str, index: int, chunk: Any) -> None:
