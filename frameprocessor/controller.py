@@ -20,14 +20,17 @@ import zmq
 
 from framechain import __version__ as VERSION
 
-from framechain.ipc.channel import endpoint_problem
+from framechain.ipc.channel import endpoint_problem, same_endpoint
 from framechain.ipc.control import ControlHandler
 from framechain.ipc.errors import ConfigError, FramechainError, PluginError
 from framechain.ipc.message import IpcMessage
+from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
 from framechain.ipc.options import Option, validate_options
 
 from .chain import PluginChain
 from .decoders import make_decoder
+from .frame import EndOfAcquisition
+from .meta import MetaPublisher
 from .plugin import FrameProcessorPlugin
 from .pool import DataBlockPool
 from .shm_controller import ReleaseQueue, SharedMemoryController
@@ -60,6 +63,21 @@ SHARED_MEMORY_OPTIONS = {
 }
 
 
+#: odin-data FrameProcessorController keys beside fr_setup / plugin / the plugins' own
+ODIN_OPTIONS = {
+    "meta_endpoint": Option(str, "", "PUB endpoint for odin's meta_writer items, e.g. tcp://*:5008 (\"\": off)"),
+    "ctrl_endpoint": Option(str, "", "the control endpoint (chosen at start with --ctrl; only that value is taken)"),
+    "frames": Option(int, 0, "shut the processor down after this many frames (0: run until told)", low=0),
+    "clear_errors": Option((bool, int, str, dict, type(None)), None, "forget the errors status reports"),
+    "inject_eoa": Option((bool, int, str, dict, type(None)), None, "send an end of acquisition down the chain"),
+    "debug_level": Option(int, 0, "0: INFO logging, >0: DEBUG", low=0),
+    "store": Option(dict, {}, "keep a configuration to apply later: {index: <name>, value: <configure params or a "
+                              "list of them>}"),
+    "execute": Option(dict, {}, "apply a stored configuration: {index: <name>}"),
+}
+MAX_STORED_DEPTH = 4  # a stored configuration may execute another, this deep
+
+
 def _as_list(value: Any, what: str) -> list[dict[str, Any]]:
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -85,6 +103,13 @@ class ProcessorController(ControlHandler):
         self.started = time.time()
         self.shutdown_requested = False
         self.on_shm_change: Callable[[], None] = lambda: None
+        self.meta = MetaPublisher(self.context)
+        self.ctrl_endpoint = ""  # set by the daemon: where the control socket listens
+        self.shutdown_after = 0  # odin's "frames": stop after this many frames (0: never)
+        self.stored: dict[str, list[dict[str, Any]]] = {}
+        self.config_ts = ChangeStamp()  # moves on each committed configure
+        self.status_ts = ChangeStamp()  # moves when status gains or loses a part (plugins, data path)
+        self._depth = 0
 
     # -- simple requests ---------------------------------------------------------
     def _on_status(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,28 +122,53 @@ class ProcessorController(ControlHandler):
             st["shared_memory"] = {"configured": False}
             st["frames"] = {"received": 0, "released": 0, "bad": 0, "unrouted": 0}
         st["pool"] = self.pool.stats()
+        st["meta"] = self.meta.status()
         st.update(self.chain.status())
+        errors, warnings = [], []
+        for index in self.chain.workers:
+            ps = st[index]
+            for text in (ps.get("last_error"), ps.get("error")):
+                if isinstance(text, str) and text:
+                    errors.append(f"{index}: {text}")
+            for key in ("warning", "stalled"):
+                if isinstance(ps.get(key), str) and ps[key]:
+                    warnings.append(f"{index}: {ps[key]}")
+        st["error"], st["warning"] = errors, warnings
+        st["status_ts"] = self.status_ts.value
+        if params.get("metadata") is True:
+            st["metadata"] = {i: value_metadata(st[i]) for i in self.chain.workers}
         return st
 
     def _on_request_version(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        plugins = {i: {"name": type(w.plugin).__name__, "version": w.plugin.version}
-                   for i, w in self.chain.workers.items()}
-        return {"version": {"framechain": VERSION, "python": platform.python_version(),
-                            "numpy": np.__version__, "h5py": h5py.__version__, "pyzmq": zmq.__version__,
-                            "libzmq": zmq.zmq_version(), "hdf5": h5py.version.hdf5_version},
-                "plugins": plugins}
+        """odin's layout, ``version/<component>/{major, minor, patch, short, full}`` (plugins by index)."""
+        version = {"framechain": version_block(VERSION)}
+        for i, w in self.chain.workers.items():
+            version[i] = {**version_block(w.plugin.version), "name": type(w.plugin).__name__}
+        return {"version": version,
+                "libraries": {"python": platform.python_version(), "numpy": np.__version__, "h5py": h5py.__version__,
+                              "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+                              "hdf5": h5py.version.hdf5_version}}
 
     def _on_request_configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"fr_setup": dict(self.fr_setup),
+        cfg: dict[str, Any] = {"ctrl_endpoint": self.ctrl_endpoint, "meta_endpoint": self.meta.endpoint,
+                               "frames": self.shutdown_after,
+                               "fr_setup": dict(self.fr_setup),
                                "shared_memory": {"copy": self.copy, "max_pool_memory": self.pool.max_memory,
                                                  "detector_mask": self.detector_mask},
-                               "plugin": self.chain.configuration()}
+                               "plugin": self.chain.configuration(),
+                               "plugins": {"names": list(self.chain.workers)},
+                               "stored": sorted(self.stored)}
         for index, worker in self.chain.workers.items():
             cfg[index] = worker.plugin.request_configuration()
+        cfg["config_ts"] = self.config_ts.value
+        if params.get("metadata") is True:
+            cfg["metadata"] = {i: value_metadata(cfg[i], w.plugin.options)
+                               for i, w in self.chain.workers.items()}
         return cfg
 
     def _on_request_commands(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"commands": {i: list(w.plugin.commands) for i, w in self.chain.workers.items()}}
+        """odin's shape: ``{<index>: {"supported": [...]}}`` for each plugin that has commands."""
+        return commands_reply({i: list(w.plugin.commands) for i, w in self.chain.workers.items()})
 
     def _on_reset_statistics(self, params: Mapping[str, Any]) -> dict[str, Any]:
         self.chain.reset_statistics()
@@ -147,18 +197,25 @@ class ProcessorController(ControlHandler):
 
     # -- configure --------------------------------------------------------------
     def _on_configure(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        known = {"fr_setup", "shared_memory", "plugin"}
+        known = {"fr_setup", "shared_memory", "plugin", *ODIN_OPTIONS}
         loading = self._loading_indices(params.get("plugin"))
         for key in params:
             if key not in known and key not in self.chain.workers and key not in loading:
                 raise ConfigError(f"unknown configure key or plugin index {key!r}; loaded plugins: "
                                   f"{sorted(self.chain.workers)}; other keys: {sorted(known)}", key)
+        odin = validate_options("the frame processor", ODIN_OPTIONS,
+                                {k: v for k, v in params.items() if k in ODIN_OPTIONS})
+        self._check_odin(odin)
         setup = self._check_fr_setup(params["fr_setup"]) if "fr_setup" in params else None
         shm_cfg = self._check_shared_memory(params["shared_memory"]) if "shared_memory" in params else None
         # prepare: every part checks its values and makes what it needs; nothing in use changes
         prepared: list[tuple[FrameProcessorPlugin, Any]] = []
         new_shm: SharedMemoryController | None = None
+        meta_socket: Any = None
+        plugins_before = list(self.chain.workers)
         try:
+            if "meta_endpoint" in odin and odin["meta_endpoint"] != self.meta.endpoint:
+                meta_socket = self.meta.prepare(odin["meta_endpoint"])
             for index, value in params.items():
                 if index in self.chain.workers and index not in loading:
                     plugin = self.chain.get(index).plugin
@@ -172,18 +229,97 @@ class ProcessorController(ControlHandler):
                 self._abort(plugin, change)
             if new_shm is not None:
                 new_shm.close()
+            if meta_socket is not None:
+                meta_socket.close()
             raise
         # commit: every part prepared; nothing below fails for a bad request
+        if "meta_endpoint" in odin and odin["meta_endpoint"] != self.meta.endpoint:
+            self.meta.commit(meta_socket, odin["meta_endpoint"])
         if shm_cfg is not None:
             self._apply_shared_memory(shm_cfg)
         if new_shm is not None:
             self._swap_shm(new_shm, setup)
         failed = [f"{plugin.owner}: {err}" for plugin, change in prepared
                   if (err := self._commit(plugin, change)) is not None]
+        self._commit_odin(odin)
+        self.config_ts.touch()
+        if list(self.chain.workers) != plugins_before or new_shm is not None:
+            self.status_ts.touch()
         if failed:
             raise FramechainError("configure committed, but a plugin's commit raised (a bug in the plugin; "
                                   "see the processor log): " + "; ".join(failed))
+        if "execute" in odin:
+            self._execute_stored(odin["execute"]["index"])
         return {}
+
+    def _check_odin(self, odin: dict[str, Any]) -> None:
+        """Check odin-data's controller keys before anything changes."""
+        ctrl = odin.get("ctrl_endpoint")
+        if ctrl is not None and not same_endpoint(ctrl, self.ctrl_endpoint):
+            raise ConfigError(f"ctrl_endpoint {ctrl!r}: the processor's control endpoint is chosen when it starts "
+                              f"(--ctrl); it listens on {self.ctrl_endpoint!r}, so only that value is taken",
+                              "ctrl_endpoint")
+        if "inject_eoa" in odin and self.shm is not None and self.shm.busy:
+            raise ConfigError("inject_eoa: a frame is waiting for a plugin; retry when the chain has room",
+                              "inject_eoa")
+        store = odin.get("store")
+        if store is not None:
+            if set(store) != {"index", "value"} or not isinstance(store["index"], str) or not store["index"]:
+                raise ConfigError("store needs {\"index\": <name>, \"value\": <configure params or a list of "
+                                  f"them>}}, not {store!r}", "store")
+            items = store["value"] if isinstance(store["value"], list) else [store["value"]]
+            if not items or not all(isinstance(i, dict) for i in items):
+                raise ConfigError("store value must be configure params (an object) or a non-empty list of them",
+                                  "store")
+        run = odin.get("execute")
+        if run is not None:
+            if set(run) != {"index"} or not isinstance(run["index"], str):
+                raise ConfigError(f"execute (in configure) needs {{\"index\": <stored name>}}, not {run!r}", "execute")
+            known = set(self.stored) | ({store["index"]} if store is not None else set())
+            if run["index"] not in known:
+                raise ConfigError(f"no stored configuration {run['index']!r}; stored: {sorted(known) or 'none'} "
+                                  "(keep one with store first)", "execute")
+            if self._depth >= MAX_STORED_DEPTH:
+                raise ConfigError(f"stored configurations execute each other more than {MAX_STORED_DEPTH} deep",
+                                  "execute")
+
+    def _commit_odin(self, odin: dict[str, Any]) -> None:
+        if "frames" in odin:
+            self.shutdown_after = odin["frames"]
+        if "debug_level" in odin:
+            logging.getLogger("framechain").setLevel(logging.DEBUG if odin["debug_level"] > 0 else logging.INFO)
+        if "clear_errors" in odin:
+            for worker in self.chain.workers.values():
+                worker.last_error = ""
+                try:
+                    worker.plugin.clear_errors()
+                except Exception:
+                    log.exception("%s clear_errors failed", worker.plugin.owner)
+        if "inject_eoa" in odin:
+            self.inject_eoa()
+        if "store" in odin:
+            value = odin["store"]["value"]
+            self.stored[odin["store"]["index"]] = [dict(v) for v in (value if isinstance(value, list) else [value])]
+
+    def _execute_stored(self, name: str) -> None:
+        """Apply a stored configuration, item by item (each one prepared and committed on its own, as odin)."""
+        self._depth += 1
+        try:
+            for i, item in enumerate(self.stored[name]):
+                try:
+                    self._on_configure(item)
+                except FramechainError as err:
+                    raise FramechainError(f"stored configuration {name!r} item {i}: {err}") from err
+        finally:
+            self._depth -= 1
+
+    def inject_eoa(self) -> None:
+        """odin's inject_eoa: an end of acquisition (no id, no frame count) down the chain."""
+        eoa = EndOfAcquisition("", 0)
+        if self.shm is not None:
+            self.shm.inject(eoa)
+        else:
+            self.chain.offer(eoa, list(self.chain.sources))
 
     @staticmethod
     def _commit(plugin: FrameProcessorPlugin, change: Any) -> str | None:
@@ -273,6 +409,7 @@ class ProcessorController(ControlHandler):
                 if not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= 100000:
                     raise ConfigError(f"plugin load queue_size must be an integer 1..100000, not {q!r}", "queue_size")
                 plugin = self.chain.create(spec.get("index"), spec.get("name"), spec.get("library"))
+                plugin.meta = self.meta
                 if plugin.name in (p.name for p in created):
                     raise PluginError(f"plugin index {plugin.name!r} appears twice in one load", plugin.name)
                 if plugin.name in initial:
@@ -312,6 +449,7 @@ class ProcessorController(ControlHandler):
     # -- life cycle -----------------------------------------------------------------
     def close(self) -> None:
         self.chain.stop()
+        self.meta.close()
         if self.shm is not None:
             self.shm.close()
             self.shm = None

@@ -42,6 +42,7 @@ class FrameProcessorDaemon:
         self.poller.register(self.ctrl.socket, zmq.POLLIN)
         self._registered: tuple[Any, ...] = ()
         self.controller.on_shm_change = self._reregister
+        self.controller.ctrl_endpoint = ctrl_endpoint
         self.stop_requested = False
         self._closed_chain = False
         log.info("frame processor control on %s", self.ctrl.endpoint)
@@ -103,6 +104,11 @@ class FrameProcessorDaemon:
         if shm.ready.socket in events:
             shm.on_ready()
         shm.tick()
+        after = self.controller.shutdown_after
+        if after and shm.frames_received >= after and not shm.busy and self.controller.chain.idle():
+            log.info("%d frames processed (configure frames %d): shutting down", shm.frames_received, after)
+            self.controller.shutdown_requested = True
+            self.shutdown()
 
     def shutdown(self) -> None:
         """Drain queued frames through every plugin, release buffers, stop plugin threads."""

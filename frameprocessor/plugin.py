@@ -82,6 +82,7 @@ class FrameProcessorPlugin:
         self.log = logging.getLogger(__name__).getChild(name)
         self.config: dict[str, Any] = {k: o.default for k, o in self.options.items()}
         self._outputs: tuple[tuple[FrameSink, bool], ...] = ()
+        self.meta: Any = None  #: the processor's MetaPublisher (set when the plugin is loaded)
 
     @property
     def owner(self) -> str:
@@ -164,7 +165,21 @@ class FrameProcessorPlugin:
         for worker, blocking in outputs:
             worker.submit(frame, blocking)
 
+    def publish_meta(self, item: str, body: Any, header: Mapping[str, Any], source: str = "",
+                     kind: str = "string") -> None:
+        """Publish one item on the processor's ``meta_endpoint`` (nothing happens when none is configured).
+
+        ``source`` is the message's ``plugin`` field (default: the plugin's class name); odin's
+        meta_writer reads the FileWriter's items under ``"Acquisition"``.
+        """
+        meta = self.meta
+        if meta is not None and meta.enabled:
+            meta.publish(source or type(self).__name__, item, body, dict(header), kind)
+
     # -- reporting ------------------------------------------------------------
+    def clear_errors(self) -> None:
+        """Forget the error a status reports (odin's ``clear_errors``); the worker's own are cleared too."""
+
     def status(self) -> dict[str, Any]:
         """Plugin-specific counters (the worker adds frames and timing)."""
         return {}

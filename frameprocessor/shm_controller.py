@@ -348,6 +348,11 @@ class SharedMemoryController:
         if left:
             self.stalled = (item, left)
 
+    def inject(self, item: EndOfAcquisition) -> None:
+        """Send a marker down the chain as if the receiver had (odin's inject_eoa); not while a frame stalls."""
+        if not self.busy:
+            self._dispatch(item)
+
     def drain_waiting(self) -> None:
         """Handle frames that arrived before the segment was mapped, in order, until one stalls."""
         while self.buffer is not None and self.waiting and not self.busy:

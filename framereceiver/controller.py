@@ -19,19 +19,22 @@ import zmq
 
 from framechain import __version__ as VERSION
 
+from framechain.ipc.channel import same_endpoint
 from framechain.ipc.compression import CompressionError
 from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
-from framechain.ipc.options import Option, validate_options
+from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
+from framechain.ipc.options import Option, Section, validate_options
 from framechain.ipc.series_header import HeaderSegment, header_segment_name
 from framechain.ipc.shm import (FRAME_HEADER, STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer,
                                 buffer_size_for)
 
 from .buffers import BufferManager
 from .dectris import Channel, End, Image, Start, StreamError
+from .odin_config import translate
 from .udp import Finished, UdpSource
-from .sources import FrameSource, make_source
+from .sources import SOURCE_OPTIONS, FrameSource, make_source
 
 __all__ = ["ReceiverController", "VERSION", "DEFAULT_BUFFERS", "RECEIVER_OPTIONS"]
 
@@ -108,6 +111,12 @@ class ReceiverController(ControlHandler):
         self._header_segment: HeaderSegment | None = None  # the current series' header arrays
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
+        #: endpoints the daemon bound (ctrl, ready, release) and how to rebind ready/release (set by the daemon)
+        self.endpoints: dict[str, str] = {}
+        self.rebind: Callable[[dict[str, str]], Callable[[], None]] | None = None
+        self.decoder_path = ""
+        self.config_ts = ChangeStamp()
+        self.status_ts = ChangeStamp()
         self.reset_statistics()
 
     def reset_statistics(self) -> None:
@@ -144,16 +153,57 @@ class ReceiverController(ControlHandler):
             "ready_subscribers_framechain": self.peer_subscribers,
             "acquisition_notices_skipped": self.acquisition_notices_skipped,
             "process": {"pid": os.getpid(), **self.control_status()},
+            # odin-data's FrameReceiverController keys, for odin's adapters and tools
+            "status": self._odin_configured(),
+            "decoder": self.source.describe() if self.source else {},
+            "plugins": {"names": []},
+            "error": [self.source_error] if self.source_error else [],
+            "warning": [],
+            "status_ts": self.status_ts.value,
         }
+        if params.get("metadata") is True:
+            st["metadata"] = value_metadata({k: v for k, v in st.items() if k not in ("plugins", "status_ts")})
         return st
 
+    def _odin_configured(self) -> dict[str, bool]:
+        parts = {"ipc_configured": bool(self.endpoints), "decoder_configured": self.source is not None,
+                 "buffer_manager_configured": self.buffer is not None, "rx_thread_configured": self.source is not None}
+        return {**parts, "configuration_complete": all(parts.values())}
+
     def _on_request_configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"shared_buffer_name": self.shared_buffer_name, "max_buffer_mem": self.effective_buffer_mem(),
-                "mode": self.mode, "source": dict(self.source_cfg)}
+        src = self.source_cfg
+        cfg: dict[str, Any] = {
+            "shared_buffer_name": self.shared_buffer_name, "max_buffer_mem": self.effective_buffer_mem(),
+            "mode": self.mode, "source": dict(src),
+            # odin-data's names for the same things
+            "ctrl_endpoint": self.endpoints.get("ctrl", ""),
+            "frame_ready_endpoint": self.endpoints.get("ready", ""),
+            "frame_release_endpoint": self.endpoints.get("release", ""),
+            "decoder_type": {"udp": "DummyUDP"}.get(src.get("type", ""), src.get("type", "")),
+            "decoder_path": self.decoder_path,
+            "rx_type": "udp" if src.get("type") == "udp" else "zmq" if src.get("type", "").startswith("dectris")
+            else "",
+            "rx_ports": ",".join(str(p) for p in src.get("rx_ports", [])),
+            "rx_address": src.get("rx_address", ""),
+            "frames": src.get("frames", 0),
+            "plugins": {"names": []},
+            "config_ts": self.config_ts.value,
+        }
+        if params.get("metadata") is True:
+            kind = src.get("type")
+            options = {**RECEIVER_OPTIONS, "source": Section(SOURCE_OPTIONS.get(kind, {}), "frame source")}
+            cfg["metadata"] = value_metadata({k: v for k, v in cfg.items() if k not in ("plugins", "config_ts")},
+                                             options)
+        return cfg
+
+    def _on_request_commands(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """odin's shape: the source's commands under its index (odin's receiver names it ``decoder``)."""
+        return commands_reply({"source": ["start", "stop"]})
 
     def _on_request_version(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"version": {"framechain": VERSION, "python": platform.python_version(), "numpy": np.__version__,
-                            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}}
+        return {"version": {"framechain": version_block(VERSION)},
+                "libraries": {"python": platform.python_version(), "numpy": np.__version__, "pyzmq": zmq.__version__,
+                              "libzmq": zmq.zmq_version()}}
 
     def _on_request_buffer_config(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return self.buffer_config()
@@ -194,9 +244,11 @@ class ReceiverController(ControlHandler):
         return {}
 
     def _on_execute(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        spec = params.get("source")
-        if set(params) != {"source"} or not isinstance(spec, dict) or spec.get("command") not in ("start", "stop"):
-            raise ConfigError("receiver execute takes {\"source\": {\"command\": \"start\" | \"stop\"}}")
+        key = "decoder" if set(params) == {"decoder"} else "source"  # odin's receiver calls it the decoder
+        spec = params.get(key)
+        if set(params) != {key} or not isinstance(spec, dict) or spec.get("command") not in ("start", "stop"):
+            raise ConfigError("receiver execute takes {\"source\": {\"command\": \"start\" | \"stop\"}} "
+                              "(or odin's name for it, \"decoder\")")
         if spec["command"] == "start":
             self.start()
         else:
@@ -209,7 +261,16 @@ class ReceiverController(ControlHandler):
         Making the new segment is the last step that can fail: it runs after every check, and a
         failure there closes the prepared source, so the receiver keeps its old source and segment.
         """
-        values = validate_options("the frame receiver", RECEIVER_OPTIONS, params)
+        odin = translate(params, self.source_cfg)
+        values = validate_options("the frame receiver", RECEIVER_OPTIONS, odin.params)
+        params = odin.params
+        if odin.ctrl_endpoint is not None and not same_endpoint(odin.ctrl_endpoint, self.endpoints.get("ctrl", "")):
+            raise ConfigError(f"ctrl_endpoint {odin.ctrl_endpoint!r}: the receiver's control endpoint is chosen when "
+                              f"it starts (--ctrl); it listens on {self.endpoints.get('ctrl', '')!r}, so only that "
+                              "value is taken", "ctrl_endpoint")
+        rebind = {k: v for k, v in odin.endpoints.items() if not same_endpoint(v, self.endpoints.get(k, ""))}
+        if rebind and self.rebind is None:
+            raise ConfigError("this receiver cannot rebind its frame_ready/frame_release endpoints", "frame_ready_endpoint")
         if self.state == "running":
             raise ConfigError("the source is running; stop it (execute source stop) before configuring")
         mode = values.get("mode", self.mode)
@@ -223,15 +284,28 @@ class ReceiverController(ControlHandler):
             raise ConfigError(f"max_buffer_mem {mem} bytes is more than {budget_why}; ask for less",
                               "max_buffer_mem")
         source = make_source(values["source"]) if "source" in values else None
+        commit_endpoints = None
         try:
+            if rebind:
+                commit_endpoints = self.rebind(rebind)  # binds the new sockets; nothing in use changes yet
             layout = self._layout(source or self.source, name, mem, budget, budget_why)
             if layout is not None:
                 self._build(name, *layout, explicit=mem is not None)
         except FramechainError:
             if source is not None:
                 source.close()
+            if commit_endpoints is not None:
+                commit_endpoints(False)
             raise
         # commit: nothing below fails
+        if commit_endpoints is not None:
+            commit_endpoints(True)
+            self.status_ts.touch()
+        if odin.decoder_path is not None:
+            self.decoder_path = odin.decoder_path
+        if odin.debug_level is not None:
+            logging.getLogger("framechain").setLevel(logging.DEBUG if odin.debug_level > 0 else logging.INFO)
+        self.config_ts.touch()
         self.mode, self.shared_buffer_name, self.max_buffer_mem = mode, name, mem
         if source is not None:
             if self.source is not None:
@@ -239,7 +313,10 @@ class ReceiverController(ControlHandler):
             self.source, self.source_cfg = source, dict(params["source"])
             self.state = "idle"
             self.next_frame = 0
-        return {}
+            self.status_ts.touch()
+        c = self._odin_configured()
+        return {"configured": {"ipc": c["ipc_configured"], "decoder": c["decoder_configured"],
+                               "buffer_manager": c["buffer_manager_configured"], "rx_thread": c["rx_thread_configured"]}}
 
     def _layout(self, src: FrameSource | None, name: str, mem: int | None, budget: int,
                 budget_why: str) -> tuple[int, int] | None:

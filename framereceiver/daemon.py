@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -30,11 +31,11 @@ class FrameReceiverDaemon:
 
     def __init__(self, ctrl: str = DEFAULTS["ctrl"], ready: str = DEFAULTS["ready"],
                  release: str = DEFAULTS["release"], context: zmq.Context | None = None) -> None:
-        ctx = context or zmq.Context.instance()
+        ctx = self.context = context or zmq.Context.instance()
         self.ctrl = IpcChannel(zmq.ROUTER, ctx)
-        self.ready = IpcChannel(zmq.XPUB, ctx, hwm=0)  # XPUB: we see processors subscribe
+        self.ready = self._ready_channel()
         self.release = IpcChannel(zmq.SUB, ctx, hwm=0)
-        self.ready.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # pass every (un)subscribe so we can count them
+        self.poller = zmq.Poller()
         try:
             self.ctrl.bind(ctrl)
             self.ready.bind(ready)
@@ -43,9 +44,53 @@ class FrameReceiverDaemon:
             self.close()
             raise
         self.controller = ReceiverController(self.ready.send, self.ready.socket.send)
+        self.controller.endpoints = {"ctrl": ctrl, "ready": ready, "release": release}
+        self.controller.rebind = self._rebind
         self.stop_requested = False
         log.info("frame receiver: control %s, ready %s, release %s", self.ctrl.endpoint, self.ready.endpoint,
                  self.release.endpoint)
+
+    def _ready_channel(self) -> IpcChannel:
+        ch = IpcChannel(zmq.XPUB, self.context, hwm=0)  # XPUB: we see processors subscribe
+        ch.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # pass every (un)subscribe so we can count them
+        return ch
+
+    def _rebind(self, want: dict[str, str]) -> Callable[[bool], None]:
+        """Bind new frame_ready / frame_release sockets (odin's configure keys); the returned call swaps them in
+        (True) or closes them (False). A bind that fails raises before anything changed."""
+        made: dict[str, IpcChannel] = {}
+        try:
+            if "ready" in want:
+                made["ready"] = self._ready_channel()
+                made["ready"].bind(want["ready"])
+            if "release" in want:
+                made["release"] = IpcChannel(zmq.SUB, self.context, hwm=0)
+                made["release"].bind(want["release"])
+        except FramechainError:
+            for ch in made.values():
+                ch.close()
+            raise
+
+        def commit(ok: bool) -> None:
+            for key, ch in made.items():
+                if not ok:
+                    ch.close()
+                    continue
+                old = getattr(self, key)
+                try:
+                    self.poller.unregister(old.socket)
+                except KeyError:
+                    pass
+                old.close()
+                setattr(self, key, ch)
+                self.poller.register(ch.socket, zmq.POLLIN)
+                self.controller.endpoints[key] = want[key]
+                log.info("frame receiver: %s now on %s", key, want[key])
+            if ok and "ready" in made:
+                ctl = self.controller
+                ctl.publish, ctl.publish_raw = self.ready.send, self.ready.socket.send
+                ctl.subscribers = ctl.peer_subscribers = 0  # processors subscribe again on the new endpoint
+        return commit
 
     def handle_releases(self, limit: int = 1024) -> None:
         for raw in self.release.pending(limit):
@@ -66,7 +111,7 @@ class FrameReceiverDaemon:
         return self.controller.handle(msg)
 
     def run(self) -> None:
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.ctrl.socket, zmq.POLLIN)
         poller.register(self.release.socket, zmq.POLLIN)
         poller.register(self.ready.socket, zmq.POLLIN)

@@ -41,6 +41,13 @@ def endpoint_problem(endpoint: object, example: str = "tcp://127.0.0.1:5000") ->
     return None
 
 
+def same_endpoint(a: str, b: str) -> bool:
+    """Whether two endpoints name the same socket (``tcp://*:5000`` and ``tcp://0.0.0.0:5000`` do)."""
+    def norm(e: str) -> str:
+        return e.replace("://*:", "://0.0.0.0:").replace("://localhost:", "://127.0.0.1:")
+    return norm(a) == norm(b)
+
+
 class IpcChannel:
     """One ZeroMQ socket plus IpcMessage encoding.
 

@@ -88,7 +88,12 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self._session: Session | None = None
         self._writing = False
         self._engine = WriterEngine(self._idle)
+        self._engine.meta = self._publish_acquisition
         self.reset_statistics()
+
+    def _publish_acquisition(self, item: str, body: Any, header: dict[str, Any]) -> None:
+        """odin's FileWriterPlugin items (startacquisition ... stopacquisition), as odin's meta_writer reads them."""
+        self.publish_meta(item, body, header, source="Acquisition")
 
     # -- configuration --------------------------------------------------------------------
     def prepare(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,6 +252,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             "last_file_path": e.last_file_path,
             "master_file": e.master_file,
             "acquisition_id": acq.id if acq is not None else cfg.acquisition_id,
+            "current_acquisition_id": acq.id if acq is not None else "",
             "processes": cfg.process.number,
             "rank": cfg.process.rank,
             "timeout_active": acq is not None and acq.deadline is not None,
@@ -259,6 +265,9 @@ class FileWriterPlugin(FrameProcessorPlugin):
                          for n, d in cfg.datasets.items()},
             "timing": e.timing_status(),  # the worker adds {last,max,mean}_process
         }
+
+    def clear_errors(self) -> None:
+        self._engine.error = ""
 
     def reset_statistics(self) -> None:
         self.frames_processed = 0

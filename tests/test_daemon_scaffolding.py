@@ -49,6 +49,8 @@ def test_declared_command_parameters_are_checked_before_any_command_runs(tmp_pat
             assert st["hdf"]["writing"] is False and st["calib"]["dark"]["state"] == "idle"
         r = d.request("execute", {"hdf": {"command": "stop_writing", "now": True}})
         assert r.msg_type == "nack" and "unknown key 'now'" in r.params["error"]
-        assert d.ok("request_commands")["commands"]["calib"] == ["collect_dark", "cancel_dark", "reload"]
+        cmds = d.ok("request_commands")
+        assert cmds["calib"] == {"supported": ["collect_dark", "cancel_dark", "reload"]}
+        assert cmds["hdf"]["supported"] == ["start_writing", "stop_writing"]
     finally:
         d.stop()

@@ -84,6 +84,7 @@ class _Acquisition:
         self.deadline: float | None = None
 
         self.others: dict[str, int] = {}  # frames dealt with per other dataset (a detector's second channel)
+        self.meta_started = False  # startacquisition published: stopacquisition follows when it closes
 
     @property
     def done(self) -> int:
@@ -111,6 +112,8 @@ class WriterEngine:
 
     def __init__(self, on_idle: Callable[[int], None], queue_size: int = 16) -> None:
         self._on_idle = on_idle
+        #: odin's Acquisition meta items go here: meta(item, body, header); None publishes nothing
+        self.meta: Callable[[str, Any, dict[str, Any]], None] | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.queue_size = queue_size
         self._pool: ThreadPoolExecutor | None = None
@@ -292,6 +295,11 @@ class WriterEngine:
         if written:
             acq.written += 1
             self.last_written = acq.written
+            if self.meta is not None:
+                t = self.timing
+                self.meta("writeframe", {"frame": job.offset, "offset": job.offset, "proc": s.config.process.number,
+                                         "write_duration": round(t["write"].last), "flush_duration":
+                                         round(t["flush"].last)}, self._meta_header(s, acq))
             self._since_flush += 1
             if self._since_flush == 1:
                 self._next_flush = time.monotonic() + s.config.flush_ms / 1000
@@ -318,6 +326,9 @@ class WriterEngine:
                 self._refuse(acq, f"{path} already exists")
             else:
                 self._write_master(s, job.acq)
+                if self.meta is not None:
+                    acq.meta_started = True
+                    self.meta("startacquisition", None, self._meta_header(s, acq, total=True))
         return acq
 
     def _file_for(self, s: Session, acq: _Acquisition, job: Job) -> H5File | None:
@@ -326,7 +337,9 @@ class WriterEngine:
         h5 = acq.files.get(fi)
         if h5 is None:
             for other in list(acq.files):
+                t0 = self._begin("close")
                 acq.files.pop(other).close()
+                self._timed("close", t0)
                 self._closed_file(acq, other)
             try:
                 h5 = acq.files[fi] = self._open(s, acq, fi, job)
@@ -364,6 +377,9 @@ class WriterEngine:
                     job.frame.detector if job.frame is not None else None)
         self._timed("create", t0)
         self._since_flush = 0
+        if self.meta is not None:
+            self.meta("createfile", {"filePath": path, "create_duration": round(self.timing["create"].last)},
+                      self._meta_header(s, acq, total=True))
         return h5
 
     def _write_master(self, s: Session, acq: str) -> None:
@@ -407,9 +423,21 @@ class WriterEngine:
             acq.frames_max = expected
             acq.deadline = time.monotonic() + c.close_file_timeout
 
-    def _closed_file(self, acq: _Acquisition, fi: int) -> None:
+    def _closed_file(self, acq: _Acquisition, fi: int, close_us: float | None = None) -> None:
         s = self._session
         self.last_file_path = s.file_path(acq.id, fi) if s else ""
+        if self.meta is not None and s is not None:
+            us = self.timing["close"].last if close_us is None else close_us
+            self.meta("closefile", {"filePath": self.last_file_path, "close_duration": round(us)},
+                      self._meta_header(s, acq))
+
+    @staticmethod
+    def _meta_header(s: Session, acq: _Acquisition, total: bool = False) -> dict[str, Any]:
+        """odin's Acquisition meta header: acqID and rank (and totalFrames on start and createfile)."""
+        h: dict[str, Any] = {"acqID": acq.id, "rank": s.config.process.rank}
+        if total:
+            h["totalFrames"] = s.config.frames
+        return h
 
     def _close_acquisition(self, acq: _Acquisition, clean: bool) -> None:
         t0 = self._begin("close")
@@ -417,16 +445,21 @@ class WriterEngine:
             for fi in list(acq.files):
                 h5 = acq.files.pop(fi)
                 if clean:
+                    c0 = time.perf_counter()
                     h5.close()
                     self.frames_flushed = acq.written
-                    self._closed_file(acq, fi)
+                    self._closed_file(acq, fi, (time.perf_counter() - c0) * 1e6)
                 else:
                     h5.abort()
         finally:
             if self._acq is acq:
                 self._acq = None
             self._since_flush = 0
-        self._timed("close", t0)
+            self._timed("close", t0)
+            s = self._session
+            if acq.meta_started and self.meta is not None and s is not None:
+                acq.meta_started = False
+                self.meta("stopacquisition", None, self._meta_header(s, acq))
 
     def _end_session(self, clean: bool, notify: bool = True) -> None:
         s = self._session

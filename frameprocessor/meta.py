@@ -1,0 +1,97 @@
+"""MetaPublisher: odin-data's ``meta_endpoint``, so odin's ``meta_writer`` can follow an acquisition.
+
+Each message is two ZeroMQ frames on a PUB socket the processor binds:
+
+1. JSON ``{"plugin": <source>, "parameter": <item>, "type": "string" | "raw" | ..., "header": {...}}``
+   (the header carries ``acqID`` and ``rank``, and ``totalFrames`` where odin sends it);
+2. the body: a JSON document for ``type: "string"``, bytes for ``"raw"``.
+
+Plugins call ``FrameProcessorPlugin.publish_meta``; with no ``meta_endpoint`` configured
+that is one attribute test. Sends never block: a subscriber that cannot keep up loses
+messages at the high-water mark, counted in ``status/meta/dropped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from framechain.ipc.channel import endpoint_problem
+from framechain.ipc.errors import ConfigError
+
+__all__ = ["MetaPublisher", "META_HWM"]
+
+log = logging.getLogger(__name__)
+META_HWM = 10000  #: odin's FrameProcessorController::META_TX_HWM
+
+
+class MetaPublisher:
+    """The processor's one meta PUB socket, shared by every plugin thread (sends are serialised)."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        self.context = context
+        self.endpoint = ""
+        self._socket: zmq.Socket | None = None
+        self._lock = threading.Lock()
+        self.published = 0
+        self.dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._socket is not None
+
+    def prepare(self, endpoint: str) -> zmq.Socket | None:
+        """A bound PUB socket for ``endpoint`` ("" turns publishing off); ConfigError if it cannot bind."""
+        if endpoint == "":
+            return None
+        problem = endpoint_problem(endpoint, "tcp://*:5008")
+        if problem:
+            raise ConfigError(f"meta_endpoint: {problem}", "meta_endpoint")
+        host = endpoint.partition("://")[2].rpartition(":")[0]
+        if endpoint.startswith("tcp://") and host not in ("127.0.0.1", "localhost", "[::1]"):
+            log.warning("meta_endpoint %s listens beyond this machine; anyone who reaches it reads the "
+                        "acquisition's metadata", endpoint)
+        sock = self.context.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, META_HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as err:
+            sock.close()
+            raise ConfigError(f"meta_endpoint {endpoint}: cannot bind ({err})", "meta_endpoint") from err
+        return sock
+
+    def commit(self, sock: zmq.Socket | None, endpoint: str) -> None:
+        with self._lock:
+            old, self._socket, self.endpoint = self._socket, sock, endpoint
+        if old is not None:
+            old.close()
+        if sock is not None:
+            log.info("publishing metadata on %s", endpoint)
+
+    def publish(self, plugin: str, item: str, body: Any, header: dict[str, Any], kind: str = "string") -> None:
+        """Send one meta message; ``body`` is JSON-encoded unless it is bytes (then ``kind`` should be raw)."""
+        sock = self._socket
+        if sock is None:
+            return
+        head = json.dumps({"plugin": plugin, "parameter": item, "type": kind, "header": header}).encode()
+        data = body if isinstance(body, (bytes, bytearray, memoryview)) else (
+            b"" if body is None else json.dumps(body).encode())
+        with self._lock:
+            if self._socket is not sock:
+                return
+            try:
+                sock.send_multipart((head, data), zmq.NOBLOCK)
+                self.published += 1
+            except zmq.Again:
+                self.dropped += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "published": self.published, "dropped": self.dropped}
+
+    def close(self) -> None:
+        self.commit(None, "")
