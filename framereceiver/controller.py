@@ -47,6 +47,10 @@ def _shm_name(name: str) -> str | None:
     return None if name and "/" not in name.lstrip("/") and len(name) <= 200 else "must be a short name without '/'"
 
 
+#: the name the receiver's status and configuration go by in ``plugins/names`` (odin-data main's adapters show
+#: only listed parts)
+ODIN_PART = "receiver"
+
 #: the receiver's configure keys
 RECEIVER_OPTIONS = {
     "shared_buffer_name": Option(str, "FrameReceiverBuffer", "POSIX shared-memory segment name", check=_shm_name),
@@ -156,11 +160,13 @@ class ReceiverController(ControlHandler):
             # odin-data's FrameReceiverController keys, for odin's adapters and tools
             "status": self._odin_configured(),
             "decoder": self.source.describe() if self.source else {},
-            "plugins": {"names": []},
+            "plugins": {"names": [ODIN_PART]},
             "error": [self.source_error] if self.source_error else [],
             "warning": [],
             "status_ts": self.status_ts.value,
         }
+        # odin-data main's adapters show only the parts listed in plugins/names: the receiver's own is one part
+        st[ODIN_PART] = {k: st[k] for k in ("source", "frames", "buffers", "shared_memory", "mode")}
         if params.get("metadata") is True:
             st["metadata"] = value_metadata({k: v for k, v in st.items() if k not in ("plugins", "status_ts")})
         return st
@@ -186,14 +192,15 @@ class ReceiverController(ControlHandler):
             "rx_ports": ",".join(str(p) for p in src.get("rx_ports", [])),
             "rx_address": src.get("rx_address", ""),
             "frames": src.get("frames", 0),
-            "plugins": {"names": []},
+            "plugins": {"names": [ODIN_PART]},
             "config_ts": self.config_ts.value,
         }
+        cfg[ODIN_PART] = {k: cfg[k] for k in ("shared_buffer_name", "max_buffer_mem", "mode", "source")}
         if params.get("metadata") is True:
             kind = src.get("type")
             options = {**RECEIVER_OPTIONS, "source": Section(SOURCE_OPTIONS.get(kind, {}), "frame source")}
             cfg["metadata"] = value_metadata({k: v for k, v in cfg.items() if k not in ("plugins", "config_ts")},
-                                             options)
+                                             {**options, ODIN_PART: Section(options, "the receiver")})
         return cfg
 
     def _on_request_commands(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,6 +268,11 @@ class ReceiverController(ControlHandler):
         Making the new segment is the last step that can fail: it runs after every check, and a
         failure there closes the prepared source, so the receiver keeps its old source and segment.
         """
+        part = params.get(ODIN_PART)
+        if part is not None:  # the same keys as listed under the receiver's part (see ODIN_PART)
+            if not isinstance(part, Mapping):
+                raise ConfigError(f"'{ODIN_PART}' must be an object of the receiver's configure keys", ODIN_PART)
+            params = {**{k: v for k, v in params.items() if k != ODIN_PART}, **part}
         odin = translate(params, self.source_cfg)
         values = validate_options("the frame receiver", RECEIVER_OPTIONS, odin.params)
         params = odin.params

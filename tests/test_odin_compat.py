@@ -160,10 +160,13 @@ def test_receiver_takes_odins_dummy_udp_config(receiver):
     st = receiver.status()
     assert st["status"] == {"ipc_configured": True, "decoder_configured": True, "buffer_manager_configured": True,
                             "rx_thread_configured": True, "configuration_complete": True}
-    assert st["decoder"]["type"] == "udp" and st["plugins"] == {"names": []} and st["error"] == []
+    assert st["decoder"]["type"] == "udp" and st["plugins"] == {"names": ["receiver"]} and st["error"] == []
+    assert st["receiver"]["source"]["type"] == "udp" and c["receiver"]["source"] == c["source"]
     # a later message changes one key of the udp source, as odin's reconfig messages do
     receiver.ok("configure", {"rx_ports": [62003]})
     assert receiver.ok("request_configuration")["source"]["shape"] == shape
+    receiver.ok("configure", {"receiver": {"mode": "drop"}})  # a PUT to the part odin's adapters show
+    assert receiver.ok("request_configuration")["mode"] == "drop"
     assert receiver.ok("request_commands") == {"source": {"supported": ["start", "stop"]}}
     assert receiver.ok("execute", {"decoder": {"command": "start"}})["state"] == "running"
     assert receiver.ok("execute", {"decoder": {"command": "stop"}})["state"] == "stopped"
