@@ -38,9 +38,14 @@ import re
 import time
 from typing import Any
 
-from odin_control.adapters.async_adapter import AsyncApiAdapter
-from odin_control.adapters.parameter_tree import ParameterTree, ParameterTreeError
-from odin_control.adapters.response import ApiAdapterResponse
+try:  # odin-control 2.x
+    from odin_control.adapters.async_adapter import AsyncApiAdapter
+    from odin_control.adapters.parameter_tree import ParameterTree, ParameterTreeError
+    from odin_control.adapters.response import ApiAdapterResponse
+except ImportError:  # odin-control 1.x (package "odin"), the server odin-data's own adapters run in
+    from odin.adapters.adapter import ApiAdapterResponse
+    from odin.adapters.async_adapter import AsyncApiAdapter
+    from odin.adapters.parameter_tree import ParameterTree, ParameterTreeError
 
 from framechain.ipc.errors import IpcTimeout
 

@@ -50,6 +50,14 @@ def odin_venv(ref: str) -> Path:
     python = venv / "bin" / "python"
     if (venv / ".complete").exists():
         return venv
+    venv = _build(venv, python, ref)
+    # framechain itself, without its odin-control 2.x: its REST adapter loads in this 1.x server too
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT.parent)], check=True)
+    (venv / ".complete").touch()
+    return venv
+
+
+def _build(venv: Path, python: Path, ref: str) -> Path:
     data_repo, control_repo = _repo("ODIN_DATA_SRC"), _repo("ODIN_CONTROL_SRC")
     shutil.rmtree(venv, ignore_errors=True)
     ROOT.mkdir(exist_ok=True)
@@ -63,6 +71,5 @@ def odin_venv(ref: str) -> Path:
         subprocess.run(pip + [str(control)], check=True, env=env)
         env["SETUPTOOLS_SCM_PRETEND_VERSION"] = "1.12.0" if ref == "1.12.0" else "1.12.1.dev0"
         subprocess.run(pip + ["--no-deps", str(data)], check=True, env=env)
-        subprocess.run(pip + _DEPS, check=True)
-    (venv / ".complete").touch()
+        subprocess.run(pip + _DEPS + ["cbor2", "hdf5plugin"], check=True)
     return venv

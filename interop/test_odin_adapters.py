@@ -30,7 +30,7 @@ def _free_port() -> int:
 class OdinServer:
     """odin-control serving odin-data's adapters for one framechain processor and one receiver."""
 
-    def __init__(self, venv: Path, fp_ctrl: str, fr_ctrl: str, log: Path) -> None:
+    def __init__(self, venv: Path, fp_ctrl: str, fr_ctrl: str, log: Path, framechain: bool = False) -> None:
         self.port = _free_port()
         cfg = log.with_suffix(".cfg")
         ep = lambda e: e.removeprefix("tcp://")  # noqa: E731  odin's adapters take host:port
@@ -39,7 +39,7 @@ class OdinServer:
             debug_mode = 0
             http_port = {self.port}
             http_addr = 127.0.0.1
-            adapters = fp, fr
+            adapters = fp, fr{", framechain" if framechain else ""}
 
             [tornado]
             logging = debug
@@ -53,6 +53,12 @@ class OdinServer:
             module = odin_data.control.frame_receiver_adapter.FrameReceiverAdapter
             endpoints = {ep(fr_ctrl)}
             update_interval = 0.2
+
+            [adapter.framechain]
+            module = framechain.client.rest_adapter.FramechainAdapter
+            endpoints = fr:{fr_ctrl}, fp:{fp_ctrl}
+            live_endpoint = none
+            xpcs_endpoint = none
         """))
         self.log_path = log
         self._log = open(log, "w")
@@ -157,5 +163,23 @@ def test_odin_adapters_drive_framechain(pipeline, tmp_path, ref):
         # stop_writing is taken too (a no-op now the acquisition is complete)
         code, body = server.put("fp/0/command/hdf/execute", "stop_writing")
         assert code == 200, body
+    finally:
+        server.close()
+
+
+def test_framechain_adapter_beside_odins_in_one_odin_control_1x(pipeline, tmp_path):
+    """One odin-control 1.x server hosts odin-data's adapters and framechain's own (its import shim)."""
+    venv = odin_venv("1.12.0")
+    pipeline.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 10})
+    pipeline.setup_processor([("sum", "SumPlugin", "framechain.plugins.sum", "frame_receiver")])
+    server = OdinServer(venv, pipeline.processor.ctrl, pipeline.receiver.ctrl, tmp_path / "both.log",
+                        framechain=True)
+    try:
+        wait_for(lambda: server.value("fp/0/status/sum/frames_processed") == 0, what="odin's processor adapter")
+        wait_for(lambda: server.value("framechain/status/fp0/connected") is True, what="framechain's adapter")
+        code, body = server.put("framechain/execute/fr0/source", {"command": "start"})
+        assert code == 200, body
+        wait_for(lambda: pipeline.plugin_status("sum")["frames_processed"] == 10, what="frames through the chain")
+        wait_for(lambda: server.value("fp/0/status/sum/frames_processed") == 10, what="odin's adapter to see them")
     finally:
         server.close()

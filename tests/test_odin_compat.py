@@ -212,3 +212,29 @@ def test_receiver_rebinds_frame_ready_and_release(receiver, tmp_path):
     r = receiver.request("configure", {"frame_ready_endpoint": "tcp://127.0.0.1:notaport"})
     assert r.msg_type == "nack"
     assert receiver.ok("request_configuration")["frame_ready_endpoint"] == ready
+
+
+def test_writer_odin_layout_and_naming(tmp_path):
+    """layout: odin puts frames at /<dataset> (odin's FileWriterPlugin), names files by acquisition id when no
+    name is set, and the VDS master stitches the same paths."""
+    import h5py
+    import numpy as np
+    from harness import Pipeline
+
+    n = 6
+    with Pipeline(tmp_path) as p:
+        p.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": n, "acquisition_id": "odin_run"})
+        p.setup_processor([("hdf", HDF["name"], HDF["library"], "frame_receiver",
+                            {"layout": "odin", "file": {"path": str(tmp_path)}, "frames": n,
+                             "process": {"blocks_per_file": 3},
+                             "dataset": {"data": {"datatype": "uint16", "dims": [8, 8]}}})])
+        p.processor.ok("execute", {"hdf": {"command": "start_writing"}})
+        p.start()
+        p.wait_done()
+        wait_for(lambda: (s := p.plugin_status("hdf"))["frames_written"] == n and not s["writing"], what="written")
+    with h5py.File(tmp_path / "odin_run_000001.h5", "r") as f:
+        assert "entry" not in f and f["data"].shape == (3, 8, 8) and list(f["parameters/frame_number"]) == [0, 1, 2]
+    with h5py.File(tmp_path / "odin_run_vds.h5", "r") as f:
+        got = f["data"][...]
+    want = np.array([(np.arange(64) + i).astype(np.uint16).reshape(8, 8) for i in range(n)])
+    np.testing.assert_array_equal(got, want)

@@ -79,6 +79,7 @@ class WriterConfig:
     vds: bool = True
     threads: int = 2
     watchdog_ms: int = 2000
+    layout: str = "nexus"
 
     def describe(self) -> dict[str, Any]:
         return {"process": vars(self.process).copy(), "file": vars(self.file).copy(),
@@ -86,7 +87,7 @@ class WriterConfig:
                 "frames": self.frames, "master": self.master, "acquisition_id": self.acquisition_id,
                 "close_file_timeout": self.close_file_timeout, "swmr": self.swmr,
                 "flush_frames": self.flush_frames, "flush_ms": self.flush_ms, "vds": self.vds,
-                "threads": self.threads, "watchdog_ms": self.watchdog_ms}
+                "threads": self.threads, "watchdog_ms": self.watchdog_ms, "layout": self.layout}
 
 
 # -- declared options -------------------------------------------------------------
@@ -145,6 +146,9 @@ WRITER_OPTIONS: dict[str, Option | Section] = {
     "threads": Option(int, 2, "compression threads", low=1, high=64),
     "watchdog_ms": Option(int, 2000, "report create/write/flush/close calls slower than this", low=1),
     "write": Option(bool, False, "true = start_writing, false = stop_writing"),
+    "layout": Option(str, "nexus", "nexus: frames in /entry/instrument/detector/<dataset> with NXdata; odin: "
+                                   "odin-data's FileWriterPlugin layout, /<dataset> at the root",
+                     choices=("nexus", "odin")),
 }
 
 

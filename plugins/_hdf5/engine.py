@@ -374,7 +374,7 @@ class WriterEngine:
                     {"acquisition_id": acq.id, "file_index": fi, "rank": c.process.rank,
                      "processes": c.process.number, "config": c.describe(), "versions": versions(),
                      "writer": "framechain FileWriterPlugin"}, c.swmr, c.file.overwrite,
-                    job.frame.detector if job.frame is not None else None)
+                    job.frame.detector if job.frame is not None else None, c.layout)
         self._timed("create", t0)
         self._since_flush = 0
         if self.meta is not None:
@@ -389,7 +389,7 @@ class WriterEngine:
             return
         stem = s.stem(acq)
         path = s.master_path(acq)
-        write_master(path, c.process, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi))
+        write_master(path, c.process, c.frames, c.datasets, c.master, lambda fi: file_name(c, stem, fi), c.layout)
         self.master_file = path
 
     def _flush(self) -> None:

@@ -33,6 +33,8 @@ __all__ = ["H5File", "DETECTOR"]
 
 log = logging.getLogger(__name__)
 DETECTOR = "/entry/instrument/detector"
+#: where each layout keeps the frame datasets (and their parameters, and the detector's header)
+FRAMES_GROUP = {"nexus": DETECTOR, "odin": "/"}
 _GROW = 1024
 
 
@@ -100,7 +102,8 @@ class H5File:
 
     def __init__(self, final_path: str, temp_suffix: str, datasets: Mapping[str, tuple[DatasetSpec, Codec]],
                  master: str, frames: int, parameters: Mapping[str, Any], attrs: Mapping[str, Any],
-                 swmr: bool, overwrite: bool = False, detector: DetectorHeader | None = None) -> None:
+                 swmr: bool, overwrite: bool = False, detector: DetectorHeader | None = None,
+                 layout: str = "nexus") -> None:
         self.final_path = final_path
         self.path = final_path + temp_suffix
         for p in {final_path, self.path}:
@@ -110,6 +113,7 @@ class H5File:
                 raise FileExistsError(f"{p} already exists; refusing to overwrite it")
         self.frames = frames
         self.master = master
+        self.layout = layout
         self.closed = False
         self._f = h5py.File(self.path, "w-", libver="latest")
         try:
@@ -125,12 +129,16 @@ class H5File:
     def _build(self, datasets: Mapping[str, tuple[DatasetSpec, Codec]], parameters: Mapping[str, Any],
                attrs: Mapping[str, Any]) -> None:
         f = self._f
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        inst = entry.create_group("instrument")
-        inst.attrs["NX_class"] = "NXinstrument"
-        det = inst.create_group("detector")
-        det.attrs["NX_class"] = "NXdetector"
+        nexus = self.layout == "nexus"
+        if nexus:
+            entry = f.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            inst = entry.create_group("instrument")
+            inst.attrs["NX_class"] = "NXinstrument"
+            det = inst.create_group("detector")
+            det.attrs["NX_class"] = "NXdetector"
+        else:  # odin-data's layout: every dataset at the root
+            entry = det = f
         for k, v in attrs.items():
             entry.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
         maxn = self.frames if self.frames > 0 else None
@@ -144,11 +152,12 @@ class H5File:
             self._ds[name] = ds
             self._ids[name] = (ds.id, tuple(spec.dims), (0,) * len(spec.dims))
             self._extent[name] = 0
-        nxdata = entry.create_group("data")
-        nxdata.attrs["NX_class"] = "NXdata"
-        nxdata.attrs["signal"] = "data"
-        if self.master in self._ds:
-            nxdata["data"] = self._ds[self.master]  # hard link
+        if nexus:
+            nxdata = entry.create_group("data")
+            nxdata.attrs["NX_class"] = "NXdata"
+            nxdata.attrs["signal"] = "data"
+            if self.master in self._ds:
+                nxdata["data"] = self._ds[self.master]  # hard link
         pg = det.create_group("parameters")
         self._params: dict[str, _ParamColumn] = {}
         self._pds: dict[str, h5py.Dataset] = {}
@@ -168,7 +177,7 @@ class H5File:
         ``detector/detectorSpecific`` (arrays per dataset: ``<dataset>/pixel_mask``), the NeXus NXdetector
         fields (count_time, beam_center_x, pixel_mask of the master dataset, ...) in ``detector`` and the
         incident energy in ``instrument/beam``."""
-        det = self._f["entry/instrument/detector"]
+        det = self._f[FRAMES_GROUP[self.layout]]
         spec = det.create_group("detectorSpecific")
         for key, value in header.parameters.items():
             if "/" not in key and key:
@@ -183,7 +192,7 @@ class H5File:
             if value is not None and nexus not in det:
                 det[nexus] = value
         energy = header.parameters.get("incident_energy", header.parameters.get("photon_energy"))
-        if isinstance(energy, (int, float)):
+        if isinstance(energy, (int, float)) and self.layout == "nexus":
             beam = self._f["entry/instrument"].create_group("beam")
             beam.attrs["NX_class"] = "NXbeam"
             beam["incident_energy"] = energy

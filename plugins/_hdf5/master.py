@@ -9,13 +9,13 @@ import h5py
 
 from .config import DatasetSpec
 from .distribution import Distribution
-from .h5file import DETECTOR
+from .h5file import FRAMES_GROUP
 
 __all__ = ["write_master"]
 
 
 def write_master(path: str, dist: Distribution, total: int, datasets: dict[str, DatasetSpec],
-                 master: str, file_name: Callable[[int], str]) -> str:
+                 master: str, file_name: Callable[[int], str], layout: str = "nexus") -> str:
     """Create the virtual-dataset file ``path`` for an acquisition of ``total`` frames.
 
     ``file_name(file_index)`` gives the (final) name of each data file,
@@ -23,24 +23,29 @@ def write_master(path: str, dist: Distribution, total: int, datasets: dict[str, 
     read as the fill value until they do.
     """
     tmp = path + ".tmp"
+    group = FRAMES_GROUP[layout].rstrip("/")
     with h5py.File(tmp, "w", libver="latest") as f:
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        det = entry.create_group("instrument").create_group("detector")
-        det.parent.attrs["NX_class"] = "NXinstrument"
-        det.attrs["NX_class"] = "NXdetector"
+        if layout == "nexus":
+            entry = f.create_group("entry")
+            entry.attrs["NX_class"] = "NXentry"
+            det = entry.create_group("instrument").create_group("detector")
+            det.parent.attrs["NX_class"] = "NXinstrument"
+            det.attrs["NX_class"] = "NXdetector"
+        else:
+            det = f
         for name, spec in datasets.items():
             layout = h5py.VirtualLayout(shape=(total,) + spec.dims, dtype=spec.dtype)
             for fi in dist.file_indices(total):
                 n = dist.frames_in_file(total, fi)
-                src = h5py.VirtualSource(file_name(fi), f"{DETECTOR}/{name}", shape=(n,) + spec.dims)
+                src = h5py.VirtualSource(file_name(fi), f"{group}/{name}", shape=(n,) + spec.dims)
                 _map(layout, src, dist, fi, n)
             det.create_virtual_dataset(name, layout, fillvalue=0)
-        nxdata = entry.create_group("data")
-        nxdata.attrs["NX_class"] = "NXdata"
-        nxdata.attrs["signal"] = "data"
-        if master in det:
-            nxdata["data"] = det[master]
+        if layout == "nexus":
+            nxdata = entry.create_group("data")
+            nxdata.attrs["NX_class"] = "NXdata"
+            nxdata.attrs["signal"] = "data"
+            if master in det:
+                nxdata["data"] = det[master]
     os.replace(tmp, path)
     return path
 

@@ -34,6 +34,8 @@ class Session:
         else:
             base = f.prefix
         acq = acq or self.config.acquisition_id
+        if self.config.layout == "odin":  # odin's naming: the configured name, else the acquisition id
+            return base or acq or "data"
         if acq and acq != base:
             base = f"{base}_{acq}" if base else acq
         return base or "data"
