@@ -19,6 +19,7 @@ Loggers ``framechain.frameprocessor.plugin.<index>`` and ``framechain.plugins.hd
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -133,6 +134,13 @@ class FileWriterPlugin(FrameProcessorPlugin):
             raise ConfigError(f"{self.owner} cannot start writing without a dataset; configure "
                               "{\"dataset\": {\"data\": {\"datatype\": \"uint16\", \"dims\": [H, W]}}} first",
                               "dataset")
+        undefined = sorted(n for n, d in cfg.datasets.items() if not d.dims)
+        if undefined:
+            raise ConfigError(f"{self.owner}: dataset(s) {undefined} have no dims yet; configure "
+                              f"{{\"dataset\": {{\"{undefined[0]}\": {{\"datatype\": ..., \"dims\": [H, W]}}}}}} "
+                              "before start_writing", "dataset")
+        if cfg.master not in cfg.datasets and len(cfg.datasets) == 1:  # odin: no master set, every frame counts
+            cfg = replace(cfg, master=next(iter(cfg.datasets)))
         if cfg.master not in cfg.datasets:
             raise ConfigError(f"{self.owner} 'master' dataset {cfg.master!r} is not configured; datasets: "
                               f"{sorted(cfg.datasets)}", "master")

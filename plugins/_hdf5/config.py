@@ -146,6 +146,7 @@ WRITER_OPTIONS: dict[str, Option | Section] = {
     "threads": Option(int, 2, "compression threads", low=1, high=64),
     "watchdog_ms": Option(int, 2000, "report create/write/flush/close calls slower than this", low=1),
     "write": Option(bool, False, "true = start_writing, false = stop_writing"),
+    "timeout_timer_period": Option(int, 5000, "odin-data's name for close_file_timeout, in ms", low=0),
     "layout": Option(str, "nexus", "nexus: frames in /entry/instrument/detector/<dataset> with NXdata; odin: "
                                    "odin-data's FileWriterPlugin layout, /<dataset> at the root",
                      choices=("nexus", "odin")),
@@ -185,7 +186,7 @@ def check_path(path: str) -> None:
         raise ConfigError(f"{_OWNER} 'file/path' {path!r} is not writable by this process", "path")
 
 
-def _dataset(name: str, cur: DatasetSpec | None, v: Any) -> DatasetSpec:
+def _dataset(name: str, cur: DatasetSpec | None, v: Any, declare: bool = False) -> DatasetSpec:
     where = f"dataset/{name}"
     vals = {k: x for k, x in validate_options(_OWNER, DATASET_OPTIONS, v, f"{where}/").items()
             if k not in ("cmd", "name")}
@@ -203,6 +204,8 @@ def _dataset(name: str, cur: DatasetSpec | None, v: Any) -> DatasetSpec:
     if "dims" in vals and "chunks" not in vals:
         vals["chunks"] = ()  # new frame shape: its one-frame chunks follow unless given
     out = replace(cur, **vals) if cur is not None else DatasetSpec(name, **vals)
+    if not out.dims and declare:  # odin's "dataset": "<name>" names it; its dims follow (checked at start_writing)
+        return out
     if not out.dims:
         raise ConfigError(f"{_OWNER} '{where}' needs 'dims' (the frame shape, e.g. [512, 512])", "dims")
     want = (1,) + out.dims
@@ -216,8 +219,10 @@ def _dataset(name: str, cur: DatasetSpec | None, v: Any) -> DatasetSpec:
 
 
 def _datasets(cur: dict[str, DatasetSpec], v: Any) -> dict[str, DatasetSpec]:
-    if isinstance(v, str):  # odin-data: "dataset": "data" selects/creates a name
-        v = {v: {}}
+    if isinstance(v, str):  # odin-data: "dataset": "data" names a dataset; its definition may follow
+        if not v or "/" in v:
+            raise ConfigError(f"{_OWNER} dataset name {v!r} must be non-empty without '/'", "dataset")
+        return {**cur, v: _dataset(v, cur.get(v), {}, declare=True)}
     if not isinstance(v, Mapping):
         raise ConfigError(f"{_OWNER} 'dataset' must be an object {{<name>: {{datatype, dims, ...}}}}, not {v!r}",
                           "dataset")
@@ -256,6 +261,8 @@ def merge(cur: WriterConfig, params: Any) -> tuple[WriterConfig, bool | None]:
             vals[k] = _file(cur.file, v)
         elif k == "dataset":
             vals["datasets"] = _datasets(cur.datasets, v)
+        elif k == "timeout_timer_period":
+            vals["close_file_timeout"] = v / 1000
         else:
             vals[k] = v
     return replace(copy.copy(cur), **vals), write
