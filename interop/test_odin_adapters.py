@@ -183,3 +183,38 @@ def test_framechain_adapter_beside_odins_in_one_odin_control_1x(pipeline, tmp_pa
         wait_for(lambda: server.value("fp/0/status/sum/frames_processed") == 10, what="odin's adapter to see them")
     finally:
         server.close()
+
+
+def test_main_adapters_config_put_fails_against_odins_own_frame_processor(tmp_path, odin_prefix):
+    """The config PUT that odin-data main's adapters cannot make work for framechain fails the same way against
+    odin's own C++ frameProcessor: the fault is in the adapter, not in the daemon behind it."""
+    import os
+
+    from framechain.ipc import IpcClient, free_tcp_endpoint
+
+    venv = odin_venv("main")
+    ctrl = free_tcp_endpoint()
+    env = {**os.environ, "LD_LIBRARY_PATH": str(odin_prefix / "lib")}
+    log = open(tmp_path / "odin-fp.log", "w")
+    fp = subprocess.Popen([str(odin_prefix / "bin" / "frameProcessor"), "--ctrl", ctrl], stdout=log,
+                          stderr=subprocess.STDOUT, env=env)
+    client = IpcClient(ctrl, timeout=10)
+    server = None
+    try:
+        wait_for(lambda: client.request("status", timeout=0.5).msg_type == "ack", what="odin's frameProcessor")
+        reply = client.request("configure", {"plugin": {"load": {
+            "index": "hdf", "name": "FileWriterPlugin", "library": str(odin_prefix / "lib" / "libHdf5Plugin.so")}}})
+        assert reply.msg_type == "ack", reply.params
+        server = OdinServer(venv, ctrl, free_tcp_endpoint(), tmp_path / "odin-main-cpp.log")
+        wait_for(lambda: server.value("fp/0/config/hdf/acquisition_id") == "", what="odin's processor config")
+        code, _ = server.put("fp/0/config/hdf", {"acquisition_id": "via_odin"})
+        assert code == 500
+        assert "'set' object has no attribute 'items'" in (tmp_path / "odin-main-cpp.log").read_text()
+        assert client.request("request_configuration").params["hdf"]["acquisition_id"] == ""
+    finally:
+        if server is not None:
+            server.close()
+        client.close()
+        fp.terminate()
+        fp.wait(10)
+        log.close()

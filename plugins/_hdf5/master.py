@@ -34,12 +34,12 @@ def write_master(path: str, dist: Distribution, total: int, datasets: dict[str, 
         else:
             det = f
         for name, spec in datasets.items():
-            layout = h5py.VirtualLayout(shape=(total,) + spec.dims, dtype=spec.dtype)
+            vlayout = h5py.VirtualLayout(shape=(total,) + spec.dims, dtype=spec.dtype)
             for fi in dist.file_indices(total):
                 n = dist.frames_in_file(total, fi)
                 src = h5py.VirtualSource(file_name(fi), f"{group}/{name}", shape=(n,) + spec.dims)
-                _map(layout, src, dist, fi, n)
-            det.create_virtual_dataset(name, layout, fillvalue=0)
+                _map(vlayout, src, dist, fi, n)
+            det.create_virtual_dataset(name, vlayout, fillvalue=0)
         if layout == "nexus":
             nxdata = entry.create_group("data")
             nxdata.attrs["NX_class"] = "NXdata"
