@@ -201,7 +201,12 @@ def test_main_adapters_config_put_fails_against_odins_own_frame_processor(tmp_pa
     client = IpcClient(ctrl, timeout=10)
     server = None
     try:
-        wait_for(lambda: client.request("status", timeout=0.5).msg_type == "ack", what="odin's frameProcessor")
+        def answers() -> bool:
+            try:
+                return client.request("status", timeout=0.5).msg_type == "ack"
+            except TimeoutError:
+                return False
+        wait_for(answers, what="odin's frameProcessor")
         reply = client.request("configure", {"plugin": {"load": {
             "index": "hdf", "name": "FileWriterPlugin", "library": str(odin_prefix / "lib" / "libHdf5Plugin.so")}}})
         assert reply.msg_type == "ack", reply.params
