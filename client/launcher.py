@@ -13,6 +13,8 @@ Config file (JSON)::
      "endpoints": {"receiver": "tcp://127.0.0.1:5000", "ready": ..., "release": ..., "processor": ...},
                                                     # optional fixed endpoints (default: free loopback ports)
      "output_dir": "output",                        # created before the run
+     "plugin_path": ["my_plugins"],                 # directories plugin files may come from (the folders of
+                                                    # .py libraries the processor items name are added)
      "prepare": "examples/prepare_demo.py"}         # optional script run first, with the config path
 """
 
@@ -43,7 +45,8 @@ from .summary import summarise
 __all__ = ["Launcher", "LaunchError", "main", "control_endpoints", "load_config"]
 
 log = logging.getLogger(__name__)
-_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints"}
+_KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints",
+         "plugin_path"}
 ENDPOINT_KEYS = ("receiver", "ready", "release", "processor")
 
 
@@ -51,6 +54,20 @@ def control_endpoints(cfg: dict[str, Any]) -> dict[str, str]:
     """The fixed control endpoints a run config names (``receiver``, ``processor``), for clients to attach."""
     eps = cfg.get("endpoints") or {}
     return {k: eps[k] for k in ("receiver", "processor") if k in eps}
+
+
+def plugin_dirs(cfg: dict[str, Any]) -> list[str]:
+    """The processor's --plugin-path for a run config: its ``plugin_path`` and the folders of the ``.py``
+    plugin files its processor items load (the config's author chose them)."""
+    dirs = [str(d) for d in cfg.get("plugin_path", []) if isinstance(d, str)]
+    for item in cfg.get("processor", []):
+        load = item.get("plugin", {}).get("load", []) if isinstance(item, dict) and isinstance(
+            item.get("plugin"), dict) else []
+        for spec in load if isinstance(load, list) else [load]:
+            lib = spec.get("library") if isinstance(spec, dict) else None
+            if isinstance(lib, str) and lib.endswith(".py"):
+                dirs.append(os.path.dirname(os.path.abspath(lib)))
+    return sorted({os.path.abspath(d) for d in dirs if os.path.isdir(d)})
 
 
 class LaunchError(FramechainError):
@@ -105,7 +122,7 @@ class Launcher:
     def setup(self) -> None:
         """Spawn and configure both daemons; return once frames can flow (the source is not started)."""
         self._spawn("receiver", ["--ready", self.ready, "--release", self.release])
-        self._spawn("processor", [])
+        self._spawn("processor", [a for d in plugin_dirs(self.config) for a in ("--plugin-path", d)])
         self.request("receiver", "configure", {**self.config["receiver"], "shared_buffer_name": self.segment})
         self.request("processor", "configure", {"fr_setup": {"fr_ready_cnxn": self.ready,
                                                              "fr_release_cnxn": self.release}})

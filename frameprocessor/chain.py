@@ -28,6 +28,8 @@ class PluginChain:
         # index -> list of (upstream, blocking); upstream may be FRAME_RECEIVER
         self.inputs: dict[str, list[tuple[str, bool]]] = {}
         self.sources: tuple[tuple[PluginWorker, bool], ...] = ()
+        #: directories plugin files and modules may come from (None: anywhere; the processor daemon sets it)
+        self.plugin_path: tuple[str, ...] | None = None
 
     # -- load -------------------------------------------------------------
     def create(self, index: str, name: str | None, library: str) -> FrameProcessorPlugin:
@@ -36,7 +38,7 @@ class PluginChain:
             raise PluginError(f"bad plugin index {index!r}: use a short non-empty name")
         if index in self.workers:
             raise PluginError(f"a plugin with index {index!r} is already loaded", index)
-        cls = load_plugin_class(library, name)
+        cls = load_plugin_class(library, name, self.plugin_path)
         try:
             return cls(index)
         except (Exception, SystemExit) as err:

@@ -94,6 +94,7 @@ class ProcessorController(ControlHandler):
     def __init__(self, context: zmq.Context | None = None, max_pool_memory: int = 2 << 30) -> None:
         self.context = context or zmq.Context.instance()
         self.chain = PluginChain()
+        self.chain.plugin_path = ()  # built-ins and entry points only, until the daemon gives --plugin-path
         self.pool = DataBlockPool(max_pool_memory)
         self.shm: SharedMemoryController | None = None
         self.releases = ReleaseQueue()  # lives as long as the processor: plugin threads write to it

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -33,9 +35,11 @@ DEFAULT_SWITCH_INTERVAL_MS = 0.5
 class FrameProcessorDaemon:
     """Binds the control ROUTER and runs the poll loop."""
 
-    def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None) -> None:
+    def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None,
+                 plugin_path: Sequence[str] = ()) -> None:
         self.context = context or zmq.Context.instance()
         self.controller = ProcessorController(self.context)
+        self.controller.chain.plugin_path = tuple(os.path.realpath(p) for p in plugin_path)
         self.ctrl = IpcChannel(zmq.ROUTER, self.context)
         self.ctrl.bind(ctrl_endpoint)
         self.poller = zmq.Poller()
@@ -152,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="framechain processor", description="Run the frame processor daemon.")
     parser.add_argument("--ctrl", default=DEFAULT_CTRL, help="control endpoint to bind (default %(default)s)")
     parser.add_argument("--config", help="JSON file: a list of configure params applied in order at start")
+    parser.add_argument("--plugin-path", action="append", default=[], metavar="DIR",
+                        help="a directory plugin .py files and modules may be loaded from (repeatable); built-in "
+                             "and installed plugins load without it, nothing else does")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
                         help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
@@ -159,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval((round(args.switch_interval_ms * 1000) + 0.5) / 1e6)  # CPython truncates to whole µs
-    return run_daemon("frame processor", lambda: FrameProcessorDaemon(args.ctrl), args.config)
+    for d in args.plugin_path:
+        if not os.path.isdir(d):
+            parser.error(f"--plugin-path {d!r} is not a directory")
+    return run_daemon("frame processor", lambda: FrameProcessorDaemon(args.ctrl, plugin_path=args.plugin_path),
+                      args.config)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ class name may be given or omitted). ``framechain.plugins.hdf5_writer`` names a
 built-in module directly. The pre-namespace form ``plugins.hdf5_writer`` still
 loads the built-in (never a ``plugins`` package of the current directory) and
 logs a deprecation warning.
+
+Which plugins a processor may load is its *plugin path* (``--plugin-path``,
+given when it starts): built-in plugins and installed ones (entry points) always,
+``.py`` files and modules only from those directories. A library anywhere else
+is refused before any of its code runs, so a client that reaches the control
+port cannot make the processor execute a file of its choosing.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import ModuleType
 
@@ -90,7 +97,35 @@ def _entry_point(library: str, name: str | None) -> type[FrameProcessorPlugin] |
     return _check(cls, library)
 
 
-def load_plugin_class(library: str, name: str | None = None) -> type[FrameProcessorPlugin]:
+def _entry_point_modules() -> set[str]:
+    return {ep.value.partition(":")[0] for ep in entry_points().select(group="framechain.plugins")}
+
+
+def _inside(path: str, dirs: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, os.path.realpath(d)]) == os.path.realpath(d) for d in dirs)
+
+
+def _not_allowed(what: str, plugin_path: Sequence[str]) -> PluginError:
+    where = ", ".join(plugin_path) if plugin_path else "none given"
+    return PluginError(f"{what} is not on this processor's plugin path ({where}): it loads built-in plugins, "
+                       "installed ones (entry points 'framechain.plugins') and .py files or modules in the "
+                       "directories given with --plugin-path when it starts; start it with --plugin-path <dir>")
+
+
+def _on_path(module: str, plugin_path: Sequence[str]) -> str | None:
+    """The file of dotted ``module`` in a plugin-path directory (``a.b`` -> ``<dir>/a/b.py``), found without
+    importing anything."""
+    rel = module.replace(".", os.sep)
+    for d in plugin_path:
+        for candidate in (os.path.join(d, rel + ".py"), os.path.join(d, rel, "__init__.py")):
+            if os.path.isfile(candidate) and _inside(candidate, [d]):
+                return candidate
+    return None
+
+
+def load_plugin_class(library: str, name: str | None = None,
+                      plugin_path: Sequence[str] | None = None) -> type[FrameProcessorPlugin]:
     """Resolve a plugin class.
 
     Parameters
@@ -100,6 +135,9 @@ def load_plugin_class(library: str, name: str | None = None) -> type[FrameProces
         entry-point name such as ``dummy``.
     name : str, optional
         The class name; may be omitted when ``library`` carries ``:Class`` or is an entry point.
+    plugin_path : sequence of str, optional
+        Directories ``.py`` files and other modules may come from (the daemon's ``--plugin-path``);
+        None (a test, a script) loads from anywhere.
 
     Raises
     ------
@@ -118,6 +156,8 @@ def load_plugin_class(library: str, name: str | None = None) -> type[FrameProces
         library, _, cls_name = library.rpartition(":")
         name = name or cls_name
     if library.endswith(".py") or os.sep in library:
+        if plugin_path is not None and not _inside(library, plugin_path):
+            raise _not_allowed(f"plugin file {library!r}", plugin_path)
         module = _import_file(library)
     elif "." not in library:
         cls = _entry_point(library, name)
@@ -126,16 +166,26 @@ def load_plugin_class(library: str, name: str | None = None) -> type[FrameProces
         if name is None:
             eps = sorted(ep.name for ep in entry_points().select(group="framechain.plugins"))
             raise PluginError(f"no plugin named {library!r}; installed plugins: {eps}")
-        module = _import_module(library)
+        module = _module(library, plugin_path)
     else:
         head, _, tail = library.partition(".")
         if head == "plugins" and tail in _builtin_modules():
             log.warning("plugin library %r is deprecated: use %r or %r", library, tail, f"{_BUILTIN_PACKAGE}.{tail}")
             library = f"{_BUILTIN_PACKAGE}.{tail}"
-        module = _import_module(library)
+        module = _module(library, plugin_path)
     if not name:
         raise PluginError(f"plugin load of {library!r} needs 'name': the plugin class")
     return _class_in(module, library, name)
+
+
+def _module(library: str, plugin_path: Sequence[str] | None) -> ModuleType:
+    """Import a module plugin: a built-in or installed one anywhere, another only from the plugin path."""
+    if plugin_path is None or library.startswith(_BUILTIN_PACKAGE + ".") or library in _entry_point_modules():
+        return _import_module(library)
+    path = _on_path(library, plugin_path)
+    if path is None:
+        raise _not_allowed(f"plugin module {library!r}", plugin_path)
+    return _import_file(path)
 
 
 def _class_in(module: ModuleType, library: str, name: str) -> type[FrameProcessorPlugin]:

@@ -64,6 +64,8 @@ class Daemon:
     def __init__(self, kind: str, args: list[str], ctrl: str, log_path: Path, cwd: Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.kind, self.ctrl, self.log_path = kind, ctrl, log_path
+        if kind == "processor" and "--plugin-path" not in args:
+            args = [*args, "--plugin-path", str(log_path.parent)]  # the test's own folder: its plugin files
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env)

@@ -15,7 +15,9 @@ from framechain.ipc import IpcMessage, free_tcp_endpoint
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    d = Daemon("processor", [], free_tcp_endpoint(), tmp_path_factory.mktemp("fp") / "processor.log")
+    # plugin files of this module's tests live in their own tmp_path folders, all under the session's base
+    d = Daemon("processor", ["--plugin-path", str(tmp_path_factory.getbasetemp())], free_tcp_endpoint(),
+               tmp_path_factory.mktemp("fp") / "processor.log")
     d.ok("configure", {"plugin": {"load": [{"index": "a", "name": "DummyPlugin", "library": "framechain.plugins.dummy"},
                                            {"index": "b", "name": "SumPlugin", "library": "framechain.plugins.sum"}],
                                   "connect": [{"index": "b", "connection": "a"}]}})
@@ -79,7 +81,8 @@ def _bad_plugin_file(tmp_path):
      "no plugin module 'framechain.plugins.nosuchmodule'"),
     ({"plugin": {"load": {"index": "c", "name": "NoSuchClass", "library": "framechain.plugins.dummy"}}},
      "has no class 'NoSuchClass'"),
-    ({"plugin": {"load": {"index": "c", "name": "X", "library": "/does/not/exist.py"}}}, "does not exist"),
+    ({"plugin": {"load": {"index": "c", "name": "X", "library": "/does/not/exist.py"}}},
+     "not on this processor's plugin path"),
     ({"plugin": {"load": {"index": "a", "name": "DummyPlugin", "library": "framechain.plugins.dummy"}}},
      "index 'a' is already loaded"),
     ({"plugin": {"connect": {"index": "zz", "connection": "a"}}}, "no plugin with index 'zz'"),

@@ -5,12 +5,20 @@ import re
 from pathlib import Path
 
 import numpy as np
-from harness import wait_for
+import pytest
+from harness import Pipeline, wait_for
 
 from framechain.frameprocessor.testing import run_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "plugins" / "bright_pixels.py"
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    """A pipeline whose processor may load the example plugins (its --plugin-path, as the doc says)."""
+    with Pipeline(tmp_path, ["--plugin-path", str(EXAMPLE.parent)]) as p:
+        yield p
 
 
 def test_doc_shows_the_example_verbatim_in_about_20_lines():
