@@ -21,6 +21,8 @@ from typing import Any
 
 __all__ = ["add_parser", "main", "serve", "STATIC_DIR", "odin_argv"]
 
+TOKEN_ENV = "FRAMECHAIN_REST_TOKEN"  # as rest_adapter.TOKEN_ENV (not imported: this module loads without odin)
+
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -67,6 +69,8 @@ def odin_argv(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     if getattr(args, "endpoints", None):
         path = temporary = _with_endpoints(ini, path, args.endpoints)
     argv = ["framechain-rest", "--config", str(path)]
+    addr = args.addr or ini.get("server", "http_addr", fallback="127.0.0.1")
+    _check_token(ini, addr)
     if args.addr or not ini.has_option("server", "http_addr"):
         argv += ["--http_addr", args.addr or "127.0.0.1"]
     if args.port is not None:
@@ -74,6 +78,18 @@ def odin_argv(args: argparse.Namespace) -> tuple[list[str], Path | None]:
     if not ini.has_option("server", "static_path"):
         argv += ["--static_path", str(STATIC_DIR)]
     return argv, temporary
+
+
+def _check_token(ini: configparser.ConfigParser, addr: str) -> None:
+    """Refuse to listen beyond loopback unless every framechain adapter has a PUT token."""
+    if addr.strip() in ("127.0.0.1", "localhost", "::1") or addr.startswith("127."):
+        return
+    for section in ini.sections():
+        if section.startswith("adapter.") and "FramechainAdapter" in ini.get(section, "module", fallback=""):
+            if not ini.get(section, "token_file", fallback="") and not os.environ.get(TOKEN_ENV):
+                raise ValueError(f"refusing to listen on {addr} without a token: anyone who reaches it could "
+                                 f"configure the daemons. Set token_file in [{section}] (or ${TOKEN_ENV}); "
+                                 "clients then send 'Authorization: Bearer <token>' with every PUT")
 
 
 def _with_endpoints(ini: configparser.ConfigParser, path: Path, endpoints: str) -> Path:

@@ -32,8 +32,10 @@ Logger: ``framechain.client.rest``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -66,7 +68,24 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
     "request_timeout": (float, 5.0, "seconds to wait for the reply to a configure/execute from a connected daemon"),
     "live_endpoint": (str, "tcp://127.0.0.1:5020", "live view PUB to subscribe to ('none' to disable)"),
     "xpcs_endpoint": (str, "tcp://127.0.0.1:5021", "XPCS correlator g2 PUB to subscribe to ('none' to disable)"),
+    "token_file": (str, "", "file holding the bearer token every PUT must carry (Authorization: Bearer <token>); "
+                            "also FRAMECHAIN_REST_TOKEN. Required when the server listens beyond loopback"),
 }
+TOKEN_ENV = "FRAMECHAIN_REST_TOKEN"
+
+
+def rest_token(token_file: str) -> str:
+    """The bearer token: the first line of ``token_file``, else $FRAMECHAIN_REST_TOKEN, else "" (none)."""
+    if token_file:
+        try:
+            with open(token_file) as fh:
+                token = fh.readline().strip()
+        except OSError as err:
+            raise ValueError(f"framechain adapter token_file {token_file!r}: {err.strerror or err}") from err
+        if not token:
+            raise ValueError(f"framechain adapter token_file {token_file!r} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV, "").strip()
 
 
 #: The names the adapter gives daemons (``fr0``, ``fp1``, ...).
@@ -332,6 +351,7 @@ class FramechainAdapter(AsyncApiAdapter):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.controller = FramechainController(self.options)
+        self._token = rest_token(self.controller.options["token_file"]).encode()
 
     async def initialize(self, adapters: dict[str, Any]) -> None:
         log.debug("framechain adapter initialised beside %d other adapter(s)", len(adapters) - 1)
@@ -346,7 +366,17 @@ class FramechainAdapter(AsyncApiAdapter):
         except RestError as err:
             return _json({"error": str(err)}, err.status_code)
 
+    def _authorized(self, request: Any) -> bool:
+        if not self._token:
+            return True
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+
     async def put(self, path: str, request: Any) -> ApiAdapterResponse:
+        if not self._authorized(request):
+            return _json({"error": "this server needs 'Authorization: Bearer <token>' on every PUT (the token "
+                                   "in the adapter's token_file or $FRAMECHAIN_REST_TOKEN)"}, 401)
         content_type = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if content_type not in ("application/json", "application/vnd.odin-native", ""):
             return _json({"error": f"request content type {content_type!r} is not supported; send application/json"},

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from framechain.ipc.channel import endpoint_problem
+from framechain.ipc.channel import endpoint_problem, is_loopback
 from framechain.ipc.errors import ConfigError
 
 __all__ = ["MetaPublisher", "META_HWM"]
@@ -51,8 +51,7 @@ class MetaPublisher:
         problem = endpoint_problem(endpoint, "tcp://*:5008")
         if problem:
             raise ConfigError(f"meta_endpoint: {problem}", "meta_endpoint")
-        host = endpoint.partition("://")[2].rpartition(":")[0]
-        if endpoint.startswith("tcp://") and host not in ("127.0.0.1", "localhost", "[::1]"):
+        if not is_loopback(endpoint):
             log.warning("meta_endpoint %s listens beyond this machine; anyone who reaches it reads the "
                         "acquisition's metadata", endpoint)
         sock = self.context.socket(zmq.PUB)

@@ -7,6 +7,7 @@ from other threads through a queue the owning thread drains.
 
 from __future__ import annotations
 
+import logging
 import socket as _socket
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -17,7 +18,9 @@ import zmq
 from .errors import FramechainError, ProtocolError
 from .message import IpcMessage, nack_for_garbage
 
-__all__ = ["IpcChannel", "free_tcp_endpoint", "endpoint_problem", "PEER_TOPIC"]
+__all__ = ["IpcChannel", "free_tcp_endpoint", "endpoint_problem", "PEER_TOPIC", "is_loopback", "same_endpoint"]
+
+log = logging.getLogger(__name__)
 
 #: a framechain SUB's second subscription; messages are JSON objects, so none ever starts with it
 PEER_TOPIC = b"\x00framechain-peer"
@@ -39,6 +42,15 @@ def endpoint_problem(endpoint: object, example: str = "tcp://127.0.0.1:5000") ->
         if not colon or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
             return f"{want} (tcp needs <host>:<port 0..65535 or *>)"
     return None
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for endpoints only this machine reaches: tcp on 127.x / localhost / ::1, ipc and inproc."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return True
+    host = rest.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def same_endpoint(a: str, b: str) -> bool:
@@ -78,6 +90,9 @@ class IpcChannel:
         except zmq.ZMQError as err:
             raise FramechainError(f"cannot bind {endpoint}: {err} (is another daemon using it?)") from err
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if not is_loopback(endpoint):
+            log.warning("%s listens beyond this machine: anyone who reaches it can use it (see 'Security' in "
+                        "docs/operations.md; CURVE keys and firewalls close it)", endpoint)
 
     def connect(self, endpoint: str) -> None:
         try:

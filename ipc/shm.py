@@ -176,7 +176,7 @@ class SharedBuffer:
                     else f"rebuilt shared buffer {name!r}")
         total = SEGMENT_HEADER.size + num_buffers * buffer_size
         try:
-            mem = posix_ipc.SharedMemory(pname, posix_ipc.O_CREX, size=total)
+            mem = posix_ipc.SharedMemory(pname, posix_ipc.O_CREX, mode=0o600, size=total)  # this user only
         except (posix_ipc.Error, OSError, ValueError) as err:
             raise ShmError(f"cannot create shared buffer {name!r} of {total} bytes: {err}") from err
         try:

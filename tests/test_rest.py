@@ -296,3 +296,36 @@ def test_endpoint_parsing_and_png_rendering():
     big = np.arange(100 * 60, dtype=np.uint16).reshape(100, 60)
     small = downsample(big, 25)
     assert small.shape == (25, 15) and small[0, 0] == big[:4, :4].mean()
+
+
+def test_token_guards_every_put_and_a_wide_bind_needs_one(tmp_path, capsys):
+    """With a token_file, a PUT without 'Authorization: Bearer <token>' (or with another token) is a 401 and
+    reaches no daemon; GETs stay open. Listening beyond loopback without a token is refused at start."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    with Pipeline(tmp_path) as pipe:
+        pipe.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": 5})
+        cfg = tmp_path / "guarded.cfg"
+        cfg.write_text("[server]\nadapters = framechain\n[tornado]\nlogging = warning\n"
+                       "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n"
+                       f"endpoints = fr:{pipe.receiver.ctrl}\nupdate_interval = 0.2\nlive_endpoint = none\n"
+                       f"xpcs_endpoint = none\ntoken_file = {token}\n")
+        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}", "none", "none", config=cfg)
+        try:
+            wait_for(lambda: connected(server, "fr0"), what="the receiver connected")
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+                code, body = server.put("execute/fr0/source", {"command": "start"}, headers=headers)
+                assert code == 401 and "Authorization: Bearer" in body["error"], (headers, body)
+            assert pipe.receiver.status()["source"]["state"] == "idle"  # nothing reached the daemon
+            code, body = server.put("execute/fr0/source", {"command": "start"},
+                                    headers={"Authorization": "Bearer s3cret-token"})
+            assert code == 200, body
+            wait_for(lambda: pipe.receiver.status()["source"]["state"] == "done", what="the run the PUT started")
+        finally:
+            server.close()
+    wide = tmp_path / "wide.cfg"
+    wide.write_text("[server]\nadapters = framechain\nhttp_addr = 0.0.0.0\n"
+                    "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n")
+    assert rest.main(argparse.Namespace(config=str(wide), port=None, addr=None, endpoints=None)) == 2
+    err = capsys.readouterr().err
+    assert "refusing to listen on 0.0.0.0 without a token" in err and "token_file" in err

@@ -4,6 +4,9 @@
 
 const ADAPTER = new URLSearchParams(location.search).get("adapter") || "framechain";
 const API = `/api/${ADAPTER}/`;
+// a server opened beyond loopback needs a bearer token on PUTs: ?token=... once, kept for this browser tab
+const TOKEN = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("framechain-token") || "";
+if (TOKEN) sessionStorage.setItem("framechain-token", TOKEN);
 const POLL_MS = 1000;
 const $ = (id) => document.getElementById(id);
 
@@ -22,7 +25,8 @@ async function apiPut(path, body) {
   let text;
   try {
     const resp = await fetch(API + path, {
-      method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      method: "PUT", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json", ...(TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {}) },
     });
     const data = await resp.json();
     text = `${new Date().toLocaleTimeString()} PUT ${path} -> HTTP ${resp.status}\n` +
