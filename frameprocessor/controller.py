@@ -105,6 +105,7 @@ class ProcessorController(ControlHandler):
         self.shutdown_requested = False
         self.on_shm_change: Callable[[], None] = lambda: None
         self.meta = MetaPublisher(self.context)
+        self.data_roots: tuple[str, ...] = ()  # where plugins may write (the daemon's --data-root; empty: anywhere)
         self.ctrl_endpoint = ""  # set by the daemon: where the control socket listens
         self.shutdown_after = 0  # odin's "frames": stop after this many frames (0: never)
         self.stored: dict[str, list[dict[str, Any]]] = {}
@@ -411,6 +412,7 @@ class ProcessorController(ControlHandler):
                     raise ConfigError(f"plugin load queue_size must be an integer 1..100000, not {q!r}", "queue_size")
                 plugin = self.chain.create(spec.get("index"), spec.get("name"), spec.get("library"))
                 plugin.meta = self.meta
+                plugin.data_roots = self.data_roots
                 if plugin.name in (p.name for p in created):
                     raise PluginError(f"plugin index {plugin.name!r} appears twice in one load", plugin.name)
                 if plugin.name in initial:

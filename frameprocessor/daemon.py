@@ -36,10 +36,11 @@ class FrameProcessorDaemon:
     """Binds the control ROUTER and runs the poll loop."""
 
     def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None,
-                 plugin_path: Sequence[str] = ()) -> None:
+                 plugin_path: Sequence[str] = (), data_roots: Sequence[str] = ()) -> None:
         self.context = context or zmq.Context.instance()
         self.controller = ProcessorController(self.context)
         self.controller.chain.plugin_path = tuple(os.path.realpath(p) for p in plugin_path)
+        self.controller.data_roots = tuple(os.path.realpath(p) for p in data_roots)
         self.ctrl = IpcChannel(zmq.ROUTER, self.context)
         self.ctrl.bind(ctrl_endpoint)
         self.poller = zmq.Poller()
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin-path", action="append", default=[], metavar="DIR",
                         help="a directory plugin .py files and modules may be loaded from (repeatable); built-in "
                              "and installed plugins load without it, nothing else does")
+    parser.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                        help="a directory plugins may write files under (repeatable; default: anywhere this "
+                             "user may write)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
                         help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
@@ -166,11 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval((round(args.switch_interval_ms * 1000) + 0.5) / 1e6)  # CPython truncates to whole µs
-    for d in args.plugin_path:
-        if not os.path.isdir(d):
-            parser.error(f"--plugin-path {d!r} is not a directory")
-    return run_daemon("frame processor", lambda: FrameProcessorDaemon(args.ctrl, plugin_path=args.plugin_path),
-                      args.config)
+    for flag, dirs in (("--plugin-path", args.plugin_path), ("--data-root", args.data_root)):
+        for d in dirs:
+            if not os.path.isdir(d):
+                parser.error(f"{flag} {d!r} is not a directory")
+    return run_daemon("frame processor", lambda: FrameProcessorDaemon(
+        args.ctrl, plugin_path=args.plugin_path, data_roots=args.data_root), args.config)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ over through a queue) needs no lock: the plugin thread reads the old or the new.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -83,6 +84,8 @@ class FrameProcessorPlugin:
         self.config: dict[str, Any] = {k: o.default for k, o in self.options.items()}
         self._outputs: tuple[tuple[FrameSink, bool], ...] = ()
         self.meta: Any = None  #: the processor's MetaPublisher (set when the plugin is loaded)
+        #: where the plugin may write files (the processor's --data-root; empty: anywhere)
+        self.data_roots: tuple[str, ...] = ()
 
     @property
     def owner(self) -> str:
@@ -110,6 +113,16 @@ class FrameProcessorPlugin:
 
     def request_configuration(self) -> dict[str, Any]:
         return dict(self.config)
+
+    def check_output_path(self, path: str, key: str) -> None:
+        """ConfigError unless ``path`` lies under one of the processor's data roots (any path when none)."""
+        roots = self.data_roots
+        if not roots:
+            return
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath([real, r]) == r for r in roots):
+            raise ConfigError(f"{self.owner} '{key}' {path!r} is outside this processor's data roots "
+                              f"({', '.join(roots)}); write under one of them (--data-root when it starts)", key)
 
     # -- commands (control thread) ----------------------------------------------
     def check_command(self, command: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
     def prepare(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``params``; with ``write: true`` also build the session start_writing needs (carried to commit)."""
         cfg, write = merge(self._cfg, params)
+        if isinstance(params, Mapping) and "file" in params:
+            self.check_output_path(cfg.file.path, "file/path")
         changing = [k for k in params if k != "write"]
         if self._writing and changing:
             raise ConfigError(f"{self.owner} is writing {self._file_hint()}; stop_writing before changing "
@@ -145,6 +147,7 @@ class FileWriterPlugin(FrameProcessorPlugin):
             raise ConfigError(f"{self.owner} 'master' dataset {cfg.master!r} is not configured; datasets: "
                               f"{sorted(cfg.datasets)}", "master")
         check_path(cfg.file.path)
+        self.check_output_path(cfg.file.path, "file/path")
         p = cfg.process
         if not cfg.file.use_numbers and (p.number > 1 or p.blocks_per_file):
             raise ConfigError(f"{self.owner} 'file/use_numbers' is false but {p.number} processes / "

@@ -15,6 +15,7 @@ Example configuration::
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import threading
 from typing import Any
 
@@ -234,6 +235,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         """
         values = super().prepare(params)
         cfg = {**self.config, **values}
+        if values.get("output"):  # the folder part before any placeholder
+            self.check_output_path(os.path.dirname(values["output"].split("{", 1)[0]) or ".", "output")
         inputs = self._inputs(cfg, values)
         if cfg["twotime"] and not _TWOTIME_KEYS.isdisjoint(values):
             self._check_twotime(cfg, *inputs)
@@ -523,6 +526,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         if self.config["output"]:
             path = self.config["output"].format(acquisition_id=run.acquisition_id or "acquisition", run=self._runs)
             try:
+                self.check_output_path(path, "output")  # an acquisition id with "../" must not leave the roots
                 write_result(path, self._result_data(run, res))
                 if self.config["plot"]:
                     from ._xpcs.plot import plot_g2
@@ -531,7 +535,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                     plot_g2(self.plot_file, res["delays"] * self.config["frame_time"],
                             res["g2"][:, cols], res["g2_err"][:, cols], [f"bin {b + 1}" for b in cols],
                             title=f"g2, {run.acquisition_id or 'acquisition'}, {run.frames_used} frames")
-            except (OSError, ValueError, RuntimeError, MemoryError) as err:
+            except (OSError, ValueError, RuntimeError, MemoryError, ConfigError) as err:
                 self.last_result_error = f"{path}: {type(err).__name__}: {err}"
                 self.log.error("%s: could not write result file %s: %s", self.name, path, err)
             else:

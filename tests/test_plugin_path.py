@@ -95,3 +95,24 @@ def test_a_plugin_path_that_is_not_a_directory_stops_the_start(tmp_path):
     r = subprocess.run([sys.executable, "-m", "framechain.client.cli", "processor", "--ctrl", free_tcp_endpoint(),
                         "--plugin-path", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is not a directory" in r.stderr
+
+
+def test_writers_stay_under_the_data_roots(tmp_path):
+    """--data-root confines where plugins write: the HDF5 writer's file/path and the XPCS result file."""
+    root, outside = tmp_path / "data", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    d = Daemon("processor", ["--data-root", str(root)], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        d.ok("configure", {"plugin": {"load": [{"index": "hdf", "library": "hdf5_writer"},
+                                               {"index": "xpcs", "library": "xpcs"}]}})
+        d.ok("configure", {"hdf": {"file": {"path": str(root)}}})
+        for path in (str(outside), str(root / ".." / "elsewhere")):
+            r = d.request("configure", {"hdf": {"file": {"path": path}}})
+            assert r.msg_type == "nack" and "outside this processor's data roots" in r.error, r.error
+        assert d.ok("request_configuration")["hdf"]["file"]["path"] == str(root)
+        d.ok("configure", {"xpcs": {"output": str(root / "{acquisition_id}_results.hdf")}})
+        r = d.request("configure", {"xpcs": {"output": str(outside / "r.hdf")}})
+        assert r.msg_type == "nack" and "outside this processor's data roots" in r.error
+    finally:
+        d.stop()
