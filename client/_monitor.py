@@ -140,12 +140,13 @@ class DaemonLink:
     """
 
     def __init__(self, spec: EndpointSpec, interval: float = 0.5, poll_timeout: float = 0.5,
-                 request_timeout: float = 5.0, context: zmq.Context | None = None) -> None:
+                 request_timeout: float = 5.0, context: zmq.Context | None = None,
+                 curve_dir: str | None = None) -> None:
         self.spec = spec
         self.interval = interval
         self.poll_timeout = poll_timeout
         self.request_timeout = request_timeout
-        self._client = IpcClient(spec.endpoint, timeout=poll_timeout, context=context)
+        self._client = IpcClient(spec.endpoint, timeout=poll_timeout, context=context, curve_dir=curve_dir)
         self._lock = threading.Lock()
         self._snap = Snapshot()
         self._last_counts: tuple[float, dict[str, float]] | None = None

@@ -53,12 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-dir", help="directory for daemon logs (default: a temporary directory)")
     r.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
     r.set_defaults(func=_run)
+    k = sub.add_parser("keys", help="make a CURVE key directory for --curve-dir (daemons and clients)")
+    k.add_argument("directory", help="new directory: server and client key pairs, the client authorized")
+    k.set_defaults(func=_keys)
     b = sub.add_parser("bench", help="measure throughput against same-run baselines")
     b.add_argument("--json", action="store_true", help="print figures as JSON")
     b.add_argument("--quick", action="store_true", help="fewer frames (a smoke test, not a measurement)")
     b.add_argument("--only", help="comma-separated benchmark suites to run")
     b.set_defaults(func=_bench)
     return parser
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from framechain.ipc.curve import make_keys
+    from framechain.ipc.errors import FramechainError
+    try:
+        d = make_keys(args.directory)
+    except (FramechainError, OSError) as err:
+        print(f"framechain keys: {err}", file=sys.stderr)
+        return 2
+    print(f"{d}: server.key(_secret) for the daemons (--curve-dir {d}), client.key(_secret) for clients "
+          f"(ctl/tui/rest --curve-dir), authorized/ lists the client public keys the daemons accept")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from framechain.ipc.client import IpcClient
-from framechain.ipc.errors import IpcTimeout
+from framechain.ipc.errors import FramechainError, IpcTimeout
 
 __all__ = ["add_parser", "run_ctl"]
 
@@ -20,6 +20,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5004",
                    help="daemon control endpoint (default %(default)s, the processor)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    p.add_argument("--curve-dir", help="CURVE key directory, for daemons started with --curve-dir")
     cmds = p.add_subparsers(dest="ctl_command", required=True)
     cmds.add_parser("status", help="daemon status")
     c = cmds.add_parser("configure", help="send configure params (JSON text or -f FILE)")
@@ -61,7 +62,12 @@ def run_ctl(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"framechain ctl: {err}", file=sys.stderr)
         return 2
-    with IpcClient(args.endpoint, timeout=args.timeout) as client:
+    try:
+        client = IpcClient(args.endpoint, timeout=args.timeout, curve_dir=args.curve_dir)
+    except FramechainError as err:
+        print(f"framechain ctl: {err}", file=sys.stderr)
+        return 2
+    with client:
         try:
             reply = client.request(msg_val, params, timeout=args.timeout)
         except IpcTimeout as err:

@@ -68,6 +68,7 @@ OPTIONS: dict[str, tuple[type, Any, str]] = {
     "request_timeout": (float, 5.0, "seconds to wait for the reply to a configure/execute from a connected daemon"),
     "live_endpoint": (str, "tcp://127.0.0.1:5020", "live view PUB to subscribe to ('none' to disable)"),
     "xpcs_endpoint": (str, "tcp://127.0.0.1:5021", "XPCS correlator g2 PUB to subscribe to ('none' to disable)"),
+    "curve_dir": (str, "", "CURVE key directory for daemons started with --curve-dir (\"\": plain)"),
     "token_file": (str, "", "file holding the bearer token every PUT must carry (Authorization: Bearer <token>); "
                             "also FRAMECHAIN_REST_TOKEN. Required when the server listens beyond loopback"),
 }
@@ -135,7 +136,8 @@ class FramechainController:
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = _parse_options(options)
         specs = parse_endpoints(self.options["endpoints"])
-        self.monitor = Monitor(specs, interval=self.options["update_interval"],
+        self.monitor = Monitor(specs, curve_dir=self.options["curve_dir"] or None,
+                               interval=self.options["update_interval"],
                                poll_timeout=self.options["poll_timeout"],
                                request_timeout=self.options["request_timeout"]).start()
         self.live = self._subscriber(LiveViewSubscriber, "live_endpoint")

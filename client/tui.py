@@ -32,6 +32,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", metavar="RUN.json",
                    help="a 'framechain run' config with fixed \"endpoints\": attach to its receiver and processor")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between status polls (default %(default)s)")
+    p.add_argument("--curve-dir", help="CURVE key directory, for daemons started with --curve-dir")
     p.add_argument("--timeout", type=float, default=0.5,
                    help="seconds before a silent daemon is shown disconnected (default %(default)s)")
     p.set_defaults(func=main)
@@ -94,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
 
     curses.use_env(False)     # size from the terminal, not stale LINES/COLUMNS, so resizes work
 
-    with Monitor(specs, interval=args.interval, poll_timeout=args.timeout) as monitor:
+    with Monitor(specs, interval=args.interval, poll_timeout=args.timeout, curve_dir=args.curve_dir) as monitor:
         app = App(monitor)
         try:
             return curses.wrapper(app.run)

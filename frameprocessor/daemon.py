@@ -17,6 +17,7 @@ import zmq
 
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import run_daemon
+from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.message import IpcMessage
 
 from .controller import ProcessorController
@@ -36,12 +37,17 @@ class FrameProcessorDaemon:
     """Binds the control ROUTER and runs the poll loop."""
 
     def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None,
-                 plugin_path: Sequence[str] = (), data_roots: Sequence[str] = ()) -> None:
+                 plugin_path: Sequence[str] = (), data_roots: Sequence[str] = (), curve_dir: str | None = None
+                 ) -> None:
         self.context = context or zmq.Context.instance()
         self.controller = ProcessorController(self.context)
         self.controller.chain.plugin_path = tuple(os.path.realpath(p) for p in plugin_path)
         self.controller.data_roots = tuple(os.path.realpath(p) for p in data_roots)
         self.ctrl = IpcChannel(zmq.ROUTER, self.context)
+        self.auth: AuthFailures | None = None
+        if curve_dir:
+            secure_server(self.ctrl.socket, curve_dir)
+            self.auth = AuthFailures(self.ctrl.socket)
         self.ctrl.bind(ctrl_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.ctrl.socket, zmq.POLLIN)
@@ -96,6 +102,8 @@ class FrameProcessorDaemon:
         shm = self.controller.shm
         events = dict(self.poller.poll(1 if shm is not None and shm.busy else 100))
         if self.ctrl.socket in events:
+            if self.auth is not None:
+                self.controller.auth_failures = self.auth.drain()
             self.controller.malformed_messages += self.ctrl.serve(self.handle)
         shm = self.controller.shm
         if shm is None:
@@ -140,6 +148,8 @@ class FrameProcessorDaemon:
         if not self._closed_chain:
             self.controller.close()
             self._closed_chain = True
+        if self.auth is not None:
+            self.auth.close()
         self.ctrl.close()
 
 
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", action="append", default=[], metavar="DIR",
                         help="a directory plugins may write files under (repeatable; default: anywhere this "
                              "user may write)")
+    parser.add_argument("--curve-dir", help="a CURVE key directory ('framechain keys DIR'): encrypt the control "
+                                            "socket and accept only the clients listed in DIR/authorized")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
                         help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.isdir(d):
                 parser.error(f"{flag} {d!r} is not a directory")
     return run_daemon("frame processor", lambda: FrameProcessorDaemon(
-        args.ctrl, plugin_path=args.plugin_path, data_roots=args.data_root), args.config)
+        args.ctrl, plugin_path=args.plugin_path, data_roots=args.data_root, curve_dir=args.curve_dir), args.config)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import zmq
 
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import run_daemon
+from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.errors import FramechainError, ProtocolError
 from framechain.ipc.message import IpcMessage
 
@@ -30,13 +31,18 @@ class FrameReceiverDaemon:
     """Binds the receiver's three endpoints and runs its loop."""
 
     def __init__(self, ctrl: str = DEFAULTS["ctrl"], ready: str = DEFAULTS["ready"],
-                 release: str = DEFAULTS["release"], context: zmq.Context | None = None) -> None:
+                 release: str = DEFAULTS["release"], context: zmq.Context | None = None,
+                 curve_dir: str | None = None) -> None:
         ctx = self.context = context or zmq.Context.instance()
         self.ctrl = IpcChannel(zmq.ROUTER, ctx)
         self.ready = self._ready_channel()
         self.release = IpcChannel(zmq.SUB, ctx, hwm=0)
         self.poller = zmq.Poller()
+        self.auth: AuthFailures | None = None
         try:
+            if curve_dir:
+                secure_server(self.ctrl.socket, curve_dir)
+                self.auth = AuthFailures(self.ctrl.socket)
             self.ctrl.bind(ctrl)
             self.ready.bind(ready)
             self.release.bind(release)
@@ -144,6 +150,8 @@ class FrameReceiverDaemon:
         if self.ready.socket in events:
             self.handle_subscriptions()
         if self.ctrl.socket in events:
+            if self.auth is not None:
+                ctl.auth_failures = self.auth.drain()
             ctl.malformed_messages += self.ctrl.serve(ctl.handle)
             if ctl.shutdown_requested:
                 self.stop_requested = True
@@ -152,6 +160,8 @@ class FrameReceiverDaemon:
     def close(self) -> None:
         if hasattr(self, "controller"):
             self.controller.close()
+        if getattr(self, "auth", None) is not None:
+            self.auth.close()
         for ch in (self.ctrl, self.ready, self.release):
             ch.close()
 
@@ -163,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", default=DEFAULTS["release"],
                         help="frame_release SUB endpoint (default %(default)s)")
     parser.add_argument("--config", help="JSON file: configure params (an object or a list) applied at start")
+    parser.add_argument("--curve-dir", help="a CURVE key directory ('framechain keys DIR'): encrypt the control "
+                                            "socket and accept only the clients listed in DIR/authorized")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_daemon("frame receiver", lambda: FrameReceiverDaemon(args.ctrl, args.ready, args.release),
-                      args.config)
+    return run_daemon("frame receiver", lambda: FrameReceiverDaemon(args.ctrl, args.ready, args.release,
+                                                                    curve_dir=args.curve_dir), args.config)
 
 
 if __name__ == "__main__":

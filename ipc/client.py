@@ -27,14 +27,19 @@ class IpcClient:
     ...     reply = c.request("status")
     """
 
-    def __init__(self, endpoint: str, timeout: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float = 5.0, context: zmq.Context | None = None,
+                 curve_dir: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self._context = context
+        self.curve_dir = curve_dir  # a CURVE key directory (ipc/curve.py): talk to daemons started with one
         self._open()
 
     def _open(self) -> None:
         self.channel = IpcChannel(zmq.DEALER, self._context)
+        if self.curve_dir:
+            from .curve import secure_client
+            secure_client(self.channel.socket, self.curve_dir)
         self.channel.connect(self.endpoint)
 
     def request(self, msg_val: str, params: dict[str, Any] | None = None,

@@ -40,10 +40,12 @@ class ControlHandler:
     #: messages refused before dispatch (not parseable, over a limit) and loop faults; the daemon bumps them
     malformed_messages = 0
     internal_errors = 0
+    auth_failures = 0  #: clients refused in the CURVE handshake (the daemon counts them)
 
     def control_status(self) -> dict[str, int]:
         """The counters every daemon reports under ``process``."""
-        return {"malformed_messages": self.malformed_messages, "internal_errors": self.internal_errors}
+        return {"malformed_messages": self.malformed_messages, "internal_errors": self.internal_errors,
+                "auth_failures": self.auth_failures}
 
     def handle(self, msg: IpcMessage) -> IpcMessage:
         """Reply to one control message; never raises for a bad request."""
