@@ -52,6 +52,8 @@ except ImportError:  # odin-control 1.x (package "odin"), the server odin-data's
 from framechain.ipc.errors import IpcTimeout
 
 from ._monitor import DaemonLink, Monitor, parse_endpoints
+from .metrics import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
+from .metrics import render as render_metrics
 from ._png import COLORMAPS, render_png
 from ._subscriber import JsonSubscriber, LiveViewSubscriber
 
@@ -199,8 +201,13 @@ class FramechainController:
         try:
             return tree.get(path.strip("/"))
         except ParameterTreeError as err:
-            raise RestError(f"{err}; top-level paths are adapter, status, config, live, xpcs "
+            raise RestError(f"{err}; top-level paths are adapter, status, config, live, xpcs, metrics "
                             f"and live/image.png", 404) from err
+
+    def metrics(self) -> bytes:
+        """Prometheus exposition of every polled daemon (no extra request to them)."""
+        return render_metrics((name, link.kind, (snap := link.snapshot()).connected, snap.status)
+                              for name, link in self.monitor.links.items())
 
     def image(self, query: dict[str, str]) -> bytes:
         """The newest live frame as PNG (query ``colormap``, ``log``, ``max_size``); the last one is cached."""
@@ -360,6 +367,9 @@ class FramechainAdapter(AsyncApiAdapter):
 
     async def get(self, path: str, request: Any) -> ApiAdapterResponse:
         try:
+            if path.strip("/") == "metrics":  # Prometheus text, from the polled snapshots
+                return ApiAdapterResponse(self.controller.metrics(), content_type=METRICS_CONTENT_TYPE,
+                                          status_code=200)
             if path.strip("/") == "live/image.png":
                 loop = asyncio.get_running_loop()     # rendering a big frame takes a while: not on the IOLoop
                 png = await loop.run_in_executor(None, self.controller.image, _query(request))

@@ -329,3 +329,23 @@ def test_token_guards_every_put_and_a_wide_bind_needs_one(tmp_path, capsys):
     assert rest.main(argparse.Namespace(config=str(wide), port=None, addr=None, endpoints=None)) == 2
     err = capsys.readouterr().err
     assert "refusing to listen on 0.0.0.0 without a token" in err and "token_file" in err
+
+
+def test_prometheus_metrics_follow_the_daemons(stack):
+    """GET metrics: Prometheus text (prometheus-client's own parser reads it) with each daemon's frames, its
+    plugins' queues and timings, and up = 0 for the daemon that never answered."""
+    from prometheus_client.parser import text_string_to_metric_families
+    pipe, server = stack
+    wait_for(lambda: connected(server, "fp0"), what="the processor polled")
+    code, ctype, body = http("GET", server.api("metrics"))
+    assert code == 200 and ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    assert samples[("framechain_up", (("daemon", "fp0"), ("role", "processor")))] == 1
+    assert samples[("framechain_up", (("daemon", "fp1"), ("role", "processor")))] == 0
+    assert samples[("framechain_up", (("daemon", "fr0"), ("role", "receiver")))] == 1
+    assert ("framechain_buffers", (("daemon", "fr0"), ("state", "total"))) in samples
+    assert ("framechain_plugin_queue_size", (("daemon", "fp0"), ("plugin", "dummy"))) in samples
+    received = samples[("framechain_frames_total", (("daemon", "fr0"), ("kind", "received")))]
+    st = pipe.receiver.status()["frames"]["received"]
+    assert received <= st  # the snapshot is at most one poll old
