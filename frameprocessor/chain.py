@@ -11,7 +11,7 @@ from framechain.ipc.errors import PluginError
 from .frame import EndOfAcquisition, Frame
 from .loader import load_plugin_class
 from .plugin import FrameProcessorPlugin
-from .worker import PluginWorker
+from .worker import STUCK_AFTER_S, PluginWorker
 
 __all__ = ["PluginChain", "FRAME_RECEIVER"]
 
@@ -30,6 +30,7 @@ class PluginChain:
         self.sources: tuple[tuple[PluginWorker, bool], ...] = ()
         #: directories plugin files and modules may come from (None: anywhere; the processor daemon sets it)
         self.plugin_path: tuple[str, ...] | None = None
+        self.stuck_after = STUCK_AFTER_S  #: seconds on one frame before a plugin shows as stuck
 
     # -- load -------------------------------------------------------------
     def create(self, index: str, name: str | None, library: str) -> FrameProcessorPlugin:
@@ -45,7 +46,7 @@ class PluginChain:
             raise PluginError(f"{cls.__name__}({index!r}) failed to initialise: {err}", index) from err
 
     def add(self, plugin: FrameProcessorPlugin, library: str, queue_size: int = 64) -> None:
-        worker = PluginWorker(plugin, queue_size)
+        worker = PluginWorker(plugin, queue_size, self.stuck_after)
         worker.start()
         self.workers[plugin.name] = worker
         self.inputs[plugin.name] = []
@@ -131,11 +132,12 @@ class PluginChain:
             time.sleep(0.01)
         return False
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every plugin thread within ``timeout`` seconds in all (a stuck one is abandoned)."""
         # Stop in topological order so upstream plugins finish pushing first.
-        order = self._topological()
-        for index in order:
-            self.workers[index].stop(drain=True)
+        deadline = time.monotonic() + timeout
+        for index in self._topological():
+            self.workers[index].stop(drain=True, timeout=max(0.2, deadline - time.monotonic()))
 
     def _topological(self) -> list[str]:
         done: list[str] = []

@@ -135,6 +135,9 @@ class ProcessorController(ControlHandler):
             for key in ("warning", "stalled"):
                 if isinstance(ps.get(key), str) and ps[key]:
                     warnings.append(f"{index}: {ps[key]}")
+            if "stuck" in ps:
+                s = ps["stuck"]
+                warnings.append(f"{index}: stuck on frame {s['frame']} for {s['seconds']} s (since {s['since']})")
         st["error"], st["warning"] = errors, warnings
         st["status_ts"] = self.status_ts.value
         if params.get("metadata") is True:
@@ -450,8 +453,8 @@ class ProcessorController(ControlHandler):
             raise ConfigError("connect 'blocking' must be true or false", "blocking")
 
     # -- life cycle -----------------------------------------------------------------
-    def close(self) -> None:
-        self.chain.stop()
+    def close(self, timeout: float = 30.0) -> None:
+        self.chain.stop(timeout)
         self.meta.close()
         if self.shm is not None:
             self.shm.close()

@@ -37,12 +37,14 @@ class FrameProcessorDaemon:
     """Binds the control ROUTER and runs the poll loop."""
 
     def __init__(self, ctrl_endpoint: str = DEFAULT_CTRL, context: zmq.Context | None = None,
-                 plugin_path: Sequence[str] = (), data_roots: Sequence[str] = (), curve_dir: str | None = None
-                 ) -> None:
+                 plugin_path: Sequence[str] = (), data_roots: Sequence[str] = (), curve_dir: str | None = None,
+                 shutdown_timeout: float = 30.0, stuck_after: float = 5.0) -> None:
         self.context = context or zmq.Context.instance()
+        self.shutdown_timeout = shutdown_timeout
         self.controller = ProcessorController(self.context)
         self.controller.chain.plugin_path = tuple(os.path.realpath(p) for p in plugin_path)
         self.controller.data_roots = tuple(os.path.realpath(p) for p in data_roots)
+        self.controller.chain.stuck_after = stuck_after
         self.ctrl = IpcChannel(zmq.ROUTER, self.context)
         self.auth: AuthFailures | None = None
         if curve_dir:
@@ -127,7 +129,7 @@ class FrameProcessorDaemon:
         """Drain queued frames through every plugin, release buffers, stop plugin threads."""
         self.stop_requested = True
         shm = self.controller.shm
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.shutdown_timeout
         while time.monotonic() < deadline:
             if shm is not None:
                 if shm.busy:
@@ -139,9 +141,14 @@ class FrameProcessorDaemon:
             time.sleep(0.002)
         if shm is not None:
             shm.discard_pending()  # announced but never taken: give the buffers back, counted
-        self.controller.close()
+        self.controller.close(max(1.0, deadline - time.monotonic()))
         self._closed_chain = True
-        log.info("frame processor stopped")
+        abandoned = [w.name for w in self.controller.chain.workers.values() if w.abandoned]
+        if abandoned:
+            log.error("frame processor stopped, abandoning stuck plugin(s) %s after --shutdown-timeout %g s",
+                      abandoned, self.shutdown_timeout)
+        else:
+            log.info("frame processor stopped")
 
     def close(self) -> None:
         """Close the control socket (and the chain, if ``shutdown`` did not run: a refused --config)."""
@@ -175,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                              "user may write)")
     parser.add_argument("--curve-dir", help="a CURVE key directory ('framechain keys DIR'): encrypt the control "
                                             "socket and accept only the clients listed in DIR/authorized")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds a shutdown waits for plugins to finish their queued frames before a stuck one "
+                             "is abandoned (default %(default)s)")
+    parser.add_argument("--stuck-after", type=float, default=5.0,
+                        help="seconds on one frame before status shows a plugin as stuck (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
                         help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.isdir(d):
                 parser.error(f"{flag} {d!r} is not a directory")
     return run_daemon("frame processor", lambda: FrameProcessorDaemon(
-        args.ctrl, plugin_path=args.plugin_path, data_roots=args.data_root, curve_dir=args.curve_dir), args.config)
+        args.ctrl, plugin_path=args.plugin_path, data_roots=args.data_root, curve_dir=args.curve_dir,
+        shutdown_timeout=args.shutdown_timeout, stuck_after=args.stuck_after), args.config)
 
 
 if __name__ == "__main__":

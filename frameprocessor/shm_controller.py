@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import ThrottledLog
@@ -48,15 +49,15 @@ class ReleaseQueue:
     """
 
     def __init__(self) -> None:
-        self._queue: SimpleQueue[tuple[int, int]] = SimpleQueue()
+        self._queue: SimpleQueue[tuple[int, int, int]] = SimpleQueue()
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
 
-    def put(self, frame: int, bid: int) -> None:
-        self._queue.put((frame, bid))
+    def put(self, frame: int, bid: int, generation: int = 0) -> None:
+        self._queue.put((frame, bid, generation))
         os.eventfd_write(self.fd, 1)
 
-    def drain(self) -> list[tuple[int, int]]:
+    def drain(self) -> list[tuple[int, int, int]]:
         """Every release queued so far (resets the wakeup)."""
         try:
             os.eventfd_read(self.fd)
@@ -92,10 +93,14 @@ class SharedMemoryController:
         self.release = IpcChannel(zmq.XPUB, context, hwm=0)
         self.release_subscribed = False
         self._unsent: deque[bytes] = deque()
+        # the ready SUB's connection events tell us when the receiver goes away and comes back
+        self._link = self.ready.socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.receiver_connected = False
         try:
             self.ready.connect(ready_cnxn)
             self.release.connect(release_cnxn)
         except FramechainError:
+            self._link.close(linger=0)
             self.ready.close()
             self.release.close()
             raise
@@ -113,6 +118,9 @@ class SharedMemoryController:
         self.detector_mask = False  # shared_memory/detector_mask
         self.decoder: FrameDecoder | None = None  # fr_setup/decoder: buffers of an odin-data frameReceiver
         self.headers: dict[str, DetectorHeader] = {}  # detector series headers by acquisition id
+        self.generation = 0  # moves on when the receiver's segment is replaced: older releases are not sent
+        self.receiver_lost = 0  # times the receiver went away (its subscription to our releases ended)
+        self.releases_stale = 0  # zero-copy releases of a replaced segment's buffers, not sent
         self._use_masks: dict[tuple[str, str], np.ndarray] = {}
         self.reset_statistics()
         if shared_buffer_name:
@@ -156,15 +164,36 @@ class SharedMemoryController:
             return
         if self.buffer is not None:
             self._layout_key, self._layout_value = None, ()
-            self.buffer.close()
+            self.buffer.close()  # views plugins still hold keep the old mapping alive until they go
+            self.generation += 1
+            stale = len(self._unsent)
+            self._unsent.clear()  # releases of the old segment's buffers must not free the new one's
+            self.releases_stale += stale
         self.buffer = new
         self.shared_buffer_name = name
         log.info("mapped shared buffer %s: %d buffers of %d bytes", name, new.num_buffers, new.buffer_size)
 
     def tick(self) -> None:
-        """Periodic work: ask again for the buffer config until we have it (PUB/SUB may lose the first)."""
+        """Periodic work: follow the receiver's connection; ask again for the buffer config until we have it
+        (PUB/SUB may lose the first)."""
+        if self._link.poll(0):
+            self._link_events()
         if self.buffer is None and time.monotonic() - self._last_request > _CONFIG_RETRY_S:
             self.request_config()
+
+    def _link_events(self) -> None:
+        while self._link.poll(0):
+            event = recv_monitor_message(self._link)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                if self.receiver_lost:
+                    log.info("the receiver is back on %s: asking for its buffer config", self.ready_cnxn)
+                    self.request_config()
+                self.receiver_connected = True
+            elif event == zmq.EVENT_DISCONNECTED and self.receiver_connected:
+                self.receiver_connected = False
+                self.receiver_lost += 1
+                log.warning("the receiver on %s went away; waiting for it (frames we hold of its segment are not "
+                            "released to another)", self.ready_cnxn)
 
     # -- data path -------------------------------------------------------------
     def on_ready(self, limit: int = 256) -> None:
@@ -284,9 +313,9 @@ class SharedMemoryController:
             self._send_release(number, bid)
             pool = self.pool
             return Frame(data, number, dset, acq, ts, on_release=lambda: pool.release(block))
-        releases = self.releases
+        releases, gen = self.releases, self.generation
         self.outstanding += 1
-        return Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid))
+        return Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid, gen))
 
     def _handle_foreign(self, p: dict[str, Any], number: Any, bid: Any) -> None:
         """A frame in an odin-data receiver's buffer: its decoder's header, then the pixels (``decoders``)."""
@@ -394,8 +423,11 @@ class SharedMemoryController:
 
     def drain_releases(self) -> None:
         """Send the releases of zero-copy frames that plugin threads have dropped."""
-        for frame, bid in self.releases.drain():
+        for frame, bid, gen in self.releases.drain():
             self.outstanding -= 1
+            if gen != self.generation:
+                self.releases_stale += 1
+                continue
             self._send_release(frame, bid)
 
     def discard_pending(self) -> None:
@@ -426,6 +458,8 @@ class SharedMemoryController:
                               "mapped": b is not None, "release_subscribed": self.release_subscribed,
                               "releases_held": len(self._unsent),
                               "shared_buffer_name": self.shared_buffer_name or "",
+                              "receiver_connected": self.receiver_connected, "receiver_lost": self.receiver_lost,
+                              "releases_stale": self.releases_stale,
                               "num_buffers": b.num_buffers if b else 0, "buffer_size": b.buffer_size if b else 0,
                               "header_size": FRAME_HEADER.size, "copy": self.copy,
                               "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn,
@@ -450,6 +484,8 @@ class SharedMemoryController:
         if self._unsent:
             log.warning("%d releases never reached the receiver (it never subscribed to %s)",
                         len(self._unsent), self.release_cnxn)
+        self._link.close(linger=0)
+        self.ready.socket.disable_monitor()
         self.ready.close()
         self.release.socket.close(linger=2000)  # let queued releases reach the receiver
         if self.buffer is not None:

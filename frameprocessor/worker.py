@@ -23,13 +23,15 @@ __all__ = ["PluginWorker"]
 
 log = logging.getLogger(__name__)
 _STOP = object()
+STUCK_AFTER_S = 5.0  #: a frame in process_frame this long marks the plugin stuck in status
 
 
 class PluginWorker:
     """Thread + bounded queue around a plugin."""
 
-    def __init__(self, plugin: FrameProcessorPlugin, queue_size: int = 64) -> None:
+    def __init__(self, plugin: FrameProcessorPlugin, queue_size: int = 64, stuck_after: float = STUCK_AFTER_S) -> None:
         self.plugin = plugin
+        self.stuck_after = stuck_after
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.queue_size = queue_size
         self._thread = threading.Thread(target=self._run, name=f"plugin-{plugin.name}", daemon=True)
@@ -39,6 +41,8 @@ class PluginWorker:
         self.inputs = 0  # upstream connections (set by the chain): the end of acquisition waits for all
         self._eoa_arrivals: dict[int, int] = {}
         self._pixels = DataBlockPool(256 << 20)  # compressed frames decoded for a plugin that needs pixels
+        self._busy: tuple[int, int] | None = None  # (perf_counter_ns at start, frame number) while in the plugin
+        self.abandoned = False  # its thread did not stop in time at shutdown
         self.reset_statistics()
 
     @property
@@ -64,8 +68,22 @@ class PluginWorker:
         if not self._started.wait(5):
             raise RuntimeError(f"plugin thread {self.name} did not start")
 
+    def stuck(self) -> dict[str, Any] | None:
+        """``{frame, seconds, since}`` when one frame has been in ``process_frame`` over STUCK_AFTER_S, else None."""
+        busy = self._busy
+        if busy is None:
+            return None
+        seconds = (time.perf_counter_ns() - busy[0]) / 1e9
+        if seconds < self.stuck_after:
+            return None
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - seconds))
+        return {"frame": busy[1], "seconds": round(seconds, 1), "since": since}
+
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
-        """Stop the thread, after processing queued frames when ``drain`` (else they count as dropped)."""
+        """Stop the thread, after processing queued frames when ``drain`` (else they count as dropped).
+
+        A plugin still busy after ``timeout`` is abandoned: logged, its thread left to die with the process
+        (a daemon thread), its ``close`` not called (it may hang too)."""
         if not self._running:
             return
         if not drain:
@@ -77,12 +95,19 @@ class PluginWorker:
                         self.count_drop()
             except queue.Empty:
                 pass
+        deadline = time.monotonic() + timeout
         try:
             self.queue.put(_STOP, timeout=timeout)
         except queue.Full:
-            log.error("plugin %s did not take frames for %g s; abandoning its thread", self.name, timeout)
-        self._thread.join(timeout)
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         self._running = False
+        if self._thread.is_alive():
+            self.abandoned = True
+            stuck = self.stuck()
+            log.error("plugin %s did not stop within %g s%s; abandoning its thread", self.name, timeout,
+                      f" (stuck on frame {stuck['frame']} for {stuck['seconds']} s)" if stuck else "")
+            return
         self.plugin.close()
 
     # -- input ------------------------------------------------------------
@@ -140,6 +165,7 @@ class PluginWorker:
                     self._end_of_acquisition(item)
                     continue
                 t0 = clock()
+                self._busy = (t0, item.frame_number)
                 try:
                     if item.compressed is not None and not plugin.wants_compressed(item):
                         item = self._decompressed(item)
@@ -149,6 +175,7 @@ class PluginWorker:
                     self.last_error = f"frame {item.frame_number}: {type(err).__name__}: {err}"
                     if self.errors <= 3:
                         log.exception("plugin %s failed on frame %s", self.name, item.frame_number)
+                self._busy = None
                 dt = clock() - t0
                 self.frames_processed += 1
                 self._t_last = dt
@@ -198,6 +225,10 @@ class PluginWorker:
             "timing": {"last_process": self._t_last / 1000, "max_process": self._t_max / 1000,
                        "mean_process": (self._t_sum / n / 1000) if n else 0.0},
         }
+        stuck = self.stuck()
+        if stuck is not None:  # its own status may wait on what it is stuck in: not asked
+            st["stuck"] = stuck
+            return st
         try:
             own = self.plugin.status()
             timing = own.pop("timing", None)

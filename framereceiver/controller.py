@@ -115,6 +115,9 @@ class ReceiverController(ControlHandler):
         self._header_segment: HeaderSegment | None = None  # the current series' header arrays
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
+        self._unheard: set[int] = set()  # mapped buffers whose frame_ready no live processor may have heard
+        self._last_start: dict[str, Any] | None = None  # the current acquisition's start notice
+        self._unheard_end: dict[str, Any] | None = None  # an end notice to send after the unheard frames
         #: endpoints the daemon bound (ctrl, ready, release) and how to rebind ready/release (set by the daemon)
         self.endpoints: dict[str, str] = {}
         self.rebind: Callable[[dict[str, str]], Callable[[], None]] | None = None
@@ -133,6 +136,7 @@ class ReceiverController(ControlHandler):
         self.images_bad = 0
         self.frames_passed_compressed = 0
         self.packets_lost = 0
+        self.frames_reannounced = 0
         self._udp_no_buffer = getattr(getattr(self, "source", None), "frames_no_buffer", 0)  # counted from here
 
     # -- control -----------------------------------------------------------------
@@ -144,7 +148,8 @@ class ReceiverController(ControlHandler):
                        "dropped": self.frames_dropped, "timedout": self.frames_timedout,
                        "reclaimed": self.frames_reclaimed, "bad_releases": self.bad_releases,
                        "bad_images": self.images_bad, "packets_lost": self.packets_lost,
-                       "compressed": self.frames_passed_compressed},
+                       "compressed": self.frames_passed_compressed, "reannounced": self.frames_reannounced,
+                       "held_unheard": len(self._unheard)},
             "source": {"state": self.state, "frame": self.next_frame, "error": self.source_error,
                        **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
@@ -236,6 +241,8 @@ class ReceiverController(ControlHandler):
             self.buffers.release(bid)
             self.buffer.set_state(bid, STATE_EMPTY)
         self.frames_reclaimed += len(held)
+        self._unheard.clear()
+        self._unheard_end = None
         log.warning("%s: reclaimed %d buffers that no processor released (%d processors subscribed); "
                     "a processor that still holds one will have its release counted as a bad release",
                     why, len(held), self.subscribers)
@@ -424,6 +431,7 @@ class ReceiverController(ControlHandler):
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
         self.source_error = ""
+        self._last_start = self._unheard_end = None
         self.state = "running"
         log.info("source started: %s", self.source.describe())
 
@@ -453,9 +461,47 @@ class ReceiverController(ControlHandler):
                                   "frames": self.next_frame})
         log.info("source %s after %d frames (%d dropped)", state, self.next_frame, self.frames_dropped)
 
+    def _announce(self, frame: int, bid: int) -> None:
+        """frame_ready for a filled buffer; one nobody hears (no processor subscribed) is announced again to
+        the next processor that asks for the buffer config."""
+        if self.subscribers == 0:
+            self._unheard.add(bid)
+        self.publish_raw(frame_notification("frame_ready", frame, bid))
+
+    def subscribers_changed(self) -> None:
+        """Every processor gone: the frames they held (mapped, never released) may never be released; they are
+        kept, and announced again to the next processor (``_reannounce``)."""
+        if self.subscribers == 0 and self.buffers is not None and self.buffers.mapped:
+            new = set(self.buffers.mapped) - self._unheard
+            if new:
+                self._unheard |= new
+                log.warning("no processor subscribed to frame_ready: %d frames held in buffers will be announced "
+                            "again to the next processor", len(self._unheard))
+
+    def _reannounce(self) -> None:
+        """Announce the frames nobody released to a processor that (re)connected, in frame order, after the
+        acquisition's start notice; the end notice too when the acquisition ended meanwhile."""
+        held = [b for b in self._unheard if self.buffers is not None and b in self.buffers.mapped]
+        self._unheard.clear()
+        if not held and self._unheard_end is None:
+            return
+        if self._last_start is not None:
+            self.publish(IpcMessage("notify", "frame_ready", self._last_start))
+        for frame, bid in sorted((self.buffer.header_fields(b)[3], b) for b in held):
+            self.publish_raw(frame_notification("frame_ready", frame, bid))
+        self.frames_reannounced += len(held)
+        if self._unheard_end is not None:
+            self.publish(IpcMessage("notify", "frame_ready", self._unheard_end))
+            self._unheard_end = None
+        log.info("announced %d held frames again to a processor that connected", len(held))
+
     def _notify_acquisition(self, params: dict[str, Any]) -> None:
         """A start/end-of-acquisition frame_ready (no buffer_id: framechain's extension). odin-data's C++
         frameProcessor logs an error for one, so it is not sent when every subscriber is an odin processor."""
+        if params.get("start_of_acquisition"):
+            self._last_start = params
+        elif params.get("end_of_acquisition") and (self.subscribers == 0 or self._unheard):
+            self._unheard_end = params  # its frames are still to be heard: it follows them
         if self.subscribers > 0 and self.peer_subscribers == 0:
             self.acquisition_notices_skipped += 1
             return
@@ -600,7 +646,7 @@ class ReceiverController(ControlHandler):
             self.warnings.warning("image %d channel %r dropped: %s", image.image_id, ch.name, err)
             return True
         buf.set_state(bid, STATE_READY, time.time())
-        self.publish_raw(frame_notification("frame_ready", image.image_id, bid))
+        self._announce(image.image_id, bid)
         self.frames_received += 1
         self.next_frame += 1
         self.series_frames += 1
@@ -658,7 +704,7 @@ class ReceiverController(ControlHandler):
             if fin.complete:
                 buf.write_header(fin.buffer_id, FrameHeader(fin.frame, src.dtype.str, src.shape, src.frame_bytes,
                                                             time.time(), src.acquisition_id, "data", STATE_READY))
-                self.publish_raw(frame_notification("frame_ready", fin.frame, fin.buffer_id))
+                self._announce(fin.frame, fin.buffer_id)
                 self.frames_received += 1
                 self.next_frame += 1
             else:  # released unannounced after frame_timeout_ms, counted with its lost packets
@@ -685,13 +731,14 @@ class ReceiverController(ControlHandler):
         buf.write_header(bid, header)
         src.fill(n, buf.views(src.dtype, src.shape)[bid])
         buf.set_state(bid, STATE_READY, time.time())
-        self.publish_raw(frame_notification("frame_ready", n, bid))
+        self._announce(n, bid)
 
     # -- data path in ------------------------------------------------------------
     def on_release(self, msg: IpcMessage) -> None:
         if msg.msg_val == "frame_release":
             bid = msg.params.get("buffer_id")
             if self.buffers is not None and isinstance(bid, int) and self.buffers.release(bid):
+                self._unheard.discard(bid)
                 self.frames_released += 1
                 self.buffer.set_state(bid, STATE_EMPTY)
             else:
@@ -700,6 +747,8 @@ class ReceiverController(ControlHandler):
         elif msg.msg_val in ("request_buffer_config", "buffer_config"):
             if self.buffer is not None:
                 self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))
+                if self.subscribers > 0 and (self._unheard or self._unheard_end is not None):
+                    self._reannounce()
 
     def close(self) -> None:
         if self.source is not None:

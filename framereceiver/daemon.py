@@ -111,6 +111,7 @@ class FrameReceiverDaemon:
         for joined in self.ready.subscription_events():
             ctl.subscribers = ctl.subscribers + 1 if joined else max(0, ctl.subscribers - 1)
         ctl.peer_subscribers = self.ready.peers
+        ctl.subscribers_changed()
 
     def handle(self, msg: IpcMessage) -> IpcMessage:
         """Reply to one control message."""
