@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 _CONFIG_RETRY_S = 0.25
 
 
+def _short(params: Any, limit: int = 120) -> str:
+    text = repr(params)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class ReleaseQueue:
     """Buffer releases from any thread to the control thread: a queue plus an eventfd that wakes it.
 
@@ -211,7 +216,12 @@ class SharedMemoryController:
                     self.waiting.append(msg.params)
                     self.request_config()
                 else:
-                    self.handle_ready(msg.params)
+                    try:
+                        self.handle_ready(msg.params)
+                    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+                        # a notice whose fields have the wrong types: counted, never a fault of the loop
+                        self._bad(f"malformed frame_ready {_short(msg.params)}: {type(err).__name__}: {err}",
+                                  None, msg.params.get("frame"))
             elif msg.msg_val == "buffer_config":
                 name = msg.params.get("shared_buffer_name")
                 if isinstance(name, str):
@@ -222,8 +232,13 @@ class SharedMemoryController:
 
     def _start_of_acquisition(self, p: dict[str, Any]) -> None:
         """A detector series' header: kept for its frames (frame.detector; frame.mask if asked)."""
-        acq = str(p.get("acquisition_id", ""))
+        acq = p.get("acquisition_id", "")
         layout = p.get("arrays") or {}
+        if not isinstance(acq, str) or not isinstance(layout, dict):
+            self.headers_bad += 1
+            self._warnings.warning("ignored a start of acquisition with a malformed acquisition_id or arrays: %s",
+                                   _short(p))
+            return
         try:
             arrays = read_arrays(p.get("header_segment"), layout) if layout else {}
         except ShmError as err:
@@ -260,8 +275,13 @@ class SharedMemoryController:
             self._start_of_acquisition(p)
             return
         if p.get("end_of_acquisition"):
+            acq, frames = p.get("acquisition_id", ""), p.get("frames", 0)
+            if not isinstance(acq, str) or isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+                self._bad(f"malformed end of acquisition {_short(p)}: acquisition_id must be a string and "
+                          "frames a count", None, None)
+                return
             self.acquisitions += 1
-            eoa = EndOfAcquisition(str(p.get("acquisition_id", "")), int(p.get("frames", 0)))
+            eoa = EndOfAcquisition(acq, frames)
             self._dispatch(eoa)
             return
         self.frames_received += 1
