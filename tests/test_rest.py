@@ -349,3 +349,41 @@ def test_prometheus_metrics_follow_the_daemons(stack):
     received = samples[("framechain_frames_total", (("daemon", "fr0"), ("kind", "received")))]
     st = pipe.receiver.status()["frames"]["received"]
     assert received <= st  # the snapshot is at most one poll old
+
+
+def test_hostile_requests_get_a_clear_answer_and_change_nothing(stack):
+    """Hypothesis against the REST server: random paths, bodies, content types and methods. Every request gets
+    a JSON answer below 500, the server stays up, and a refused PUT leaves the processor's configuration as it
+    was."""
+    import os
+    import urllib.parse
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pipe, server = stack
+    before = pipe.processor.ok("request_configuration")
+    segment = st.one_of(st.sampled_from(["config", "execute", "status", "fp0", "fr0", "dummy", "plugin", "load",
+                                         "live", "xpcs", "metrics", "..", "%00", "reset_statistics", "fp9"]),
+                        st.text(max_size=6))
+    junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                        lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=5), k, max_size=3),
+                        max_leaves=8)
+
+    @settings(max_examples=int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "1000")) // 4, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(method=st.sampled_from(["PUT", "PUT", "GET", "POST", "DELETE"]),
+           path=st.lists(segment, min_size=1, max_size=4).map(lambda p: "/".join(urllib.parse.quote(s) for s in p)),
+           body=st.one_of(junk.map(lambda v: json.dumps(v).encode()), st.binary(max_size=64)),
+           ctype=st.sampled_from(["application/json", "text/plain", "", "application/json; charset=utf-8"]))
+    def hostile(method, path, body, ctype):
+        if "shutdown" in path:
+            return
+        code, got_type, data = http(method, server.api(path), raw=body if method in ("PUT", "POST") else None,
+                                    content_type=ctype or "application/json", timeout=10)
+        assert code < 500, (method, path, body, code, data[:200])
+
+    hostile()
+    assert server.proc.poll() is None
+    after = pipe.processor.ok("request_configuration")
+    assert {k: v for k, v in after.items() if k != "config_ts"} == {k: v for k, v in before.items() if k != "config_ts"}
