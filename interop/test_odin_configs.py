@@ -6,14 +6,13 @@ odin's layout, every pixel as odin sent it."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from harness import wait_for
+from odin_tools import frame_simulator, free_udp_port
 
 from framechain.ipc import free_tcp_endpoint
 
@@ -24,12 +23,6 @@ def _config(prefix: Path, name: str) -> list[dict]:
         pytest.fail(f"{path} does not exist: ODIN_DATA_PREFIX must be odin-data's build folder, which holds "
                     "the configured integration-test files")
     return json.loads(path.read_text())
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def migrate_fp(items: list[dict]) -> list[dict]:
@@ -53,7 +46,7 @@ def migrate_fp(items: list[dict]) -> list[dict]:
 def test_odin_example_configs_run_framechain(pipeline, tmp_path, odin_prefix):
     fr, fp = _config(odin_prefix, "dummyUDP-fr.json"), _config(odin_prefix, "dummyUDP-fp.json")
     n, width, height, packet = 30, 1024, 1400, 8000
-    port, meta = _free_udp_port(), free_tcp_endpoint()
+    port, meta = free_udp_port(), free_tcp_endpoint()
     # the receiver: odin's file as it is, on this test's ports and segment, plus the frame size odin's
     # receiver does without (in odin it sits in the processor's DummyUDPProcessPlugin config)
     (cfg,) = fr
@@ -75,11 +68,7 @@ def test_odin_example_configs_run_framechain(pipeline, tmp_path, odin_prefix):
     pipeline.processor.ok("execute", {"hdf": {"command": "start_writing"}})
     wait_for(lambda: pipeline.processor.status()["shared_memory"]["configured"], what="the segment mapped")
     pipeline.start()
-    sim = subprocess.run([str(odin_prefix / "bin" / "frameSimulator"), "DummyUDP", "--lib-path",
-                          str(odin_prefix / "lib"), "--frames", str(n), "--dest-ip", "127.0.0.1", "--ports", str(port),
-                          "--width", str(width), "--height", str(height), "--packet-len", str(packet),
-                          "--interval", "0.02"], capture_output=True, text=True, timeout=120)
-    assert sim.returncode == 0, sim.stdout[-2000:] + sim.stderr[-2000:]
+    frame_simulator(odin_prefix, port, n, width, height, packet, 0.02)
     rx = pipeline.wait_done()
     assert rx["frames"]["released"] == n and rx["frames"]["timedout"] == 0
     # odin's "frames": the processor stops by itself once it has its frames, files closed

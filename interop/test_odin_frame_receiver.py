@@ -4,7 +4,6 @@ odin's counters and framechain's agreeing."""
 
 import json
 import os
-import socket
 import subprocess
 import textwrap
 
@@ -12,6 +11,7 @@ import h5py
 import numpy as np
 
 from harness import Daemon, free_tcp_endpoint, unique_shm_name, wait_for
+from odin_tools import frame_simulator, free_udp_port
 
 from framechain.ipc import IpcClient
 
@@ -36,15 +36,9 @@ CHECKER = textwrap.dedent("""
 """)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_odin_frame_receiver_feeds_the_framechain_processor(tmp_path, odin_prefix):
     n, width, height, packet = 100, 1400, 1024, 8000
-    port, ready, release, fr_ctrl = _free_udp_port(), free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
+    port, ready, release, fr_ctrl = free_udp_port(), free_tcp_endpoint(), free_tcp_endpoint(), free_tcp_endpoint()
     packets = -(-width * height * 2 // packet)
     (tmp_path / "fr.json").write_text(json.dumps([{
         "frame_ready_endpoint": ready, "frame_release_endpoint": release, "decoder_type": "DummyUDP",
@@ -77,11 +71,7 @@ def test_odin_frame_receiver_feeds_the_framechain_processor(tmp_path, odin_prefi
             proc.ok("configure", {"plugin": {"connect": {"index": index, "connection": upstream}}})
         wait_for(lambda: proc.status()["shared_memory"]["configured"], what="the processor to map odin's segment")
         proc.ok("execute", {"hdf": {"command": "start_writing"}})
-        sim = subprocess.run([str(odin_prefix / "bin" / "frameSimulator"), "DummyUDP", "--lib-path",
-                              str(odin_prefix / "lib"), "--frames", str(n), "--dest-ip", "127.0.0.1", "--ports",
-                              str(port), "--width", str(width), "--height", str(height), "--packet-len", str(packet),
-                              "--interval", "0.03"], capture_output=True, text=True, timeout=120)
-        assert sim.returncode == 0, sim.stdout[-2000:] + sim.stderr[-2000:]
+        frame_simulator(odin_prefix, port, n, width, height, packet, 0.03)
         wait_for(lambda: proc.status()["hdf"]["frames_written"] == n, timeout=60, what="every frame written")
         wait_for(lambda: odin.request("status").params["frames"]["released"] == n, what="odin to get every buffer back")
         st, fr_st = proc.status(), odin.request("status").params

@@ -1,11 +1,10 @@
 """odin-data's own C++ frameSimulator (DummyUDP plugin) feeds framechain's udp source: every frame complete,
 every pixel as odin generates it (pixel = index & 0xFFFF), nothing lost at a modest rate."""
 
-import socket
-import subprocess
 import textwrap
 
 from harness import wait_for
+from odin_tools import frame_simulator, free_udp_port
 
 CHECKER = textwrap.dedent("""
     import numpy as np
@@ -27,26 +26,16 @@ CHECKER = textwrap.dedent("""
 """)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_odin_frame_simulator_feeds_the_udp_source(pipeline, tmp_path, odin_prefix):
     n, width, height, packet = 200, 1400, 1024, 8000
-    port = _free_udp_port()
+    port = free_udp_port()
     plugin = tmp_path / "odin_pattern.py"
     plugin.write_text(CHECKER)
     pipeline.configure_receiver({"type": "udp", "rx_ports": [port], "shape": [height, width], "packet_size": packet,
                                  "frame_timeout_ms": 500, "rcvbuf": 32 << 20})
     pipeline.setup_processor([("odin", "OdinPattern", str(plugin), "frame_receiver")])
     pipeline.start()
-    sim = subprocess.run([str(odin_prefix / "bin" / "frameSimulator"), "DummyUDP", "--lib-path",
-                          str(odin_prefix / "lib"), "--frames", str(n), "--dest-ip", "127.0.0.1", "--ports", str(port),
-                          "--width", str(width), "--height", str(height), "--packet-len", str(packet),
-                          "--interval", "0.02"], capture_output=True, text=True, timeout=120)
-    assert sim.returncode == 0, sim.stdout[-2000:] + sim.stderr[-2000:]
+    frame_simulator(odin_prefix, port, n, width, height, packet, 0.02)
     wait_for(lambda: (f := pipeline.receiver.status()["frames"])["received"] + f["timedout"] == n, timeout=30,
              what="every frame odin sent")
     rx = pipeline.receiver.status()

@@ -42,7 +42,8 @@ class RestServer:
     """``python -m framechain.client.rest --config CFG --port P`` as a subprocess on a free loopback port."""
 
     def __init__(self, tmp_path: Path, endpoints: str, live: str, xpcs: str,
-                 config: Path | None = None, interval: float = 0.2, env: dict[str, str] | None = None) -> None:
+                 config: Path | None = None, interval: float = 0.2, env: dict[str, str] | None = None,
+                 adapter_options: dict[str, Any] | None = None) -> None:
         self.port = int(free_tcp_endpoint().rsplit(":", 1)[1])
         self.base = f"http://127.0.0.1:{self.port}"
         cfg = config or tmp_path / "rest.cfg"
@@ -50,7 +51,8 @@ class RestServer:
             cfg.write_text("[server]\nadapters = framechain\n[tornado]\nlogging = warning\n"
                            "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n"
                            f"endpoints = {endpoints}\nupdate_interval = {interval}\npoll_timeout = 0.5\n"
-                           f"request_timeout = 5\nlive_endpoint = {live}\nxpcs_endpoint = {xpcs}\n")
+                           f"request_timeout = 5\nlive_endpoint = {live}\nxpcs_endpoint = {xpcs}\n"
+                           + "".join(f"{k} = {v}\n" for k, v in (adapter_options or {}).items()))
             extra = []
         else:
             extra = ["--endpoints", endpoints]

@@ -76,12 +76,7 @@ def test_rest_adapter_reaches_a_curve_daemon_with_its_keys(tmp_path, keys):
     ctrl = free_tcp_endpoint()
     proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "processor", "--ctrl", ctrl,
                              "--curve-dir", str(good)], stdout=open(tmp_path / "d.log", "w"), stderr=subprocess.STDOUT)
-    cfg = tmp_path / "curve.cfg"
-    cfg.write_text("[server]\nadapters = framechain\n[tornado]\nlogging = warning\n"
-                   "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n"
-                   f"endpoints = fp:{ctrl}\nupdate_interval = 0.2\nlive_endpoint = none\nxpcs_endpoint = none\n"
-                   f"curve_dir = {good}\n")
-    server = RestServer(tmp_path, f"fp:{ctrl}", "none", "none", config=cfg)
+    server = RestServer(tmp_path, f"fp:{ctrl}", "none", "none", adapter_options={"curve_dir": good})
     try:
         wait_for(lambda: server.get("status/fp0/connected")[1]["value"] is True, what="the adapter over CURVE")
     finally:

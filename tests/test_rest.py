@@ -305,12 +305,8 @@ def test_token_guards_every_put_and_a_wide_bind_needs_one(tmp_path, capsys):
     token.write_text("s3cret-token\n")
     with Pipeline(tmp_path) as pipe:
         pipe.configure_receiver({"type": "simulated", "shape": [8, 8], "frames": 5})
-        cfg = tmp_path / "guarded.cfg"
-        cfg.write_text("[server]\nadapters = framechain\n[tornado]\nlogging = warning\n"
-                       "[adapter.framechain]\nmodule = framechain.client.rest_adapter.FramechainAdapter\n"
-                       f"endpoints = fr:{pipe.receiver.ctrl}\nupdate_interval = 0.2\nlive_endpoint = none\n"
-                       f"xpcs_endpoint = none\ntoken_file = {token}\n")
-        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}", "none", "none", config=cfg)
+        server = RestServer(tmp_path, f"fr:{pipe.receiver.ctrl}", "none", "none",
+                            adapter_options={"token_file": token})
         try:
             wait_for(lambda: connected(server, "fr0"), what="the receiver connected")
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
