@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from framechain.ipc.channel import IpcChannel
-from framechain.ipc.control import run_daemon
+from framechain.ipc.control import run_daemon, set_switch_interval, switch_interval_ms
 from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.message import IpcMessage
 
@@ -160,16 +160,6 @@ class FrameProcessorDaemon:
         self.ctrl.close()
 
 
-def _switch_interval_ms(text: str) -> float:
-    try:
-        ms = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0.01 <= ms <= 100:
-        raise argparse.ArgumentTypeError(f"{ms:g} ms is outside 0.01..100 ms (Python's own default is 5)")
-    return ms
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="framechain processor", description="Run the frame processor daemon.")
     parser.add_argument("--ctrl", default=DEFAULT_CTRL, help="control endpoint to bind (default %(default)s)")
@@ -188,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stuck-after", type=float, default=5.0,
                         help="seconds on one frame before status shows a plugin as stuck (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
-    parser.add_argument("--switch-interval-ms", type=_switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
+    parser.add_argument("--switch-interval-ms", type=switch_interval_ms, default=DEFAULT_SWITCH_INTERVAL_MS,
                         help="GIL switch interval in ms: how long a busy Python thread may keep the writer or "
                              "other plugin threads waiting after their C calls (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.setswitchinterval((round(args.switch_interval_ms * 1000) + 0.5) / 1e6)  # CPython truncates to whole µs
+    set_switch_interval(args.switch_interval_ms)
     for flag, dirs in (("--plugin-path", args.plugin_path), ("--data-root", args.data_root)):
         for d in dirs:
             if not os.path.isdir(d):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import zmq
 
 from framechain.ipc.channel import IpcChannel
-from framechain.ipc.control import run_daemon
+from framechain.ipc.control import run_daemon, set_switch_interval, switch_interval_ms
 from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.errors import FramechainError, ProtocolError
 from framechain.ipc.message import IpcMessage
@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-dir", help="a CURVE key directory ('framechain keys DIR'): encrypt the control "
                                             "socket and accept only the clients listed in DIR/authorized")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    parser.add_argument("--switch-interval-ms", type=switch_interval_ms, default=5.0,
+                        help="GIL switch interval in ms: how soon the UDP receive thread gets the GIL back from "
+                             "the control thread (default %(default)s, Python's own)")
     args = parser.parse_args(argv)
+    set_switch_interval(args.switch_interval_ms)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_daemon("frame receiver", lambda: FrameReceiverDaemon(args.ctrl, args.ready, args.release,
                                                                     curve_dir=args.curve_dir), args.config)

@@ -90,9 +90,9 @@ def _odin(prefix: Path, frames: int, rate: float, rcvbuf: int, work: Path) -> di
             p.wait(10)
 
 
-def _framechain(prefix: Path, frames: int, rate: float, rcvbuf: int, work: Path) -> dict:
+def _framechain(prefix: Path, frames: int, rate: float, rcvbuf: int, work: Path, switch_ms: float = 5.0) -> dict:
     port = _free_udp_port()
-    with Pipeline(work) as pipe:
+    with Pipeline(work, receiver_args=["--switch-interval-ms", str(switch_ms)]) as pipe:
         pipe.configure_receiver({"type": "udp", "rx_ports": [port], "shape": [HEIGHT, WIDTH], "packet_size": PACKET,
                                  "frame_timeout_ms": 1000, "rcvbuf": rcvbuf})
         pipe.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
@@ -108,12 +108,18 @@ def main() -> int:
     ap.add_argument("--rates", default="55,80,110,160", help="frames/s asked of frameSimulator (comma-separated)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rcvbuf", type=int, default=4 << 20, help="socket receive buffer for both receivers")
+    ap.add_argument("--rx-switch-ms", default="5", help="framechain receiver GIL switch intervals to try (ms, "
+                                                        "comma-separated)")
+    ap.add_argument("--skip-odin", action="store_true", help="framechain only")
     args = ap.parse_args()
     prefix = Path(os.environ["ODIN_DATA_PREFIX"])
     print(f"| rate asked | daemon | rate sent | frames complete | timed out | packets lost |")
     print(f"|---|---|---|---|---|---|")
     for rate in (float(r) for r in args.rates.split(",")):
-        for name, fn in (("odin-data", _odin), ("framechain", _framechain)):
+        runs = [] if args.skip_odin else [("odin-data", _odin)]
+        runs += [(f"framechain (switch {ms} ms)", lambda *a, ms=float(ms): _framechain(*a, switch_ms=ms))
+                 for ms in args.rx_switch_ms.split(",")]
+        for name, fn in runs:
             with tempfile.TemporaryDirectory() as d:
                 r = fn(prefix, args.frames, rate, args.rcvbuf, Path(d))
             print(f"| {rate:g} | {name} | {r['sent_rate']:.1f} | {r['received']}/{args.frames} | {r['timedout']} "

@@ -23,7 +23,7 @@ from .errors import ConfigError, FramechainError
 from .message import IpcMessage
 
 __all__ = ["ControlHandler", "ThrottledLog", "load_config_file", "apply_config_file", "run_daemon",
-           "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE"]
+           "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "switch_interval_ms", "set_switch_interval"]
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -81,6 +81,24 @@ class ThrottledLog:
             self.logger.warning(fmt, *args)
         elif self.count == self.limit + 1:
             self.logger.warning("further warnings of this kind suppressed; see %s", self.counted_in)
+
+
+def switch_interval_ms(text: str) -> float:
+    """argparse type for a daemon's ``--switch-interval-ms`` (0.01..100 ms)."""
+    import argparse
+    try:
+        ms = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0.01 <= ms <= 100:
+        raise argparse.ArgumentTypeError(f"{ms:g} ms is outside 0.01..100 ms (Python's own default is 5)")
+    return ms
+
+
+def set_switch_interval(ms: float) -> None:
+    """The GIL switch interval, in ms (CPython truncates to whole µs)."""
+    import sys
+    sys.setswitchinterval((round(ms * 1000) + 0.5) / 1e6)
 
 
 def load_config_file(path: str) -> list[dict[str, Any]]:

@@ -110,11 +110,12 @@ class Daemon:
 class Pipeline:
     """A receiver and a processor wired together on free ports with a unique shm name."""
 
-    def __init__(self, tmp_path: Path, processor_args: list[str] | None = None) -> None:
+    def __init__(self, tmp_path: Path, processor_args: list[str] | None = None,
+                 receiver_args: list[str] | None = None) -> None:
         self.tmp_path = tmp_path
         self.shm_name = unique_shm_name()
         self.ready, self.release = free_tcp_endpoint(), free_tcp_endpoint()
-        self.receiver = Daemon("receiver", ["--ready", self.ready, "--release", self.release],
+        self.receiver = Daemon("receiver", ["--ready", self.ready, "--release", self.release, *(receiver_args or [])],
                                free_tcp_endpoint(), tmp_path / "receiver.log")
         try:
             self.processor = Daemon("processor", processor_args or [], free_tcp_endpoint(),
