@@ -28,7 +28,8 @@ test: $(TSTAMP) browser
 # long runs kept out of `make test`: 10,000 hostile control and data-path messages per daemon (1,000 in
 # make test) and 1,000,000 frames through the soak pipeline (50,000 in make test), RSS printed
 soak: $(TSTAMP)
-	FRAMECHAIN_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_control_fuzz.py tests/test_data_path_fuzz.py
+	FRAMECHAIN_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_control_fuzz.py tests/test_data_path_fuzz.py \
+	  tests/test_rest.py -k 'fuzz or hostile'
 	FRAMECHAIN_SOAK_FRAMES=1000000 $(PY) -m pytest -q -s tests/test_soak.py
 
 # against peers built outside this repository: ODIN_DATA_PREFIX names an odin-data build (bin/, lib/)

@@ -21,6 +21,7 @@ from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.message import IpcMessage
 
 from .controller import ProcessorController
+from .frame import EndOfAcquisition
 
 __all__ = ["FrameProcessorDaemon", "main"]
 
@@ -141,6 +142,15 @@ class FrameProcessorDaemon:
             time.sleep(0.002)
         if shm is not None:
             shm.discard_pending()  # announced but never taken: give the buffers back, counted
+            log.info("frames discarded at shutdown: %d (announced while stopping, released unprocessed; "
+                     "%d frames received in all)", shm.frames_discarded, shm.frames_received)
+            if shm.in_acquisition and not shm.busy:
+                # stopped mid-acquisition: finish it as an end of acquisition would (files closed, XPCS results)
+                log.info("stopping mid-acquisition: sending an end of acquisition down the chain first")
+                shm.inject(EndOfAcquisition("", 0))
+                shm.in_acquisition = False
+                while time.monotonic() < deadline and not self.controller.chain.idle():
+                    time.sleep(0.005)
         self.controller.close(max(1.0, deadline - time.monotonic()))
         self._closed_chain = True
         abandoned = [w.name for w in self.controller.chain.workers.values() if w.abandoned]

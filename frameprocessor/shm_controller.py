@@ -126,6 +126,7 @@ class SharedMemoryController:
         self.generation = 0  # moves on when the receiver's segment is replaced: older releases are not sent
         self.receiver_lost = 0  # times the receiver went away (its subscription to our releases ended)
         self.releases_stale = 0  # zero-copy releases of a replaced segment's buffers, not sent
+        self.in_acquisition = False  # frames arrived since the last end of acquisition
         self._use_masks: dict[tuple[str, str], np.ndarray] = {}
         self.reset_statistics()
         if shared_buffer_name:
@@ -281,10 +282,12 @@ class SharedMemoryController:
                           "frames a count", None, None)
                 return
             self.acquisitions += 1
+            self.in_acquisition = False
             eoa = EndOfAcquisition(acq, frames)
             self._dispatch(eoa)
             return
         self.frames_received += 1
+        self.in_acquisition = True
         buf = self.buffer
         number, bid = p.get("frame"), p.get("buffer_id")
         if self.decoder is not None:

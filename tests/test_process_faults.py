@@ -148,7 +148,7 @@ def test_hung_plugin_is_reported_stuck_and_shutdown_is_bounded(tmp_path):
         rx.stop()
 
 
-def test_sigterm_mid_run_closes_the_file_with_every_acknowledged_frame(tmp_path):
+def test_sigterm_mid_run_closes_the_file_with_every_acknowledged_frame_and_writes_xpcs_results(tmp_path):
     ready, release = free_tcp_endpoint(), free_tcp_endpoint()
     rx = Daemon("receiver", ["--ready", ready, "--release", release], free_tcp_endpoint(), tmp_path / "rx.log")
     fp = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
@@ -156,8 +156,11 @@ def test_sigterm_mid_run_closes_the_file_with_every_acknowledged_frame(tmp_path)
         rx.ok("configure", {"shared_buffer_name": unique_shm_name(),
                             "source": {"type": "simulated", "shape": [32, 32], "frames": 0, "rate": 500}})
         fp.ok("configure", {"fr_setup": {"fr_ready_cnxn": ready, "fr_release_cnxn": release},
-                            "plugin": {"load": {"index": "hdf", "library": "hdf5_writer"},
-                                       "connect": {"index": "hdf", "connection": "frame_receiver"}},
+                            "plugin": {"load": [{"index": "hdf", "library": "hdf5_writer"},
+                                                {"index": "xpcs", "library": "xpcs"}],
+                                       "connect": [{"index": "hdf", "connection": "frame_receiver"},
+                                                   {"index": "xpcs", "connection": "frame_receiver"}]},
+                            "xpcs": {"num_bufs": 8, "output": str(tmp_path / "{acquisition_id}_results.hdf")},
                             "hdf": {"file": {"path": str(tmp_path), "prefix": "term"}, "frames": 0,
                                     "dataset": {"data": {"datatype": "uint16", "dims": [32, 32]}}}})
         fp.ok("execute", {"hdf": {"command": "start_writing"}})
@@ -169,10 +172,18 @@ def test_sigterm_mid_run_closes_the_file_with_every_acknowledged_frame(tmp_path)
         assert fp.proc.wait(30) == 0
         rx.ok("execute", {"source": {"command": "stop"}})
         released = rx.status()["frames"]["released"]
+        # frames announced while it stopped are released unprocessed and counted (frames/discarded, logged)
+        log = fp.log()
+        discarded = int(log.split("frames discarded at shutdown: ", 1)[1].split()[0])
+        released -= discarded
         (path,) = tmp_path.glob("term*.h5")  # renamed: closed cleanly, no .tmp left
         assert not list(tmp_path.glob("*.tmp"))
         with h5py.File(path, "r") as f:
             assert f["/entry/instrument/detector/data"].shape[0] == released
+        (result,) = tmp_path.glob("*_results.hdf")  # the correlator finished the interrupted acquisition
+        with h5py.File(result, "r") as f:
+            assert len(f) > 0
+        assert "stopping mid-acquisition" in fp.log()
     finally:
         fp.stop()
         rx.stop()
