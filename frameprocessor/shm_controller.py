@@ -127,6 +127,7 @@ class SharedMemoryController:
         self.receiver_lost = 0  # times the receiver went away (its subscription to our releases ended)
         self.releases_stale = 0  # zero-copy releases of a replaced segment's buffers, not sent
         self.in_acquisition = False  # frames arrived since the last end of acquisition
+        self._remap_due = False  # the receiver came back: hold its frames until its buffer_config arrives
         self._use_masks: dict[tuple[str, str], np.ndarray] = {}
         self.reset_statistics()
         if shared_buffer_name:
@@ -179,12 +180,21 @@ class SharedMemoryController:
         self.shared_buffer_name = name
         log.info("mapped shared buffer %s: %d buffers of %d bytes", name, new.num_buffers, new.buffer_size)
 
+    def _segment_replaced(self) -> bool:
+        """Whether the segment under our name is another one now (remapped to it if so); off the hot path."""
+        name = self.shared_buffer_name
+        if not name or self.buffer is None:
+            return False
+        old = self.buffer.identity
+        self._map(name, quiet=True)
+        return self.buffer is not None and self.buffer.identity != old
+
     def tick(self) -> None:
         """Periodic work: follow the receiver's connection; ask again for the buffer config until we have it
         (PUB/SUB may lose the first)."""
         if self._link.poll(0):
             self._link_events()
-        if self.buffer is None and time.monotonic() - self._last_request > _CONFIG_RETRY_S:
+        if (self.buffer is None or self._remap_due) and time.monotonic() - self._last_request > _CONFIG_RETRY_S:
             self.request_config()
 
     def _link_events(self) -> None:
@@ -193,6 +203,7 @@ class SharedMemoryController:
             if event == zmq.EVENT_CONNECTED:
                 if self.receiver_lost:
                     log.info("the receiver is back on %s: asking for its buffer config", self.ready_cnxn)
+                    self._remap_due = True  # asked again until it answers (our SUB may join after its reply)
                     self.request_config()
                 self.receiver_connected = True
             elif event == zmq.EVENT_DISCONNECTED and self.receiver_connected:
@@ -206,6 +217,8 @@ class SharedMemoryController:
         """Read up to ``limit`` messages from the ready channel (stops early when stalled)."""
         if self.busy:
             return
+        if self._link.poll(0):  # a receiver that came back: its frames wait for its buffer_config
+            self._link_events()
         for raw in self.ready.pending(limit):
             try:
                 msg = IpcMessage.decode(raw)
@@ -213,20 +226,16 @@ class SharedMemoryController:
                 self._warnings.warning("ignored malformed data-path message: %s", err)
                 continue
             if msg.msg_val == "frame_ready":
-                if self.buffer is None:
+                if self.buffer is None or self._remap_due:
                     self.waiting.append(msg.params)
                     self.request_config()
                 else:
-                    try:
-                        self.handle_ready(msg.params)
-                    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
-                        # a notice whose fields have the wrong types: counted, never a fault of the loop
-                        self._bad(f"malformed frame_ready {_short(msg.params)}: {type(err).__name__}: {err}",
-                                  None, msg.params.get("frame"))
+                    self._handle_checked(msg.params)
             elif msg.msg_val == "buffer_config":
                 name = msg.params.get("shared_buffer_name")
                 if isinstance(name, str):
                     self._map(name)
+                    self._remap_due = False
                     self.drain_waiting()
             if self.busy:
                 return  # leave the rest on the socket until the stalled frame is placed
@@ -299,6 +308,10 @@ class SharedMemoryController:
         fields = buf.header_fields(bid)
         layout = self._layout(fields, buf)
         if layout.__class__ is str:
+            if self._segment_replaced():  # a new receiver rebuilt the segment under our name: read it there
+                self.frames_received -= 1
+                self.handle_ready(p)
+                return
             self._bad(layout, bid, number)
             return
         if number != fields[3]:
@@ -408,7 +421,14 @@ class SharedMemoryController:
     def drain_waiting(self) -> None:
         """Handle frames that arrived before the segment was mapped, in order, until one stalls."""
         while self.buffer is not None and self.waiting and not self.busy:
-            self.handle_ready(self.waiting.popleft())
+            self._handle_checked(self.waiting.popleft())
+
+    def _handle_checked(self, p: dict[str, Any]) -> None:
+        try:
+            self.handle_ready(p)
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+            # a notice whose fields have the wrong types: counted, never a fault of the loop
+            self._bad(f"malformed frame_ready {_short(p)}: {type(err).__name__}: {err}", None, p.get("frame"))
 
     def retry(self) -> None:
         """Try again to place a stalled frame (blocking connection full, or pool exhausted)."""
