@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent / ".interop"
 #: odin-data refs and the odin-control each was released against (1.12.0: a 1.x release; main pins 1cf475b)
 REFS = {"1.12.0": "1.6.2", "main": "1cf475b60abf66666d31c7e74b9d19540c2ea6c3"}
 _DEPS = ["posix_ipc", "numpy", "pyzmq", "deepdiff", "h5py", "pygelf"]  # odin-data's, less pysnmp (unused here)
+#: what framechain's own adapter needs beside them (framechain is installed without its odin-control 2.x)
+_FRAMECHAIN_DEPS = ["cbor2", "hdf5plugin", "prometheus-client"]
 
 
 def _archive(repo: str, ref: str, subdir: str | None, dest: Path) -> Path:
@@ -48,12 +50,16 @@ def odin_venv(ref: str) -> Path:
     """A venv with odin-data ``ref`` ("1.12.0" or "main") and its odin-control; built once, then reused."""
     venv = ROOT / f"venv-odin-data-{ref}"
     python = venv / "bin" / "python"
-    if (venv / ".complete").exists():
-        return venv
-    venv = _build(venv, python, ref)
-    # framechain itself, without its odin-control 2.x: its REST adapter loads in this 1.x server too
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT.parent)], check=True)
-    (venv / ".complete").touch()
+    marker = venv / ".complete"
+    if not marker.exists():
+        venv = _build(venv, python, ref)
+        # framechain itself, without its odin-control 2.x: its REST adapter loads in this 1.x server too
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT.parent)],
+                       check=True)
+        marker.write_text("")
+    if marker.read_text() != repr(_FRAMECHAIN_DEPS):  # a venv from before framechain needed one more
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *_FRAMECHAIN_DEPS], check=True)
+        marker.write_text(repr(_FRAMECHAIN_DEPS))
     return venv
 
 
@@ -71,5 +77,5 @@ def _build(venv: Path, python: Path, ref: str) -> Path:
         subprocess.run(pip + [str(control)], check=True, env=env)
         env["SETUPTOOLS_SCM_PRETEND_VERSION"] = "1.12.0" if ref == "1.12.0" else "1.12.1.dev0"
         subprocess.run(pip + ["--no-deps", str(data)], check=True, env=env)
-        subprocess.run(pip + _DEPS + ["cbor2", "hdf5plugin"], check=True)
+        subprocess.run(pip + _DEPS, check=True)
     return venv
