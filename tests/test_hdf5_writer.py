@@ -590,3 +590,29 @@ def test_permission_denied_mid_acquisition_stops_and_keeps_written_frames(tmp_pa
     with h5py.File(out / kept, "r") as f:
         assert [int(f["/entry/data/data"][i][0, 0]) for i in range(f["/entry/data/data"].shape[0])] == \
             [0, 1, 2, 3, 4]
+
+
+def test_parameter_columns_keep_one_flush_interval_and_late_values_land(tmp_path):
+    """Per-frame parameters are held only since the last flush (memory does not grow with the file); a value
+    for a frame already flushed (a late frame) still lands at its index, and unset ones read as the fill."""
+    from framechain.plugins._hdf5.codecs import make_codec
+    from framechain.plugins._hdf5.config import DatasetSpec
+    from framechain.plugins._hdf5.h5file import H5File
+
+    spec = DatasetSpec("data", "uint16", (2, 2), (1, 2, 2))
+    codec = make_codec("none", spec.dtype, spec.dims, 1, 5, 2)
+    f = H5File(str(tmp_path / "p.h5"), ".tmp", {"data": (spec, codec)}, "data", 0, {"sum": 1.0}, {}, swmr=False)
+    for i in range(5000):
+        f.set_parameters(i, i, 0.5, {"sum": float(i)})
+        if i % 1000 == 999:
+            f.flush()
+    col = f._params["sum"]
+    assert col.base == 5000 and col.values.shape[0] <= 4096  # the window, not the whole file
+    f.set_parameters(7, 7, 0.5, {"sum": -7.0})   # late: below the window
+    f.set_parameters(5002, 5002, 0.5, {"sum": 5002.0})  # 5000 and 5001 never set
+    f.close()
+    with h5py.File(tmp_path / "p.h5", "r") as h:
+        s = h["/entry/instrument/detector/parameters/sum"][:]
+    assert s.shape == (5003,) and s[7] == -7.0 and s[4999] == 4999.0 and s[5002] == 5002.0
+    assert np.isnan(s[5000]) and np.isnan(s[5001])
+    np.testing.assert_array_equal(s[:7], np.arange(7.0))

@@ -49,26 +49,48 @@ def _param_dtype(value: Any) -> np.dtype | None:
 
 
 class _ParamColumn:
-    """In-memory values for one parameter, written to its dataset at flush."""
+    """One parameter's values since the last flush (a window from ``base``), written to its dataset at flush.
 
-    __slots__ = ("values", "hwm", "dirty_lo", "fill")
+    Memory is the values of one flush interval, not of the whole file; a value for an index already
+    flushed (a late frame) is kept aside and written on its own at the next flush.
+    """
+
+    __slots__ = ("values", "base", "hwm", "fill", "late")
 
     def __init__(self, dtype: np.dtype, capacity: int) -> None:
         self.fill = np.nan if dtype.kind == "f" else 0
-        self.values = np.full(max(capacity, 1), self.fill, dtype)
-        self.hwm = 0
-        self.dirty_lo = 0
+        self.values = np.full(max(min(capacity, 4096), 1), self.fill, dtype)
+        self.base = 0  # absolute index of values[0]
+        self.hwm = 0   # one past the highest index set
+        self.late: list[tuple[int, Any]] = []
 
     def set(self, index: int, value: Any) -> None:
-        if index >= self.values.shape[0]:
-            grown = np.full(max(index + 1, 2 * self.values.shape[0]), self.fill, self.values.dtype)
+        i = index - self.base
+        if i < 0:
+            self.values.dtype.type(value)  # the same type check a store into the window makes
+            self.late.append((index, value))
+            return
+        if i >= self.values.shape[0]:
+            grown = np.full(max(i + 1, 2 * self.values.shape[0]), self.fill, self.values.dtype)
             grown[:self.values.shape[0]] = self.values
             self.values = grown
-        self.values[index] = value
-        if index < self.dirty_lo:
-            self.dirty_lo = index
+        self.values[i] = value
         if index >= self.hwm:
             self.hwm = index + 1
+
+    def flush_to(self, ds: h5py.Dataset) -> None:
+        """Write the window (and late values) to ``ds``; the window then starts after them."""
+        if self.hwm > self.base or self.late:
+            if ds.shape[0] < self.hwm:
+                ds.resize(self.hwm, axis=0)
+            n = self.hwm - self.base
+            if n > 0:
+                ds[self.base:self.hwm] = self.values[:n]
+                self.values[:n] = self.fill
+            for index, value in self.late:
+                ds[index] = value
+            self.late.clear()
+            self.base = max(self.base, self.hwm)
 
 
 #: NXdetector fields and the stream keys they come from (stream v2 first, then v1's detector configuration)
@@ -223,12 +245,7 @@ class H5File:
     def flush(self) -> None:
         """Write pending parameter values and flush HDF5 (SWMR readers see everything up to here)."""
         for key, col in self._params.items():
-            if col.hwm > col.dirty_lo:
-                ds = self._pds[key]
-                if ds.shape[0] < col.hwm:
-                    ds.resize(col.hwm, axis=0)
-                ds[col.dirty_lo:col.hwm] = col.values[col.dirty_lo:col.hwm]
-                col.dirty_lo = col.hwm
+            col.flush_to(self._pds[key])
         self._f.flush()
 
     def close(self, rename: bool = True) -> str:
