@@ -137,7 +137,9 @@ class H5File:
         self.master = master
         self.layout = layout
         self.closed = False
-        self._f = h5py.File(self.path, "w-", libver="latest")
+        # no chunk cache: frames go in by direct chunk writes and parameters are written once per flush, so a
+        # cache only held every chunk written (the soak saw RSS grow with the file)
+        self._f = h5py.File(self.path, "w-", libver="latest", rdcc_nbytes=0)
         try:
             self._build(datasets, parameters, attrs)
             if detector is not None:
