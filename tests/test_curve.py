@@ -83,3 +83,24 @@ def test_rest_adapter_reaches_a_curve_daemon_with_its_keys(tmp_path, keys):
         server.close()
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_bind_beyond_loopback_is_logged(tmp_path):
+    """Loopback is the default; a daemon told to listen on every interface says so in its log."""
+    port = free_tcp_endpoint().rsplit(":", 1)[1]
+    ctrl = free_tcp_endpoint()
+    log = tmp_path / "rx.log"
+    proc = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", "receiver", "--ctrl", ctrl,
+                             "--ready", f"tcp://0.0.0.0:{port}", "--release", free_tcp_endpoint()],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        with IpcClient(ctrl, timeout=10) as client:
+            assert client.request("status").msg_type == "ack"
+            text = log.read_text()
+            assert f"tcp://0.0.0.0:{port} listens beyond this machine" in text
+            assert ctrl not in text.split("listens beyond")[0].rsplit("\n", 1)[-1]  # loopback ones are not
+            client.request("shutdown")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
