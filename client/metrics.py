@@ -26,6 +26,13 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _add(family: Metric, labels: list[str], value: Any) -> None:
+    """Add a sample when the status holds a number there (a key a daemon does not report is left out)."""
+    v = _num(value)
+    if v is not None:
+        family.add_metric(labels, v)
+
+
 class _Snapshot:
     """A prometheus-client collector over one set of ``{name: (kind, connected, status)}``."""
 
@@ -56,33 +63,22 @@ class _Snapshot:
                 continue
             kinds = _RECEIVER_FRAMES if role == "receiver" else _PROCESSOR_FRAMES
             for kind in kinds:
-                v = _num(st.get("frames", {}).get(kind))
-                if v is not None:
-                    frames.add_metric([name, kind], v)
+                _add(frames, [name, kind], st.get("frames", {}).get(kind))
             for state in ("total", "empty", "mapped"):
-                v = _num(st.get("buffers", {}).get(state))
-                if v is not None:
-                    buffers.add_metric([name, state], v)
+                _add(buffers, [name, state], st.get("buffers", {}).get(state))
             errors.add_metric([name], float(len(st.get("error", []) or [])))
             for plugin in st.get("plugins", {}).get("names", []) if role == "processor" else []:
                 ps = st.get(plugin, {})
                 for key in _PLUGIN_FRAMES:
-                    v = _num(ps.get(key))
-                    if v is not None:
-                        pframes.add_metric([name, plugin, key.removeprefix("frames_")], v)
+                    _add(pframes, [name, plugin, key.removeprefix("frames_")], ps.get(key))
                 q = ps.get("queue", {})
-                if _num(q.get("size")) is not None:
-                    queue.add_metric([name, plugin], float(q["size"]))
-                    qmax.add_metric([name, plugin], float(q.get("max", 0)))
+                _add(queue, [name, plugin], q.get("size"))
+                _add(qmax, [name, plugin], q.get("max"))
                 for stat in ("last", "max", "mean"):
-                    v = _num(ps.get("timing", {}).get(f"{stat}_process"))
-                    if v is not None:
-                        timing.add_metric([name, plugin, stat], v)
+                    _add(timing, [name, plugin, stat], ps.get("timing", {}).get(f"{stat}_process"))
                 if "frames_written" in ps:
                     for key in _WRITER_FRAMES:
-                        v = _num(ps.get(key))
-                        if v is not None:
-                            writer.add_metric([name, plugin, key.removeprefix("frames_")], v)
+                        _add(writer, [name, plugin, key.removeprefix("frames_")], ps.get(key))
         yield from (up, frames, buffers, errors, pframes, queue, qmax, timing, writer)
 
 

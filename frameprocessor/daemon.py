@@ -21,7 +21,6 @@ from framechain.ipc.curve import AuthFailures, secure_server
 from framechain.ipc.message import IpcMessage
 
 from .controller import ProcessorController
-from .frame import EndOfAcquisition
 
 __all__ = ["FrameProcessorDaemon", "main"]
 
@@ -115,11 +114,11 @@ class FrameProcessorDaemon:
             shm.on_release_channel()
         if shm.wakeup_fd in events:
             shm.drain_releases()
+        shm.tick()  # first: a receiver that came back holds its frames until its buffer_config
         if shm.busy:
             shm.retry()
         if shm.ready.socket in events:
             shm.on_ready()
-        shm.tick()
         after = self.controller.shutdown_after
         if after and shm.frames_received >= after and not shm.busy and self.controller.chain.idle():
             log.info("%d frames processed (configure frames %d): shutting down", shm.frames_received, after)
@@ -147,7 +146,7 @@ class FrameProcessorDaemon:
             if shm.in_acquisition and not shm.busy:
                 # stopped mid-acquisition: finish it as an end of acquisition would (files closed, XPCS results)
                 log.info("stopping mid-acquisition: sending an end of acquisition down the chain first")
-                shm.inject(EndOfAcquisition("", 0))
+                self.controller.inject_eoa()
                 shm.in_acquisition = False
                 while time.monotonic() < deadline and not self.controller.chain.idle():
                     time.sleep(0.005)

@@ -28,7 +28,7 @@ from types import ModuleType
 
 from framechain.ipc.errors import PluginError
 
-from .plugin import FrameProcessorPlugin
+from .plugin import FrameProcessorPlugin, path_within
 
 __all__ = ["load_plugin_class"]
 
@@ -101,11 +101,6 @@ def _entry_point_modules() -> set[str]:
     return {ep.value.partition(":")[0] for ep in entry_points().select(group="framechain.plugins")}
 
 
-def _inside(path: str, dirs: Sequence[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(os.path.commonpath([real, os.path.realpath(d)]) == os.path.realpath(d) for d in dirs)
-
-
 def _not_allowed(what: str, plugin_path: Sequence[str]) -> PluginError:
     where = ", ".join(plugin_path) if plugin_path else "none given"
     return PluginError(f"{what} is not on this processor's plugin path ({where}): it loads built-in plugins, "
@@ -119,7 +114,7 @@ def _on_path(module: str, plugin_path: Sequence[str]) -> str | None:
     rel = module.replace(".", os.sep)
     for d in plugin_path:
         for candidate in (os.path.join(d, rel + ".py"), os.path.join(d, rel, "__init__.py")):
-            if os.path.isfile(candidate) and _inside(candidate, [d]):
+            if os.path.isfile(candidate) and path_within(candidate, [d]):
                 return candidate
     return None
 
@@ -156,7 +151,7 @@ def load_plugin_class(library: str, name: str | None = None,
         library, _, cls_name = library.rpartition(":")
         name = name or cls_name
     if library.endswith(".py") or os.sep in library:
-        if plugin_path is not None and not _inside(library, plugin_path):
+        if plugin_path is not None and not path_within(library, plugin_path):
             raise _not_allowed(f"plugin file {library!r}", plugin_path)
         module = _import_file(library)
     elif "." not in library:

@@ -20,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from framechain.ipc.channel import endpoint_problem, is_loopback
-from framechain.ipc.errors import ConfigError
+from framechain.ipc.channel import IpcChannel, endpoint_problem
+from framechain.ipc.errors import ConfigError, FramechainError
 
 __all__ = ["MetaPublisher", "META_HWM"]
 
@@ -51,18 +51,13 @@ class MetaPublisher:
         problem = endpoint_problem(endpoint, "tcp://*:5008")
         if problem:
             raise ConfigError(f"meta_endpoint: {problem}", "meta_endpoint")
-        if not is_loopback(endpoint):
-            log.warning("meta_endpoint %s listens beyond this machine; anyone who reaches it reads the "
-                        "acquisition's metadata", endpoint)
-        sock = self.context.socket(zmq.PUB)
-        sock.setsockopt(zmq.SNDHWM, META_HWM)
-        sock.setsockopt(zmq.LINGER, 0)
+        channel = IpcChannel(zmq.PUB, self.context, hwm=META_HWM)
         try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as err:
-            sock.close()
-            raise ConfigError(f"meta_endpoint {endpoint}: cannot bind ({err})", "meta_endpoint") from err
-        return sock
+            channel.bind(endpoint)  # logs a warning for a bind beyond loopback, as every daemon socket does
+        except FramechainError as err:
+            channel.close()
+            raise ConfigError(f"meta_endpoint: {err}", "meta_endpoint") from err
+        return channel.socket
 
     def commit(self, sock: zmq.Socket | None, endpoint: str) -> None:
         with self._lock:

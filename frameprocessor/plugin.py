@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from framechain.ipc.errors import ConfigError
@@ -36,7 +36,13 @@ from framechain.ipc.errors import ConfigError
 from .frame import EndOfAcquisition, Frame
 from framechain.ipc.options import Option, validate_options
 
-__all__ = ["FrameProcessorPlugin", "FrameSink", "Option"]
+__all__ = ["FrameProcessorPlugin", "FrameSink", "Option", "path_within"]
+
+
+def path_within(path: str, dirs: Sequence[str]) -> bool:
+    """True when ``path`` (symlinks and ``..`` resolved) lies inside one of ``dirs``."""
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, root]) == root for root in map(os.path.realpath, dirs))
 
 
 class FrameSink(Protocol):
@@ -117,10 +123,7 @@ class FrameProcessorPlugin:
     def check_output_path(self, path: str, key: str) -> None:
         """ConfigError unless ``path`` lies under one of the processor's data roots (any path when none)."""
         roots = self.data_roots
-        if not roots:
-            return
-        real = os.path.realpath(path)
-        if not any(os.path.commonpath([real, r]) == r for r in roots):
+        if roots and not path_within(path, roots):
             raise ConfigError(f"{self.owner} '{key}' {path!r} is outside this processor's data roots "
                               f"({', '.join(roots)}); write under one of them (--data-root when it starts)", key)
 

@@ -192,7 +192,7 @@ class SharedMemoryController:
     def tick(self) -> None:
         """Periodic work: follow the receiver's connection; ask again for the buffer config until we have it
         (PUB/SUB may lose the first)."""
-        if self._link.poll(0):
+        if self._link.poll(0):  # before the step's frames: see the daemon's _step
             self._link_events()
         if (self.buffer is None or self._remap_due) and time.monotonic() - self._last_request > _CONFIG_RETRY_S:
             self.request_config()
@@ -217,8 +217,6 @@ class SharedMemoryController:
         """Read up to ``limit`` messages from the ready channel (stops early when stalled)."""
         if self.busy:
             return
-        if self._link.poll(0):  # a receiver that came back: its frames wait for its buffer_config
-            self._link_events()
         for raw in self.ready.pending(limit):
             try:
                 msg = IpcMessage.decode(raw)

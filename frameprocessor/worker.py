@@ -41,7 +41,8 @@ class PluginWorker:
         self.inputs = 0  # upstream connections (set by the chain): the end of acquisition waits for all
         self._eoa_arrivals: dict[int, int] = {}
         self._pixels = DataBlockPool(256 << 20)  # compressed frames decoded for a plugin that needs pixels
-        self._busy: tuple[int, int] | None = None  # (perf_counter_ns at start, frame number) while in the plugin
+        self._busy_since = 0  # perf_counter_ns when the frame in process_frame started (0: between frames)
+        self._busy_frame = -1
         self.abandoned = False  # its thread did not stop in time at shutdown
         self.reset_statistics()
 
@@ -70,14 +71,14 @@ class PluginWorker:
 
     def stuck(self) -> dict[str, Any] | None:
         """``{frame, seconds, since}`` when one frame has been in ``process_frame`` over STUCK_AFTER_S, else None."""
-        busy = self._busy
-        if busy is None:
+        t0, frame = self._busy_since, self._busy_frame
+        if not t0:
             return None
-        seconds = (time.perf_counter_ns() - busy[0]) / 1e9
+        seconds = (time.perf_counter_ns() - t0) / 1e9
         if seconds < self.stuck_after:
             return None
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - seconds))
-        return {"frame": busy[1], "seconds": round(seconds, 1), "since": since}
+        return {"frame": frame, "seconds": round(seconds, 1), "since": since}
 
     def stop(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop the thread, after processing queued frames when ``drain`` (else they count as dropped).
@@ -165,7 +166,8 @@ class PluginWorker:
                     self._end_of_acquisition(item)
                     continue
                 t0 = clock()
-                self._busy = (t0, item.frame_number)
+                self._busy_frame = item.frame_number
+                self._busy_since = t0
                 try:
                     if item.compressed is not None and not plugin.wants_compressed(item):
                         item = self._decompressed(item)
@@ -175,7 +177,7 @@ class PluginWorker:
                     self.last_error = f"frame {item.frame_number}: {type(err).__name__}: {err}"
                     if self.errors <= 3:
                         log.exception("plugin %s failed on frame %s", self.name, item.frame_number)
-                self._busy = None
+                self._busy_since = 0
                 dt = clock() - t0
                 self.frames_processed += 1
                 self._t_last = dt

@@ -120,7 +120,7 @@ class ReceiverController(ControlHandler):
         self._unheard_end: dict[str, Any] | None = None  # an end notice to send after the unheard frames
         #: endpoints the daemon bound (ctrl, ready, release) and how to rebind ready/release (set by the daemon)
         self.endpoints: dict[str, str] = {}
-        self.rebind: Callable[[dict[str, str]], Callable[[], None]] | None = None
+        self.rebind: Callable[[dict[str, str]], Callable[[bool], None]] | None = None
         self.decoder_path = ""
         self.config_ts = ChangeStamp()
         self.status_ts = ChangeStamp()

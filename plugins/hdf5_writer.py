@@ -19,9 +19,9 @@ Loggers ``framechain.frameprocessor.plugin.<index>`` and ``framechain.plugins.hd
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,24 @@ def _passes_through(spec: DatasetSpec, packed: Compressed) -> bool:
         and packed.shape == spec.dims
 
 
+class _AcquisitionMeta:
+    """odin's FileWriterPlugin items (startacquisition ... stopacquisition) from the engine, published on the
+    processor's meta_endpoint as odin's meta_writer reads them; ``enabled`` only while one is configured."""
+
+    __slots__ = ("plugin",)
+
+    def __init__(self, plugin: FrameProcessorPlugin) -> None:
+        self.plugin = plugin
+
+    @property
+    def enabled(self) -> bool:
+        meta = self.plugin.meta
+        return meta is not None and meta.enabled
+
+    def __call__(self, item: str, body: Any, header: dict[str, Any]) -> None:
+        self.plugin.publish_meta(item, body, header, source="Acquisition")
+
+
 class FileWriterPlugin(FrameProcessorPlugin):
     """Write frames to HDF5 files in the NeXus layout, odin-data compatible.
 
@@ -89,12 +107,8 @@ class FileWriterPlugin(FrameProcessorPlugin):
         self._session: Session | None = None
         self._writing = False
         self._engine = WriterEngine(self._idle)
-        self._engine.meta = self._publish_acquisition
+        self._engine.meta = _AcquisitionMeta(self)
         self.reset_statistics()
-
-    def _publish_acquisition(self, item: str, body: Any, header: dict[str, Any]) -> None:
-        """odin's FileWriterPlugin items (startacquisition ... stopacquisition), as odin's meta_writer reads them."""
-        self.publish_meta(item, body, header, source="Acquisition")
 
     # -- configuration --------------------------------------------------------------------
     def prepare(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,8 @@ def test_receiver_survived_the_release_fuzz(receiver):
     b = st_["buffers"]
     assert b["empty"] + b["mapped"] == b["total"] and b["consistent"]
     assert st_["frames"]["bad_releases"] > 0
-    msg = IpcMessage("notify", "frame_release", {"frame": 0, "buffer_id": 0}).encode()
-    pub.send(msg)  # a well-formed release still works after it all
-    assert rx.status()["process"]["pid"] == rx.proc.pid
+    # a well-formed release is still accounted after it all: it frees a mapped buffer or counts as a bad release
+    before = st_["frames"]["released"] + st_["frames"]["bad_releases"]
+    pub.send(IpcMessage("notify", "frame_release", {"frame": 0, "buffer_id": 0}).encode())
+    wait_for(lambda: (f := rx.status()["frames"])["released"] + f["bad_releases"] > before,
+             what="the release after the fuzz to be accounted")

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -35,6 +35,14 @@ __all__ = ["Job", "WriterEngine"]
 log = logging.getLogger(__name__)
 _STOP = object()
 _TIMINGS = ("create", "write", "flush", "close")
+
+
+class MetaSink(Protocol):
+    """Where the engine's meta items go (the plugin's ``meta_endpoint`` publisher)."""
+
+    enabled: bool
+
+    def __call__(self, item: str, body: Any, header: dict[str, Any]) -> None: ...
 
 
 class Job:
@@ -112,8 +120,9 @@ class WriterEngine:
 
     def __init__(self, on_idle: Callable[[int], None], queue_size: int = 16) -> None:
         self._on_idle = on_idle
-        #: odin's Acquisition meta items go here: meta(item, body, header); None publishes nothing
-        self.meta: Callable[[str, Any, dict[str, Any]], None] | None = None
+        #: odin's Acquisition meta items go here (``meta(item, body, header)``) while ``meta.enabled``;
+        #: nothing is built for them otherwise, the writeframe item included
+        self.meta: MetaSink | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.queue_size = queue_size
         self._pool: ThreadPoolExecutor | None = None
@@ -295,7 +304,7 @@ class WriterEngine:
         if written:
             acq.written += 1
             self.last_written = acq.written
-            if self.meta is not None:
+            if self._meta_on():
                 t = self.timing
                 self.meta("writeframe", {"frame": job.offset, "offset": job.offset, "proc": s.config.process.number,
                                          "write_duration": round(t["write"].last), "flush_duration":
@@ -326,7 +335,7 @@ class WriterEngine:
                 self._refuse(acq, f"{path} already exists")
             else:
                 self._write_master(s, job.acq)
-                if self.meta is not None:
+                if self._meta_on():
                     acq.meta_started = True
                     self.meta("startacquisition", None, self._meta_header(s, acq, total=True))
         return acq
@@ -377,7 +386,7 @@ class WriterEngine:
                     job.frame.detector if job.frame is not None else None, c.layout)
         self._timed("create", t0)
         self._since_flush = 0
-        if self.meta is not None:
+        if self._meta_on():
             self.meta("createfile", {"filePath": path, "create_duration": round(self.timing["create"].last)},
                       self._meta_header(s, acq, total=True))
         return h5
@@ -426,10 +435,14 @@ class WriterEngine:
     def _closed_file(self, acq: _Acquisition, fi: int, close_us: float | None = None) -> None:
         s = self._session
         self.last_file_path = s.file_path(acq.id, fi) if s else ""
-        if self.meta is not None and s is not None:
+        if s is not None and self._meta_on():
             us = self.timing["close"].last if close_us is None else close_us
             self.meta("closefile", {"filePath": self.last_file_path, "close_duration": round(us)},
                       self._meta_header(s, acq))
+
+    def _meta_on(self) -> bool:
+        meta = self.meta
+        return meta is not None and meta.enabled
 
     @staticmethod
     def _meta_header(s: Session, acq: _Acquisition, total: bool = False) -> dict[str, Any]:
@@ -457,7 +470,7 @@ class WriterEngine:
             self._since_flush = 0
             self._timed("close", t0)
             s = self._session
-            if acq.meta_started and self.meta is not None and s is not None:
+            if acq.meta_started and s is not None and self.meta is not None:
                 acq.meta_started = False
                 self.meta("stopacquisition", None, self._meta_header(s, acq))
 
