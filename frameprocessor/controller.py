@@ -26,6 +26,7 @@ from framechain.ipc.errors import ConfigError, FramechainError, PluginError
 from framechain.ipc.message import IpcMessage
 from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
 from framechain.ipc.options import Option, validate_options
+from framechain.ipc.shm import shm_name_problem
 
 from .chain import PluginChain
 from .decoders import make_decoder
@@ -50,7 +51,8 @@ FR_SETUP_OPTIONS = {
                             check=_data_endpoint),
     "fr_release_cnxn": Option(str, "", "the receiver's frame_release endpoint, e.g. tcp://127.0.0.1:5002",
                               check=_data_endpoint),
-    "fr_shared_mem": Option(str, "", "the shared buffer name (else learnt from buffer_config)"),
+    "fr_shared_mem": Option(str, "", "the shared buffer name (else learnt from buffer_config)",
+                            check=lambda v: v and shm_name_problem(v)),
     "decoder": Option(dict, {}, "an odin-data frameReceiver's buffer layout {type: dummy_udp, shape, dtype[, "
                                 "dataset]} (default: framechain's own frame header)"),
 }

@@ -27,7 +27,7 @@ from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
 from framechain.ipc.options import Option, Section, validate_options
 from framechain.ipc.series_header import HeaderSegment, header_segment_name
-from framechain.ipc.shm import (FRAME_HEADER, STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer,
+from framechain.ipc.shm import (FRAME_HEADER, shm_name_problem, STATE_EMPTY, STATE_FILLING, STATE_READY, FrameHeader, SharedBuffer,
                                 buffer_size_for)
 
 from .buffers import BufferManager
@@ -43,17 +43,13 @@ DEFAULT_BUFFERS = 64
 MIN_BUFFERS = 4  # the default pool shrinks to fit memory, but not below this
 
 
-def _shm_name(name: str) -> str | None:
-    return None if name and "/" not in name.lstrip("/") and len(name) <= 200 else "must be a short name without '/'"
-
-
 #: the name the receiver's status and configuration go by in ``plugins/names`` (odin-data main's adapters show
 #: only listed parts)
 ODIN_PART = "receiver"
 
 #: the receiver's configure keys
 RECEIVER_OPTIONS = {
-    "shared_buffer_name": Option(str, "FrameReceiverBuffer", "POSIX shared-memory segment name", check=_shm_name),
+    "shared_buffer_name": Option(str, "FrameReceiverBuffer", "POSIX shared-memory segment name", check=shm_name_problem),
     "max_buffer_mem": Option((int, type(None)), None, "bytes for the buffer pool (null: 64 buffers of the "
                              "frame size, fewer if memory is short)", low=1),
     "mode": Option(str, "block", "block: wait for a free buffer; drop: drop and count the frame",

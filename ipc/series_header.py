@@ -23,6 +23,7 @@ import numpy as np
 import posix_ipc
 
 from .errors import ShmError
+from .shm import posix_name
 
 __all__ = ["HeaderSegment", "read_arrays", "header_segment_name"]
 
@@ -51,7 +52,7 @@ class HeaderSegment:
         if not layout:
             return layout
         try:
-            mem = posix_ipc.SharedMemory("/" + self.name, posix_ipc.O_CREAT | posix_ipc.O_TRUNC, mode=0o600,
+            mem = posix_ipc.SharedMemory(posix_name(self.name), posix_ipc.O_CREAT | posix_ipc.O_TRUNC, mode=0o600,
                                          size=max(offset, 1))
         except (posix_ipc.Error, OSError, ValueError) as err:
             raise ShmError(f"cannot create the series header segment {self.name!r}: {err}") from err
@@ -79,7 +80,7 @@ def read_arrays(name: str, layout: Any) -> dict[str, np.ndarray]:
     if not isinstance(name, str) or not name or "/" in name or not isinstance(layout, dict):
         raise ShmError("a start_of_acquisition needs 'header_segment' (a name) and 'arrays' (a mapping)")
     try:
-        mem = posix_ipc.SharedMemory("/" + name)
+        mem = posix_ipc.SharedMemory(posix_name(name))
     except posix_ipc.ExistentialError as err:
         raise ShmError(f"series header segment {name!r} does not exist (replaced by a later series?)") from err
     out: dict[str, np.ndarray] = {}

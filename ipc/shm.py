@@ -115,6 +115,26 @@ class FrameHeader:
         return None
 
 
+def shm_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a POSIX shared-memory segment here, or None.
+
+    Checked before any posix_ipc call: posix_ipc crashes the process (a segfault, not an exception) on a
+    name holding NUL or an unpaired surrogate, and such names arrive in JSON from sockets."""
+    if not isinstance(name, str) or not name or len(name) > 200 or "/" in name.lstrip("/"):
+        return "must be a short name without '/'"
+    if not name.isprintable():
+        return "must be printable text (no NUL, control or unpaired surrogate characters)"
+    return None
+
+
+def posix_name(name: object) -> str:
+    """``/name`` for posix_ipc; ShmError saying why for a name it must not be given."""
+    problem = shm_name_problem(name)
+    if problem:
+        raise ShmError(f"bad shared buffer name {name!r}: {problem}")
+    return name if name.startswith("/") else "/" + name  # type: ignore[union-attr]
+
+
 class SharedBuffer:
     """A mapped shared-memory buffer pool (creator or user side).
 
@@ -140,9 +160,7 @@ class SharedBuffer:
 
     @staticmethod
     def _posix_name(name: str) -> str:
-        if not name or "/" in name.lstrip("/") or len(name) > 200:
-            raise ShmError(f"bad shared buffer name {name!r}: use a short name without '/'")
-        return name if name.startswith("/") else "/" + name
+        return posix_name(name)
 
     @classmethod
     def create(cls, name: str, num_buffers: int, buffer_size: int, manager_id: int | None = None,

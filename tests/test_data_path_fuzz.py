@@ -114,3 +114,37 @@ def test_receiver_survived_the_release_fuzz(receiver):
     pub.send(IpcMessage("notify", "frame_release", {"frame": 0, "buffer_id": 0}).encode())
     wait_for(lambda: (f := rx.status()["frames"])["released"] + f["bad_releases"] > before,
              what="the release after the fuzz to be accounted")
+
+
+def test_names_that_crash_posix_ipc_are_refused_on_every_path(tmp_path):
+    """posix_ipc segfaults on a segment name holding NUL or an unpaired surrogate (JSON can carry both): a
+    receiver configure, a processor fr_setup and a data-path buffer_config with one are refused, nobody dies."""
+    fake = FakeReceiver(2, 64)
+    ready, release = free_tcp_endpoint(), free_tcp_endpoint()
+    rx = Daemon("receiver", ["--ready", ready, "--release", release], free_tcp_endpoint(), tmp_path / "rx.log")
+    fp = Daemon("processor", [], free_tcp_endpoint(), tmp_path / "fp.log")
+    try:
+        for bad in ("a\x00b", "ab\ud800"):
+            r = rx.request("configure", {"shared_buffer_name": bad, "source": {"type": "simulated"}})
+            assert r.msg_type == "nack" and "shared_buffer_name" in r.error, r.error
+            r = fp.request("configure", {"fr_setup": {"fr_ready_cnxn": fake.ready, "fr_release_cnxn": fake.release,
+                                                      "fr_shared_mem": bad}})
+            assert r.msg_type == "nack" and "fr_shared_mem" in r.error, r.error
+        fp.ok("configure", {"fr_setup": {"fr_ready_cnxn": fake.ready, "fr_release_cnxn": fake.release,
+                                         "fr_shared_mem": fake.name}})
+        fake.wait_subscribed()
+        for bad in ("a\x00b", "ab\ud800"):
+            fake.send("buffer_config", {"shared_buffer_name": bad})
+            fake.send("frame_ready", {"start_of_acquisition": True, "acquisition_id": "x",
+                                      "header_segment": bad, "arrays": {"pixel_mask/data": {}}})
+        time.sleep(0.5)
+        assert fp.proc.poll() is None and rx.proc.poll() is None
+        st = fp.status()
+        # the bad buffer_config left the mapping as it was; the bad header segments are counted
+        assert st["shared_memory"]["shared_buffer_name"] == fake.name and st["shared_memory"]["mapped"]
+        assert st["shared_memory"]["detector"]["headers_bad"] == 2
+        assert "printable" in fp.log()
+    finally:
+        fp.stop()
+        rx.stop()
+        fake.close()
