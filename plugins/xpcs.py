@@ -32,6 +32,7 @@ from ._xpcs.fit import fit_g2
 from ._xpcs.layout import PixelLayout
 from ._xpcs.live import LivePublisher
 from ._xpcs.multitau import MultitauCorrelator, levels_for_frames, multitau_lags
+from ._xpcs.sparse import MAX_SPARSE_BUFS, SparseMultitauCorrelator
 from ._xpcs.qmap import QMap, QMapError, load_mask, load_qmap, uniform_qmap
 from ._xpcs.result_file import XpcsResultData, write_result
 from ._xpcs.twotime import TwoTimeAccumulator
@@ -40,6 +41,8 @@ __all__ = ["XpcsCorrelatorPlugin"]
 
 AUTO_LEVELS_UNKNOWN_RUN = 20     # auto levels without expected_frames: buffers are made only when reached
 MAX_GAP = 1 << 16                # a frame-number jump larger than this is rejected, not filled
+AUTO_SPARSE_OCCUPANCY = 0.05     # sparse: auto correlates event lists while fewer used pixels are occupied
+AUTO_SPARSE_WINDOW = 64          # frames over which sparse: auto measures the occupancy
 
 
 def _even_bufs(v: int) -> str | None:
@@ -76,7 +79,7 @@ def _output(v: str) -> str | None:
 _INPUT_KEYS = ("qmap", "mask")    # the files _load_inputs reads
 _TWOTIME_KEYS = {"qmap", "mask", "twotime", "twotime_frames", "max_memory"}
 _REBUILD = {"qmap", "mask", "use_frame_mask", "num_bufs", "num_levels", "expected_frames", "normalization",
-            "precision", "twotime", "twotime_frames", "max_memory"}
+            "precision", "twotime", "twotime_frames", "max_memory", "sparse"}
 
 
 class _Run:
@@ -116,8 +119,16 @@ class _Run:
                               f"{cfg['max_memory'] / 2**20:.0f} MiB); reduce num_levels, num_bufs or "
                               f"twotime_frames, or raise max_memory")
         fixed = estimate_memory(self.dynamic, B, 0, False, 0, twotime_frames, num_static=num_static)
-        self.correlator = MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps,
-                                             max_bytes=cfg["max_memory"] - fixed, dtype=cfg["precision"])
+        self.precision = cfg["precision"]
+        self.auto_sparse = cfg["sparse"] == "auto" and not self.aps and B <= MAX_SPARSE_BUFS
+        self.occupancy = _occupancy(frame.data, self.dynamic)
+        self.occupancy_sum = 0.0
+        self.sparse_switched: int | None = None       # frame at which auto handed over to the dense correlator
+        sparse = cfg["sparse"] is True or (self.auto_sparse and self.occupancy <= AUTO_SPARSE_OCCUPANCY)
+        self.correlator: MultitauCorrelator = (
+            SparseMultitauCorrelator(self.dynamic, B, levels, max_bytes=cfg["max_memory"] - fixed) if sparse else
+            MultitauCorrelator(self.dynamic, B, levels, per_pixel=self.aps, max_bytes=cfg["max_memory"] - fixed,
+                               dtype=cfg["precision"]))
         self.cap_warned = False
         self.averages = TimeAverages(self.static, self.shape)
         self.twotime = TwoTimeAccumulator(self.dynamic, cfg["twotime_frames"]) if cfg["twotime"] else None
@@ -127,6 +138,11 @@ class _Run:
         self.frames_nan = 0
         self.frames_missing = 0
         self.mask_changes = 0
+
+
+def _occupancy(data: np.ndarray, layout: PixelLayout) -> float:
+    """Fraction of the used pixels of one frame that are nonzero."""
+    return float(np.count_nonzero(data.reshape(-1)[layout.pixels])) / max(1, layout.num_pixels)
 
 
 def estimate_memory(layout: PixelLayout, num_bufs: int, num_levels: int, per_pixel: bool,
@@ -171,6 +187,12 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                                             "scikit-beam to 1e-9) or float32 (about twice as fast, ~1e-6 "
                                             "relative); sums are float64 either way",
                             choices=("float64", "float32")),
+        "sparse": Option((bool, str), "auto", "correlate only the occupied pixels (photon-sparse frames; exact, the "
+                                              "same g2): true, false, or \"auto\" (sparse while at most "
+                                              f"{AUTO_SPARSE_OCCUPANCY:g} of the used pixels are nonzero, measured on "
+                                              f"the first frame and every {AUTO_SPARSE_WINDOW} frames; handed over "
+                                              "to the dense correlator, mid-run, when the frames fill up)",
+                         choices=(True, False, "auto")),
         "normalization": Option(str, "symmetric", "symmetric (per-bin G/(P F), scikit-beam) or aps "
                                                   "(per-pixel, averaged over static bins)",
                                 choices=("symmetric", "aps")),
@@ -237,6 +259,15 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         cfg = {**self.config, **values}
         if values.get("output"):  # the folder part before any placeholder
             self.check_output_path(os.path.dirname(values["output"].split("{", 1)[0]) or ".", "output")
+        if cfg["sparse"] is True and not {"sparse", "normalization", "num_bufs"}.isdisjoint(values):
+            if cfg["normalization"] == "aps":
+                raise ConfigError(f"The 'sparse' option of {self.owner}: the aps normalization keeps per-pixel "
+                                  f"sums of every pixel, which a sparse correlation cannot give; use "
+                                  f"normalization symmetric or sparse false (or auto)", "sparse")
+            if cfg["num_bufs"] > MAX_SPARSE_BUFS:
+                raise ConfigError(f"The 'sparse' option of {self.owner}: sparse correlation keeps one bit per ring "
+                                  f"slot, so num_bufs must be at most {MAX_SPARSE_BUFS} (it is {cfg['num_bufs']}); "
+                                  f"lower num_bufs or use sparse false (or auto)", "sparse")
         inputs = self._inputs(cfg, values)
         if cfg["twotime"] and not _TWOTIME_KEYS.isdisjoint(values):
             self._check_twotime(cfg, *inputs)
@@ -440,6 +471,17 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             run.frame_mask = fmask      # an equal mask too: later frames with this object compare by identity
         c = run.correlator
         good = c.add(frame.data)
+        if isinstance(c, SparseMultitauCorrelator):
+            run.occupancy_sum += c.occupancy
+            if run.frames % AUTO_SPARSE_WINDOW == AUTO_SPARSE_WINDOW - 1:
+                run.occupancy = run.occupancy_sum / AUTO_SPARSE_WINDOW
+                run.occupancy_sum = 0.0
+                if run.auto_sparse and run.occupancy > AUTO_SPARSE_OCCUPANCY:
+                    run.correlator = c.to_dense(run.precision)
+                    run.sparse_switched = n
+                    self.log.info("%s: frames %d..%d occupy %.3f of the used pixels (sparse: auto stops above %g): "
+                                  "the dense correlator goes on from frame %d", self.name,
+                                  n - AUTO_SPARSE_WINDOW + 1, n, run.occupancy, AUTO_SPARSE_OCCUPANCY, n + 1)
         lay = run.dynamic
         sums = lay.expand(lay.chunks_to_bins(c.last_chunk_sums), fill=0.0) if run.static is lay else None
         run.averages.add(frame.data, n, good, c.last_sum / lay.num_pixels, sums)
@@ -623,6 +665,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
             "g2_lag1": [float(v) for v in lag1],
             "memory_bytes": c.memory_bytes(),
+            "sparse": isinstance(c, SparseMultitauCorrelator), "occupancy": run.occupancy,
+            "sparse_switched_at": run.sparse_switched,
             "twotime_frames": run.twotime.n if run.twotime is not None else 0,
         })
         return st

@@ -1,0 +1,526 @@
+"""Sparse multi-tau: the correlator of :mod:`multitau` computed from the occupied pixels only.
+
+Photon-counting XPCS frames are mostly zeros (0.001-0.1 photons per pixel at
+the fastest frame rates). A product ``X_{k-i} X_k`` is nonzero only where both
+frames hold a photon, so each level keeps, per ring slot, the *events* of its
+frame (flat pixel index and value, in index order) and, per pixel, a bit mask
+of the slots in which that pixel is occupied (one byte per pixel for B <= 8:
+it stays in cache). A new frame's event reads its pixel's mask; only a set bit
+(a pixel occupied ``i`` frames ago) costs a product, found by binary search in
+that slot's events. Level averages are sorted unions of two event lists. The
+per-lag ``P``, ``F`` and pair counts use the per-chunk sums, as the dense
+correlator does, so G, P, F, g2 and g2_err equal :class:`MultitauCorrelator`'s
+to rounding (sums taken in another order: ~1e-15 relative).
+
+Cost per frame is about (events) x (levels reached, amortised) instead of
+(pixels) x (lags); the dense scan that finds the events is one pass over the
+frame's words. :meth:`SparseMultitauCorrelator.to_dense` hands the state to a
+dense correlator mid-run (the plugin's ``sparse: auto`` does so when the
+occupancy turns out too high).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .layout import PixelLayout
+from .multitau import MultitauCorrelator
+
+__all__ = ["SparseMultitauCorrelator", "MAX_SPARSE_BUFS"]
+
+MAX_SPARSE_BUFS = 64               # one bit per ring slot in a uint64 mask
+_OPTS = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+_FIRST_CAPACITY = 1024
+DENSE_ABOVE = 0.1               # a level whose frames would occupy more of the pixels is kept dense
+
+
+@numba.njit(**_OPTS)
+def _scan(words, frame, per_word, chunk_of, pos, val, chunk, sums, work):  # pragma: no cover - compiled
+    """Events (index order) of the nonzero used pixels of ``frame`` into ``pos``/``val``/``chunk``; chunk
+    sums into ``sums``. ``words`` is the frame's leading ``words.size * per_word`` elements seen as uint64.
+    Branch-free compaction (nonzero words, then their nonzero pixels, then the used ones): a
+    mispredicted branch per photon would cost more than the photon. ``work`` holds one int64 per word
+    and per pixel. Returns the event count (``pos`` etc. must have room for every used pixel)."""
+    m = 0
+    nw = words.size
+    for w in range(nw):
+        work[m] = w
+        m += words[w] != 0
+    n = 0
+    for k in range(m):                      # candidate pixels after the word indices, in place
+        base = work[k] * per_word
+        for i in range(base, base + per_word):
+            work[m + n] = i
+            n += frame[i] != 0              # NaN too: it makes the sums NaN, the frame bad
+    for i in range(nw * per_word, frame.size):
+        work[m + n] = i
+        n += frame[i] != 0
+    sums[:] = 0.0
+    e = 0
+    for k in range(m, m + n):
+        i = work[k]
+        c = chunk_of[i]
+        pos[e] = i
+        chunk[e] = c
+        val[e] = np.float64(frame[i])
+        e += c >= 0
+    for k in range(e):
+        sums[chunk[k]] += val[k]
+    return e
+
+
+@numba.njit(**_OPTS)
+def _take(pos_in, val_in, chunk_of, pos, val, chunk, sums):  # pragma: no cover - compiled
+    """Given events (ascending unique flat indices) of the used pixels into the slot; chunk sums.
+    Returns the count, or -1 - k when index k is out of range or not above the one before it."""
+    n = 0
+    sums[:] = 0.0
+    last = -1
+    size = chunk_of.size
+    for k in range(pos_in.size):
+        p = pos_in[k]
+        if p <= last or p >= size:
+            return -1 - k
+        last = p
+        c = chunk_of[p]
+        if c >= 0:
+            x = np.float64(val_in[k])
+            pos[n] = p
+            val[n] = x
+            chunk[n] = c
+            n += 1
+            sums[c] += x
+    return n
+
+
+@numba.njit(**_OPTS)
+def _clear(mask, pos, n, keep):  # pragma: no cover - compiled
+    """Drop one slot's bit (``keep`` is its complement) from the masks of that slot's pixels."""
+    for k in range(n):
+        mask[pos[k]] &= keep
+
+
+@numba.njit(**_OPTS)
+def _correlate(mask, pos, val, chunk, counts, slot, bit, i_min, G, t_base, B, hits):  # pragma: no cover
+    """Products of the new events in ``slot`` with every stored event of the same pixel at lags >= i_min
+    into ``G[t_base + lag, chunk]``; lag 0 (the frame with itself) when ``i_min`` is 0; sets the slot's bit.
+
+    One branch-free pass reads and sets the masks and lists the events with a history (``hits``, int64
+    scratch). Only those look up the older slots' values: hits come in pixel order, so each older
+    slot's list is searched forward from where its last hit was found (galloping, then bisection):
+    reads stay close together and in order."""
+    n = counts[slot]
+    h = 0
+    p_s = pos[slot]
+    v_s = val[slot]
+    c_s = chunk[slot]
+    for k in range(n):
+        p = p_s[k]
+        m = mask[p]
+        mask[p] = m | bit
+        hits[h] = k
+        h += m != 0
+    if i_min == 0:
+        for k in range(n):
+            v = v_s[k]
+            G[t_base, c_s[k]] += v * v
+    cursor = np.zeros(B, np.int64)
+    for q in range(h):
+        k = hits[q]
+        p = p_s[k]
+        v = v_s[k]
+        c = c_s[k]
+        m = mask[p]
+        for j in range(B):
+            if j != slot and (m >> j) & 1:
+                lag = (slot - j + B) % B
+                if lag >= i_min:
+                    lo = cursor[j]
+                    step = 1
+                    hi = lo
+                    end = counts[j]
+                    while hi < end and pos[j, hi] < p:     # gallop: the pixel is at or after lo
+                        lo = hi + 1
+                        hi = lo + step
+                        step <<= 1
+                    if hi > end:
+                        hi = end
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if pos[j, mid] < p:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    cursor[j] = lo + 1
+                    G[t_base + lag, c] += v * val[j, lo]
+
+
+@numba.njit(**_OPTS)
+def _pairs(P, F, pairs, sums, bad, slot, i_min, n_avail, t_base, B):  # pragma: no cover - compiled
+    """Per-lag P (past chunk sums), F (the new frame's) and pair counts, skipping bad past slots."""
+    nc = sums.shape[1]
+    for lag in range(i_min, n_avail):
+        j = (slot - lag + B) % B
+        if bad[j]:
+            continue
+        t = t_base + lag
+        for c in range(nc):
+            P[t, c] += sums[j, c]
+            F[t, c] += sums[slot, c]
+        pairs[t] += 1
+
+
+@numba.njit(**_OPTS)
+def _average(pa, va, ca, na, pb, vb, cb, nb, po, vo, co):  # pragma: no cover - compiled
+    """Sorted union of two event lists with values ``(a + b) / 2`` (a missing side is 0, as in the dense
+    ``(a + 0) / 2``); returns the count."""
+    i = 0
+    j = 0
+    n = 0
+    while i < na and j < nb:
+        if pa[i] < pb[j]:
+            po[n] = pa[i]
+            vo[n] = va[i] / 2
+            co[n] = ca[i]
+            i += 1
+        elif pb[j] < pa[i]:
+            po[n] = pb[j]
+            vo[n] = vb[j] / 2
+            co[n] = cb[j]
+            j += 1
+        else:
+            po[n] = pa[i]
+            vo[n] = (va[i] + vb[j]) / 2
+            co[n] = ca[i]
+            i += 1
+            j += 1
+        n += 1
+    while i < na:
+        po[n] = pa[i]
+        vo[n] = va[i] / 2
+        co[n] = ca[i]
+        i += 1
+        n += 1
+    while j < nb:
+        po[n] = pb[j]
+        vo[n] = vb[j] / 2
+        co[n] = cb[j]
+        j += 1
+        n += 1
+    return n
+
+
+@numba.njit(**_OPTS)
+def _scatter(pa, va, na, pb, vb, nb, padded_of, chunk, x):  # pragma: no cover - compiled
+    """The dense ``(a + b) / 2`` of two event lists into ``x`` (chunks, chunk), which is zeroed first."""
+    for r in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            x[r, k] = 0.0
+    for i in range(na):
+        q = padded_of[pa[i]]
+        x[q // chunk, q % chunk] = va[i]
+    for j in range(nb):
+        q = padded_of[pb[j]]
+        x[q // chunk, q % chunk] += vb[j]
+    for r in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            x[r, k] /= 2
+
+
+def _mask_dtype(num_bufs: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if num_bufs <= 8 * np.dtype(dt).itemsize:
+            return np.dtype(dt)
+    raise ValueError(f"sparse correlation keeps one bit per ring slot: num_bufs must be <= {MAX_SPARSE_BUFS}, "
+                     f"not {num_bufs}")
+
+
+@dataclass
+class _Level:
+    """One sparse level's ring of event lists and its per-pixel occupancy bits."""
+
+    mask: np.ndarray          # (frame pixels,) bit j set = the pixel holds an event in slot j
+    pos: np.ndarray           # (B, capacity) int32 flat pixel index, ascending within a slot
+    val: np.ndarray           # (B, capacity) float64
+    chunk: np.ndarray         # (B, capacity) int32 the event's chunk (G's column)
+    n: np.ndarray             # (B,) events per slot
+
+    @classmethod
+    def make(cls, pixels: int, num_bufs: int, capacity: int) -> _Level:
+        return cls(np.zeros(pixels, _mask_dtype(num_bufs)), np.zeros((num_bufs, capacity), np.int32),
+                   np.zeros((num_bufs, capacity)), np.zeros((num_bufs, capacity), np.int32),
+                   np.zeros(num_bufs, np.int64))
+
+    @property
+    def capacity(self) -> int:
+        return self.pos.shape[1]
+
+    def ensure(self, need: int) -> None:
+        """Room for ``need`` events per slot (grown by doubling, stored events kept)."""
+        if need <= self.capacity:
+            return
+        cap = max(need, 2 * self.capacity)
+        for name in ("pos", "val", "chunk"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], cap), old.dtype)
+            new[:, :old.shape[1]] = old
+            setattr(self, name, new)
+
+    def nbytes(self) -> int:
+        return self.mask.nbytes + self.pos.nbytes + self.val.nbytes + self.chunk.nbytes
+
+    def clear(self, slot: int) -> None:
+        n = int(self.n[slot])
+        if n:
+            _clear(self.mask, self.pos[slot], n, ~self.mask.dtype.type(1 << slot))
+            self.n[slot] = 0
+
+    def slot(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        return self.pos[j], self.val[j], self.chunk[j], int(self.n[j])
+
+
+class SparseMultitauCorrelator(MultitauCorrelator):
+    """:class:`MultitauCorrelator` (symmetric normalisation, float64) computed from occupied pixels only.
+
+    Same parameters, results and bad/missing frame handling; ``num_bufs`` at most 64, no ``per_pixel``.
+    Averaging fills the higher levels: a level whose first frame would occupy more than
+    ``dense_above`` of the used pixels (and every level above it) is kept dense, as the dense
+    correlator keeps it. ``max_bytes`` caps the levels exactly where the dense correlator would (its
+    buffer sizes are counted), so a :meth:`to_dense` hand-over keeps the same levels.
+
+    Attributes
+    ----------
+    last_events : int
+        Events (occupied used pixels) of the last frame added.
+    sparse_levels : int
+        Levels kept as event lists so far (the rest, once made, are dense).
+    """
+
+    def __init__(self, layout: PixelLayout, num_bufs: int = 8, num_levels: int = 8,
+                 max_bytes: int | None = None, dense_above: float = DENSE_ABOVE) -> None:
+        _mask_dtype(num_bufs)
+        super().__init__(layout, num_bufs, num_levels, per_pixel=False, max_bytes=max_bytes)
+        size = int(np.prod(layout.shape))
+        if size >= 2**31:
+            raise ValueError(f"frames of {size} pixels: sparse event indices are int32")
+        self.dense_above = float(dense_above)
+        self._chunk_of = np.full(size, -1, np.int32)
+        self._chunk_of[layout.pixels] = layout.positions // layout.chunk
+        self._padded_of = np.full(size, -1, np.int64)
+        self._padded_of[layout.pixels] = layout.positions
+        self._levels: list[_Level | None] = [None] * self.num_levels
+        self.sparse_levels = self.num_levels       # lowered when a level is made dense
+        self._equiv_bytes = 0          # what the dense correlator's level buffers would hold
+        self._work = np.zeros(2 * size + 1, np.int64)    # scan scratch: word and pixel indices; hit lists
+        self.last_events = 0
+
+    def memory_bytes(self) -> int:
+        n = sum(lv.nbytes() for lv in self._levels if lv is not None) + self.G.nbytes * 3
+        return n + sum(b.nbytes for b in self._buf if b is not None)
+
+    def _room(self, level: int) -> bool:
+        """Count a new level's dense-equivalent bytes; False (and cap the levels) beyond max_bytes."""
+        need = self.layout.padded_size * self.num_bufs * 8
+        if level and self.max_bytes is not None and self._equiv_bytes + self.G.nbytes * 3 + need > self.max_bytes:
+            self.level_limit = min(self.level_limit, level)
+            return False
+        self._equiv_bytes += need
+        return True
+
+    def _level(self, level: int, expected: int) -> _Level | None:
+        lv = self._levels[level]
+        if lv is None and self._room(level):
+            cap = max(_FIRST_CAPACITY, expected)
+            lv = self._levels[level] = _Level.make(self._chunk_of.size, self.num_bufs, cap)
+            if level == 0:                      # a frame's scan stores its events straight into the slot
+                lv.ensure(self.layout.num_pixels)
+        return lv
+
+    def _dense_slot(self, level: int) -> np.ndarray | None:
+        buf = self._buf[level]
+        if buf is None:
+            if not self._room(level):
+                return None
+            lay = self.layout
+            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk))
+        return buf[:, int(self._count[level]) % self.num_bufs, :]
+
+    # -- input ------------------------------------------------------------------
+    def add(self, frame: np.ndarray) -> bool:
+        lv = self._level(0, 0)
+        assert lv is not None
+        slot = int(self._count[0]) % self.num_bufs
+        lv.clear(slot)
+        flat = frame.reshape(-1)
+        words, per = _words(flat)
+        sums = self._sums[0, slot]
+        if flat.size != self._chunk_of.size:
+            raise ValueError(f"frame of {flat.size} pixels; the layout has {self._chunk_of.size}")
+        n = _scan(words, flat, per, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], sums, self._work)
+        return self._added(lv, slot, n)
+
+    def add_events(self, index: np.ndarray, values: np.ndarray) -> bool:
+        """Add the next frame given as events: flat pixel indices (ascending, unique) and their values
+        (a photon finder's or a sparse detector's output); unused pixels are ignored."""
+        index = np.ascontiguousarray(index, np.int64)
+        values = np.ascontiguousarray(values)
+        if index.shape != values.shape or index.ndim != 1:
+            raise ValueError(f"index and values must be 1-d of one length, not {index.shape} and {values.shape}")
+        lv = self._level(0, 0)
+        assert lv is not None
+        slot = int(self._count[0]) % self.num_bufs
+        lv.clear(slot)
+        lv.ensure(index.size)
+        n = _take(index, values, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], self._sums[0, slot])
+        if n < 0:
+            k = -1 - n
+            raise ValueError(f"event {k}: pixel index {int(index[k])} is out of range (frame of "
+                             f"{self._chunk_of.size} pixels) or not above the one before it")
+        return self._added(lv, slot, n)
+
+    def _added(self, lv: _Level, slot: int, n: int) -> bool:
+        lv.n[slot] = n
+        sums = self._sums[0, slot]
+        self.last_events = n
+        self.last_chunk_sums = sums
+        self.last_sum = float(sums.sum())
+        bad = not np.isfinite(self.last_sum)
+        if bad:
+            lv.clear(slot)                      # no bits were set yet: just forget its events
+            lv.n[slot] = 0
+        self._cascade_events(bad)
+        return not bad
+
+    def add_missing(self, count: int = 1) -> None:
+        for _ in range(count):
+            lv = self._levels[0]
+            if lv is not None:
+                lv.clear(int(self._count[0]) % self.num_bufs)
+            self._cascade_events(True)
+
+    @property
+    def occupancy(self) -> float:
+        """Events of the last frame per used pixel."""
+        return self.last_events / max(1, self.layout.num_pixels)
+
+    def _cascade_events(self, bad: bool) -> None:
+        """Level 0's next slot holds the new frame's events (none when bad): correlate it, build averages."""
+        self.frames += 1
+        self.frames_bad += bad
+        self._insert_events(0, bad)
+        B = self.num_bufs
+        for level in range(1, self.level_limit):
+            if not self._pending[level]:
+                self._pending[level] = True
+                return
+            self._pending[level] = False
+            below = level - 1
+            cur = int(self._count[below] - 1) % B
+            prev = (cur - 1) % B
+            bad = bool(self._bad[below, cur] or self._bad[below, prev])
+            if not bad and not self._average_into(level, below, prev, cur):
+                return                                     # max_bytes reached: no more levels
+            if level >= self.sparse_levels:
+                self._insert(level, self._buf[level][:, int(self._count[level]) % B, :] if not bad else None,
+                             None if bad else self._sums[level, int(self._count[level]) % B], bad)
+            else:
+                if bad:
+                    lv = self._levels[level]
+                    if lv is not None:
+                        lv.clear(int(self._count[level]) % B)
+                self._insert_events(level, bad)
+
+    def _average_into(self, level: int, below: int, prev: int, cur: int) -> bool:
+        """Build the average of ``below``'s slots prev and cur in ``level``'s next slot (sparse or dense)."""
+        B = self.num_bufs
+        slot = int(self._count[level]) % B
+        lb = self._levels[below] if below < self.sparse_levels else None
+        if level < self.sparse_levels and self._levels[level] is None:
+            assert lb is not None
+            expected = int(lb.n[prev] + lb.n[cur])
+            if expected > self.dense_above * self.layout.num_pixels:
+                self.sparse_levels = level                 # this level and all above: dense
+        if level < self.sparse_levels:
+            assert lb is not None
+            lv = self._level(level, int(2 * max(lb.n[prev], lb.n[cur])))
+            if lv is None:
+                return False
+            lv.clear(slot)
+            pa, va, ca, na = lb.slot(prev)
+            pb, vb, cb, nb = lb.slot(cur)
+            lv.ensure(na + nb)
+            lv.n[slot] = _average(pa, va, ca, na, pb, vb, cb, nb, lv.pos[slot], lv.val[slot], lv.chunk[slot])
+        else:
+            x = self._dense_slot(level)
+            if x is None:
+                return False
+            if lb is None:                                 # dense below: as the dense correlator does it
+                np.add(self._buf[below][:, prev, :], self._buf[below][:, cur, :], out=x)
+                x /= 2
+            else:                                          # the first dense level: scatter the union
+                pa, va, _, na = lb.slot(prev)
+                pb, vb, _, nb = lb.slot(cur)
+                _scatter(pa, va, na, pb, vb, nb, self._padded_of, self.layout.chunk, x)
+        self._sums[level, slot] = (self._sums[below, prev] + self._sums[below, cur]) / 2
+        return True
+
+    def _insert_events(self, level: int, bad: bool) -> None:
+        B = self.num_bufs
+        c = int(self._count[level])
+        self._count[level] = c + 1
+        slot = c % B
+        self._bad[level, slot] = bad
+        if bad:
+            return
+        lv = self._levels[level]
+        assert lv is not None
+        i_min = B // 2 if level else 0
+        t_base = level * (B // 2)
+        if self._work.size < lv.n[slot]:
+            self._work = np.zeros(int(lv.n[slot]), np.int64)
+        _correlate(lv.mask, lv.pos, lv.val, lv.chunk, lv.n, slot, lv.mask.dtype.type(1 << slot), i_min,
+                   self.G, t_base, B, self._work)
+        n_avail = min(c + 1, B)
+        if n_avail > i_min:
+            _pairs(self.P, self.F, self.pairs, self._sums[level], self._bad[level], slot, i_min, n_avail, t_base, B)
+
+    # -- hand-over ----------------------------------------------------------------
+    def to_dense(self, dtype: np.dtype | str = np.float64) -> MultitauCorrelator:
+        """A dense correlator in this one's exact state (it goes on from here with the next frame)."""
+        lay = self.layout
+        d = MultitauCorrelator(lay, self.num_bufs, self.num_levels, max_bytes=self.max_bytes, dtype=dtype)
+        for name in ("G", "P", "F", "pairs", "_sums", "_bad", "_count", "_pending"):
+            setattr(d, name, getattr(self, name).copy())
+        d.frames, d.frames_bad, d.level_limit = self.frames, self.frames_bad, self.level_limit
+        d.last_sum, d.last_chunk_sums = self.last_sum, np.array(self.last_chunk_sums)
+        for level in range(self.num_levels):
+            lv, dense = self._levels[level], self._buf[level]
+            if dense is not None:
+                d._buf[level] = dense.astype(d.dtype)
+            elif lv is not None:
+                buf = d._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk), d.dtype)
+                for j in range(self.num_bufs):
+                    n = int(lv.n[j])
+                    if n:
+                        q = self._padded_of[lv.pos[j, :n]]
+                        buf[q // lay.chunk, j, q % lay.chunk] = lv.val[j, :n]
+        return d
+
+
+def _words(flat: np.ndarray) -> tuple[np.ndarray, int]:
+    """The frame's leading elements as uint64 words (for the zero skip) and elements per word."""
+    item = flat.dtype.itemsize
+    if item <= 8 and 8 % item == 0 and flat.flags.c_contiguous:
+        per = 8 // item
+        lead = flat.size - flat.size % per
+        try:
+            return flat[:lead].view(np.uint64), per
+        except ValueError:                                # not 8-byte aligned
+            pass
+    return _NO_WORDS, 1
+
+
+_NO_WORDS = np.zeros(0, np.uint64)
