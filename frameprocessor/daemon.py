@@ -119,6 +119,7 @@ class FrameProcessorDaemon:
             shm.retry()
         if shm.ready.socket in events:
             shm.on_ready()
+        shm.flush_releases()
         after = self.controller.shutdown_after
         if after and shm.frames_received >= after and not shm.busy and self.controller.chain.idle():
             log.info("%d frames processed (configure frames %d): shutting down", shm.frames_received, after)
@@ -135,6 +136,7 @@ class FrameProcessorDaemon:
                 if shm.busy:
                     shm.retry()
                 shm.drain_releases()
+                shm.flush_releases()
                 shm.on_release_channel()
             if (shm is None or not shm.busy) and self.controller.chain.idle():
                 break

@@ -23,9 +23,10 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from framechain.ipc.batch import MAX_BATCH, decode_batch, encode_batch, is_batch
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import ThrottledLog
-from framechain.ipc.errors import FramechainError, ShmError
+from framechain.ipc.errors import FramechainError, ProtocolError, ShmError
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.series_header import read_arrays
 from framechain.ipc.shm import COMPRESSION_CODES, FRAME_HEADER, STATE_READY, FrameHeader, SharedBuffer
@@ -123,6 +124,9 @@ class SharedMemoryController:
         self.detector_mask = False  # shared_memory/detector_mask
         self.decoder: FrameDecoder | None = None  # fr_setup/decoder: buffers of an odin-data frameReceiver
         self.headers: dict[str, DetectorHeader] = {}  # detector series headers by acquisition id
+        self.batch_releases = False  # the receiver batches (buffer_config notify_batch): so do our releases
+        self._rel_frames: list[int] = []
+        self._rel_bids: list[int] = []
         self.generation = 0  # moves on when the receiver's segment is replaced: older releases are not sent
         self.receiver_lost = 0  # times the receiver went away (its subscription to our releases ended)
         self.releases_stale = 0  # zero-copy releases of a replaced segment's buffers, not sent
@@ -143,6 +147,8 @@ class SharedMemoryController:
         self.frames_compressed = 0
         self.headers_bad = 0
         self.acquisitions = 0
+        self.batches_received = 0
+        self.batches_bad = 0
         self.last_bad = ""
 
     # -- buffer config --------------------------------------------------------
@@ -173,8 +179,9 @@ class SharedMemoryController:
             self._layout_key, self._layout_value = None, ()
             self.buffer.close()  # views plugins still hold keep the old mapping alive until they go
             self.generation += 1
-            stale = len(self._unsent)
+            stale = len(self._unsent) + len(self._rel_bids)
             self._unsent.clear()  # releases of the old segment's buffers must not free the new one's
+            self._rel_frames, self._rel_bids = [], []
             self.releases_stale += stale
         self.buffer = new
         self.shared_buffer_name = name
@@ -218,6 +225,11 @@ class SharedMemoryController:
         if self.busy:
             return
         for raw in self.ready.pending(limit):
+            if is_batch(raw):
+                self._on_batch(raw)
+                if self.busy:
+                    return
+                continue
             try:
                 msg = IpcMessage.decode(raw)
             except ValueError as err:
@@ -231,12 +243,35 @@ class SharedMemoryController:
                     self._handle_checked(msg.params)
             elif msg.msg_val == "buffer_config":
                 name = msg.params.get("shared_buffer_name")
+                batch = msg.params.get("notify_batch", 1)
+                self.batch_releases = isinstance(batch, int) and not isinstance(batch, bool) and batch > 1
                 if isinstance(name, str):
                     self._map(name)
                     self._remap_due = False
                     self.drain_waiting()
             if self.busy:
                 return  # leave the rest on the socket until the stalled frame is placed
+
+    def _on_batch(self, raw: bytes) -> None:
+        """A framechain batch of frame_ready (ipc/batch.py): each frame as if announced alone, in order."""
+        try:
+            kind, frames, bids = decode_batch(raw)
+        except ProtocolError as err:
+            self.batches_bad += 1
+            self._warnings.warning("ignored malformed data-path batch: %s", err)
+            return
+        if kind != "frame_ready":
+            self.batches_bad += 1
+            self._warnings.warning("ignored a %s batch on the frame_ready channel", kind)
+            return
+        self.batches_received += 1
+        for i in range(len(frames)):
+            if self.buffer is None or self._remap_due or self.busy:  # the rest waits, in order
+                self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i:], bids[i:]))
+                if self.buffer is None or self._remap_due:
+                    self.request_config()
+                return
+            self._handle_checked({"frame": frames[i], "buffer_id": bids[i]})
 
     def _start_of_acquisition(self, p: dict[str, Any]) -> None:
         """A detector series' header: kept for its frames (frame.detector; frame.mask if asked)."""
@@ -448,12 +483,29 @@ class SharedMemoryController:
 
     # -- releases ----------------------------------------------------------------
     def _send_release(self, frame: int, bid: int) -> None:
+        if self.batch_releases:
+            self._rel_frames.append(frame)
+            self._rel_bids.append(bid)
+            self.frames_released += 1
+            if len(self._rel_bids) >= MAX_BATCH:
+                self.flush_releases()
+            return
         raw = frame_notification("frame_release", frame, bid)
+        self._send_raw_release(raw)
+        self.frames_released += 1
+
+    def flush_releases(self) -> None:
+        """Send the releases batched since the last flush (the daemon calls this after every step)."""
+        if self._rel_bids:
+            raw = encode_batch("frame_release", self._rel_frames, self._rel_bids)
+            self._rel_frames, self._rel_bids = [], []
+            self._send_raw_release(raw)
+
+    def _send_raw_release(self, raw: bytes) -> None:
         if self.release_subscribed:
             self.release.socket.send(raw)
         else:
             self._unsent.append(raw)
-        self.frames_released += 1
 
     def on_release_channel(self) -> None:
         """Subscription events from the receiver's release SUB: send held releases once it has joined."""
@@ -474,6 +526,14 @@ class SharedMemoryController:
     def discard_pending(self) -> None:
         """At shutdown: release buffers announced but not yet taken (counted in frames/discarded)."""
         for raw in self.ready.pending():
+            if is_batch(raw):
+                try:
+                    kind, frames, bids = decode_batch(raw)
+                except ProtocolError:
+                    continue
+                if kind == "frame_ready":
+                    self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames, bids))
+                continue
             try:
                 msg = IpcMessage.decode(raw)
             except ValueError:
@@ -486,6 +546,7 @@ class SharedMemoryController:
                 self.frames_discarded += 1
                 self._send_release(p.get("frame") if isinstance(p.get("frame"), int) else -1, bid)
         self.waiting.clear()
+        self.flush_releases()
 
     @property
     def busy(self) -> bool:
@@ -500,7 +561,7 @@ class SharedMemoryController:
                               "releases_held": len(self._unsent),
                               "shared_buffer_name": self.shared_buffer_name or "",
                               "receiver_connected": self.receiver_connected, "receiver_lost": self.receiver_lost,
-                              "releases_stale": self.releases_stale,
+                              "releases_stale": self.releases_stale, "release_batching": self.batch_releases,
                               "num_buffers": b.num_buffers if b else 0, "buffer_size": b.buffer_size if b else 0,
                               "header_size": FRAME_HEADER.size, "copy": self.copy,
                               "fr_ready_cnxn": self.ready_cnxn, "fr_release_cnxn": self.release_cnxn,
@@ -512,6 +573,7 @@ class SharedMemoryController:
                        "waiting": len(self.waiting), "stalled": self.busy,
                        "acquisitions": self.acquisitions, "last_bad": self.last_bad,
                        "compressed": self.frames_compressed},
+            "batches": {"received": self.batches_received, "bad": self.batches_bad},
         }
 
     def _header_status(self) -> dict[str, Any]:

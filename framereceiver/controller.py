@@ -23,6 +23,7 @@ from framechain.ipc.channel import same_endpoint
 from framechain.ipc.compression import CompressionError
 from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
+from framechain.ipc.batch import MAX_BATCH, encode_batch
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
 from framechain.ipc.options import Option, Section, validate_options
@@ -55,6 +56,9 @@ RECEIVER_OPTIONS = {
     "mode": Option(str, "block", "block: wait for a free buffer; drop: drop and count the frame",
                    choices=("block", "drop")),
     "source": Option(dict, {}, "frame source {type, ...}; see framereceiver.sources.SOURCE_OPTIONS"),
+    "notify_batch": Option(int, 1, "frames announced per data-path message: 1 = odin-data's one JSON frame_ready "
+                                   f"per frame (any processor); 2..{MAX_BATCH} = framechain's binary batches "
+                                   "(framechain processors only; see ipc/batch.py)", low=1, high=MAX_BATCH),
 }
 
 
@@ -86,8 +90,11 @@ class ReceiverController(ControlHandler):
 
     def __init__(self, publish: Callable[[IpcMessage], None], publish_raw: Callable[[bytes], None],
                  shared_buffer_name: str = "FrameReceiverBuffer") -> None:
-        self.publish = publish
+        self.send_json = publish           # the ready channel (the daemon swaps both when it rebinds)
         self.publish_raw = publish_raw
+        self.notify_batch = 1
+        self._batch_frames: list[int] = []  # announced, not yet sent (notify_batch > 1)
+        self._batch_bids: list[int] = []
         self.shared_buffer_name = shared_buffer_name
         self.max_buffer_mem: int | None = None  # None: DEFAULT_BUFFERS buffers
         self.mode = "block"
@@ -181,7 +188,7 @@ class ReceiverController(ControlHandler):
         src = self.source_cfg
         cfg: dict[str, Any] = {
             "shared_buffer_name": self.shared_buffer_name, "max_buffer_mem": self.effective_buffer_mem(),
-            "mode": self.mode, "source": dict(src),
+            "mode": self.mode, "source": dict(src), "notify_batch": self.notify_batch,
             # odin-data's names for the same things
             "ctrl_endpoint": self.endpoints.get("ctrl", ""),
             "frame_ready_endpoint": self.endpoints.get("ready", ""),
@@ -196,7 +203,8 @@ class ReceiverController(ControlHandler):
             "plugins": {"names": [ODIN_PART]},
             "config_ts": self.config_ts.value,
         }
-        cfg[ODIN_PART] = {k: cfg[k] for k in ("shared_buffer_name", "max_buffer_mem", "mode", "source")}
+        cfg[ODIN_PART] = {k: cfg[k] for k in ("shared_buffer_name", "max_buffer_mem", "mode", "source",
+                                              "notify_batch")}
         if params.get("metadata") is True:
             kind = src.get("type")
             options = {**RECEIVER_OPTIONS, "source": Section(SOURCE_OPTIONS.get(kind, {}), "frame source")}
@@ -322,6 +330,10 @@ class ReceiverController(ControlHandler):
             logging.getLogger("framechain").setLevel(logging.DEBUG if odin.debug_level > 0 else logging.INFO)
         self.config_ts.touch()
         self.mode, self.shared_buffer_name, self.max_buffer_mem = mode, name, mem
+        if values.get("notify_batch", self.notify_batch) != self.notify_batch:
+            self.notify_batch = values["notify_batch"]
+            if self.buffer is not None:  # processors learn it from the buffer config
+                self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))
         if source is not None:
             if self.source is not None:
                 self.source.close()
@@ -406,8 +418,11 @@ class ReceiverController(ControlHandler):
     def buffer_config(self) -> dict[str, Any]:
         if self.buffer is None:
             raise ConfigError("no shared buffer yet: configure a source first")
-        return {"shared_buffer_name": self.shared_buffer_name, "num_buffers": self.buffer.num_buffers,
-                "buffer_size": self.buffer.buffer_size}
+        cfg = {"shared_buffer_name": self.shared_buffer_name, "num_buffers": self.buffer.num_buffers,
+               "buffer_size": self.buffer.buffer_size}
+        if self.notify_batch > 1:  # framechain processors batch their releases too
+            cfg["notify_batch"] = self.notify_batch
+        return cfg
 
     # -- source ------------------------------------------------------------------
     def start(self) -> None:
@@ -462,7 +477,25 @@ class ReceiverController(ControlHandler):
         the next processor that asks for the buffer config."""
         if self.subscribers == 0:
             self._unheard.add(bid)
-        self.publish_raw(frame_notification("frame_ready", frame, bid))
+        if self.notify_batch == 1:
+            self.publish_raw(frame_notification("frame_ready", frame, bid))
+            return
+        self._batch_frames.append(frame)
+        self._batch_bids.append(bid)
+        if len(self._batch_frames) >= self.notify_batch:
+            self.flush_announcements()
+
+    def flush_announcements(self) -> None:
+        """Send the frames announced since the last batch (at the end of every produce, before any JSON notice)."""
+        if self._batch_frames:
+            raw = encode_batch("frame_ready", self._batch_frames, self._batch_bids)
+            self._batch_frames, self._batch_bids = [], []
+            self.publish_raw(raw)
+
+    def publish(self, msg: IpcMessage) -> None:
+        """A JSON notice on the ready channel, after the batched frames announced before it."""
+        self.flush_announcements()
+        self.send_json(msg)
 
     def subscribers_changed(self) -> None:
         """Every processor gone: the frames they held (mapped, never released) may never be released; they are
@@ -536,6 +569,12 @@ class ReceiverController(ControlHandler):
 
     def produce(self, limit: int = 32) -> int:
         """Announce up to ``limit`` frames that are due; return how many were handled."""
+        try:
+            return self._produce(limit)
+        finally:
+            self.flush_announcements()
+
+    def _produce(self, limit: int) -> int:
         if self.state != "running":
             return 0
         if isinstance(self.source, UdpSource):
@@ -730,16 +769,23 @@ class ReceiverController(ControlHandler):
         self._announce(n, bid)
 
     # -- data path in ------------------------------------------------------------
+    def release_buffers(self, buffer_ids: list[int]) -> None:
+        """A batch of frame_release (ipc/batch.py)."""
+        for bid in buffer_ids:
+            self._release(bid)
+
+    def _release(self, bid: Any) -> None:
+        if self.buffers is not None and isinstance(bid, int) and self.buffers.release(bid):
+            self._unheard.discard(bid)
+            self.frames_released += 1
+            self.buffer.set_state(bid, STATE_EMPTY)
+        else:
+            self.bad_releases += 1
+            self.warnings.warning("release of buffer %r that is not mapped (ignored)", bid)
+
     def on_release(self, msg: IpcMessage) -> None:
         if msg.msg_val == "frame_release":
-            bid = msg.params.get("buffer_id")
-            if self.buffers is not None and isinstance(bid, int) and self.buffers.release(bid):
-                self._unheard.discard(bid)
-                self.frames_released += 1
-                self.buffer.set_state(bid, STATE_EMPTY)
-            else:
-                self.bad_releases += 1
-                self.warnings.warning("release of buffer %r that is not mapped (ignored)", bid)
+            self._release(msg.params.get("buffer_id"))
         elif msg.msg_val in ("request_buffer_config", "buffer_config"):
             if self.buffer is not None:
                 self.publish(IpcMessage("notify", "buffer_config", self.buffer_config()))

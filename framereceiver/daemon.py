@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import zmq
 
+from framechain.ipc.batch import decode_batch, is_batch
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import run_daemon, set_switch_interval, switch_interval_ms
 from framechain.ipc.curve import AuthFailures, secure_server
@@ -94,14 +95,20 @@ class FrameReceiverDaemon:
                 log.info("frame receiver: %s now on %s", key, want[key])
             if ok and "ready" in made:
                 ctl = self.controller
-                ctl.publish, ctl.publish_raw = self.ready.send, self.ready.socket.send
+                ctl.send_json, ctl.publish_raw = self.ready.send, self.ready.socket.send
                 ctl.subscribers = ctl.peer_subscribers = 0  # processors subscribe again on the new endpoint
         return commit
 
     def handle_releases(self, limit: int = 1024) -> None:
         for raw in self.release.pending(limit):
             try:
-                self.controller.on_release(IpcMessage.decode(raw))
+                if is_batch(raw):
+                    kind, _, bids = decode_batch(raw)
+                    if kind != "frame_release":
+                        raise ProtocolError(f"a {kind} batch on the release channel")
+                    self.controller.release_buffers(bids)
+                else:
+                    self.controller.on_release(IpcMessage.decode(raw))
             except ProtocolError as err:
                 self.controller.warnings.warning("ignored malformed release-channel message: %s", err)
 
