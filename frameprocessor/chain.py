@@ -8,7 +8,7 @@ from typing import Any
 
 from framechain.ipc.errors import PluginError
 
-from .frame import EndOfAcquisition, Frame
+from .frame import EndOfAcquisition, Frame, FrameBatch
 from .loader import load_plugin_class
 from .plugin import FrameProcessorPlugin
 from .worker import STUCK_AFTER_S, PluginWorker
@@ -179,5 +179,5 @@ class PluginChain:
                 if blocking or item.__class__ is EndOfAcquisition:
                     left.append((worker, blocking))
                 else:
-                    worker.count_drop()
+                    worker.count_drop(len(item) if item.__class__ is FrameBatch else 1)
         return left

@@ -129,6 +129,13 @@ class Frame:
                 f"acq={self.acquisition_id!r}>")
 
 
+class FrameBatch(list):
+    """Frames of one data-path batch, in order, handed to a plugin thread as one queue item (the plugin
+    still sees them one by one); built by the shared-memory controller from a batched frame_ready."""
+
+    __slots__ = ()
+
+
 def decompress_frame(frame: Frame, pool: DataBlockPool, timeout: float = 2.0) -> Frame | None:
     """A pooled Frame holding the pixels of compressed ``frame`` (metadata kept); None when the pool is full.
 

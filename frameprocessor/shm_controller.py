@@ -33,13 +33,14 @@ from framechain.ipc.shm import COMPRESSION_CODES, FRAME_HEADER, STATE_READY, Fra
 
 from .chain import PluginChain
 from .decoders import FrameDecoder
-from .frame import Compressed, DetectorHeader, EndOfAcquisition, Frame
+from .frame import Compressed, DetectorHeader, EndOfAcquisition, Frame, FrameBatch
 from .pool import DataBlockPool, PoolExhausted
 
 __all__ = ["SharedMemoryController"]
 
 log = logging.getLogger(__name__)
 _CONFIG_RETRY_S = 0.25
+_BATCH_ITEM_FRAMES = 64  # frames of a batch per plugin queue item (a full queue holds 64 items)
 
 
 def _short(params: Any, limit: int = 120) -> str:
@@ -58,10 +59,13 @@ class ReleaseQueue:
         self._queue: SimpleQueue[tuple[int, int, int]] = SimpleQueue()
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.closed = False
+        self._armed = False  # a wakeup is pending: later puts need no system call until the next drain
 
     def put(self, frame: int, bid: int, generation: int = 0) -> None:
         self._queue.put((frame, bid, generation))
-        os.eventfd_write(self.fd, 1)
+        if not self._armed:
+            self._armed = True
+            os.eventfd_write(self.fd, 1)
 
     def drain(self) -> list[tuple[int, int, int]]:
         """Every release queued so far (resets the wakeup)."""
@@ -69,6 +73,7 @@ class ReleaseQueue:
             os.eventfd_read(self.fd)
         except BlockingIOError:
             pass
+        self._armed = False  # before reading the queue: a put from now on wakes us again
         out = []
         while True:
             try:
@@ -265,13 +270,35 @@ class SharedMemoryController:
             self._warnings.warning("ignored a %s batch on the frame_ready channel", kind)
             return
         self.batches_received += 1
+        batch = FrameBatch()
         for i in range(len(frames)):
             if self.buffer is None or self._remap_due or self.busy:  # the rest waits, in order
+                self._dispatch_batch(batch)
                 self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i:], bids[i:]))
                 if self.buffer is None or self._remap_due:
                     self.request_config()
                 return
-            self._handle_checked({"frame": frames[i], "buffer_id": bids[i]})
+            number, bid = frames[i], bids[i]
+            try:
+                frame = self._ready_frame(number, bid, None)
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+                self._bad(f"malformed frame_ready in a batch: {type(err).__name__}: {err}", None, number)
+                continue
+            if frame is not None:
+                batch.append(frame)
+                if len(batch) == _BATCH_ITEM_FRAMES:
+                    self._dispatch_batch(batch)
+                    batch = FrameBatch()
+            elif self.stalled_ready is not None:   # the pool is full: this frame is retried, the rest wait
+                self._dispatch_batch(batch)
+                self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i + 1:], bids[i + 1:]))
+                return
+        self._dispatch_batch(batch)
+
+    def _dispatch_batch(self, batch: FrameBatch) -> None:
+        """Frames of a batch to the chain as one queue item per plugin (a stall keeps them together)."""
+        if batch:
+            self._dispatch(batch)
 
     def _start_of_acquisition(self, p: dict[str, Any]) -> None:
         """A detector series' header: kept for its frames (frame.detector; frame.mask if asked)."""
@@ -328,13 +355,18 @@ class SharedMemoryController:
             eoa = EndOfAcquisition(acq, frames)
             self._dispatch(eoa)
             return
+        frame = self._ready_frame(p.get("frame"), p.get("buffer_id"), p)
+        if frame is not None:
+            self._dispatch(frame)
+
+    def _ready_frame(self, number: Any, bid: Any, p: dict[str, Any] | None) -> Frame | None:
+        """The Frame of one announced buffer; None when it was bad (counted, released) or the pool is full
+        (``stalled_ready`` then holds the notice, made from ``number`` and ``bid`` when ``p`` is None)."""
         self.frames_received += 1
         self.in_acquisition = True
         buf = self.buffer
-        number, bid = p.get("frame"), p.get("buffer_id")
         if self.decoder is not None:
-            self._handle_foreign(p, number, bid)
-            return
+            return self._handle_foreign(p or {"frame": number, "buffer_id": bid}, number, bid)
         if not self._valid_bid(bid):
             self._bad(f"frame_ready names buffer {bid!r}, outside 0..{buf.num_buffers - 1}", None, number)
             return
@@ -343,30 +375,29 @@ class SharedMemoryController:
         if layout.__class__ is str:
             if self._segment_replaced():  # a new receiver rebuilt the segment under our name: read it there
                 self.frames_received -= 1
-                self.handle_ready(p)
-                return
+                return self._ready_frame(number, bid, p)
             self._bad(layout, bid, number)
             return
         if number != fields[3]:
             self._bad(f"frame_ready says frame {number} but the header holds frame {fields[3]}", bid, number)
             return
-        dtype, shape, size, acq, dset, packed = layout
+        dtype, shape, size, acq, dset, packed, views = layout
         if packed is not None:  # a compressed chunk travels as bytes (its length varies frame to frame)
             view = buf.data(bid, np.uint8, (size,))
             view.flags.writeable = False
         else:
-            view = buf.views(dtype, shape, writeable=False)[bid]  # receiver memory: plugins read it, never write it
+            view = views[bid]  # receiver memory (read-only views): plugins read it, never write it
         frame = self._wrap(p, view, number, bid, dset, acq, fields[5])
         if frame is None:
-            return
+            return None
         if packed is not None:
             frame.compressed = packed
             self.frames_compressed += 1
         if self.headers:
             self._attach_header(frame, packed.shape if packed is not None else shape)
-        self._dispatch(frame)
+        return frame
 
-    def _wrap(self, p: dict[str, Any], view: np.ndarray, number: int, bid: int, dset: str, acq: str,
+    def _wrap(self, p: dict[str, Any] | None, view: np.ndarray, number: int, bid: int, dset: str, acq: str,
               ts: float) -> Frame | None:
         """A Frame over ``view``: copied into the pool and the buffer released (copy mode), or the view itself,
         released when the frame dies. None when the pool is full (the frame_ready is retried)."""
@@ -375,7 +406,7 @@ class SharedMemoryController:
                 block = self.pool.acquire(view.nbytes)
             except PoolExhausted:
                 self.frames_received -= 1  # counted again on retry
-                self.stalled_ready = p
+                self.stalled_ready = p if p is not None else {"frame": number, "buffer_id": bid}
                 return None
             data = block.view(view.dtype, view.shape)
             np.copyto(data, view)
@@ -386,7 +417,7 @@ class SharedMemoryController:
         self.outstanding += 1
         return Frame(view, number, dset, acq, ts, on_release=lambda: releases.put(number, bid, gen))
 
-    def _handle_foreign(self, p: dict[str, Any], number: Any, bid: Any) -> None:
+    def _handle_foreign(self, p: dict[str, Any], number: Any, bid: Any) -> Frame | None:
         """A frame in an odin-data receiver's buffer: its decoder's header, then the pixels (``decoders``)."""
         dec, buf = self.decoder, self.buffer
         if not self._valid_bid(bid):
@@ -403,9 +434,7 @@ class SharedMemoryController:
             self._bad(problem, bid, number)
             return
         view = buf.views(dec.dtype, dec.shape, writeable=False, header_size=dec.header_size)[bid]
-        frame = self._wrap(p, view, frame_number, bid, dec.dataset, "", ts)
-        if frame is not None:
-            self._dispatch(frame)
+        return self._wrap(p, view, frame_number, bid, dec.dataset, "", ts)
 
     def _valid_bid(self, bid: Any) -> bool:
         """Whether ``bid`` names a buffer of the mapped segment."""
@@ -415,8 +444,9 @@ class SharedMemoryController:
     def _layout(self, fields: tuple, buf: SharedBuffer) -> tuple | str:
         """Validate a header's layout, cached: frames of a run share dtype, shape and names.
 
-        Returns (dtype, shape, size, acquisition_id, dataset, compressed) or a problem sentence; for a
-        compressed frame (``compressed`` not None) dtype and shape are those of the pixels, size the chunk's.
+        Returns (dtype, shape, size, acquisition_id, dataset, compressed, views) or a problem sentence; for a
+        compressed frame (``compressed`` not None) dtype and shape are those of the pixels, size the chunk's,
+        and views None; otherwise views are the segment's read-only per-buffer pixel views.
         """
         if fields[2] != STATE_READY:
             return f"buffer state is {fields[2]}, not ready ({STATE_READY})"
@@ -431,17 +461,24 @@ class SharedMemoryController:
         self._layout_key = key
         packed = (Compressed(COMPRESSION_CODES[hdr.compression], np.dtype(hdr.dtype), hdr.shape)
                   if hdr.compression else None)
-        self._layout_value = (np.dtype(hdr.dtype), hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, packed)
+        views = None if packed else buf.views(hdr.dtype, hdr.shape, writeable=False)
+        self._layout_value = (np.dtype(hdr.dtype), hdr.shape, hdr.data_size, hdr.acquisition_id, hdr.dataset, packed,
+                              views)
         return self._layout_value
 
-    def _dispatch(self, item: Frame | EndOfAcquisition) -> None:
+    def _dispatch(self, item: Frame | FrameBatch | EndOfAcquisition) -> None:
         targets = self.chain.sources
         if not targets:
             if item.__class__ is Frame:
                 self.frames_unrouted += 1
+            elif item.__class__ is FrameBatch:
+                self.frames_unrouted += len(item)
             return  # the Frame dies here and releases its buffer
         if item.__class__ is Frame:
             item.fan_out(len(targets))
+        elif item.__class__ is FrameBatch and len(targets) > 1:
+            for frame in item:
+                frame.fan_out(len(targets))
         left = self.chain.offer(item, list(targets))
         if left:
             self.stalled = (item, left)
@@ -584,6 +621,8 @@ class SharedMemoryController:
     def close(self) -> None:
         """Close the data path (the ReleaseQueue is the processor's and stays open)."""
         self.drain_releases()
+        self.flush_releases()
+        self._layout_key, self._layout_value = None, ()  # its views would keep the mapping
         if self._unsent:
             log.warning("%d releases never reached the receiver (it never subscribed to %s)",
                         len(self._unsent), self.release_cnxn)

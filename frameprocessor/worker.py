@@ -15,7 +15,7 @@ from typing import Any
 
 from framechain.ipc.compression import CompressionError
 
-from .frame import EndOfAcquisition, Frame, decompress_frame
+from .frame import EndOfAcquisition, Frame, FrameBatch, decompress_frame
 from .plugin import FrameProcessorPlugin
 from .pool import DataBlockPool
 
@@ -94,6 +94,8 @@ class PluginWorker:
                     self.queue.task_done()
                     if item.__class__ is Frame:
                         self.count_drop()
+                    elif item.__class__ is FrameBatch:
+                        self.count_drop(len(item))
             except queue.Empty:
                 pass
         deadline = time.monotonic() + timeout
@@ -112,22 +114,24 @@ class PluginWorker:
         self.plugin.close()
 
     # -- input ------------------------------------------------------------
-    def count_drop(self) -> None:
+    def count_drop(self, n: int = 1) -> None:
         with self._counts:
-            self.frames_dropped += 1
+            self.frames_dropped += n
 
-    def _count_received(self) -> None:
+    def _count_received(self, n: int = 1) -> None:
         with self._counts:
-            self.frames_received += 1
+            self.frames_received += n
 
-    def offer(self, item: Frame | EndOfAcquisition) -> bool:
-        """Queue without waiting; False when full."""
+    def offer(self, item: Frame | FrameBatch | EndOfAcquisition) -> bool:
+        """Queue without waiting (a FrameBatch takes one place); False when full."""
         try:
             self.queue.put_nowait(item)
         except queue.Full:
             return False
         if item.__class__ is Frame:
             self._count_received()
+        elif item.__class__ is FrameBatch:
+            self._count_received(len(item))
         return True
 
     def submit(self, item: Frame | EndOfAcquisition, blocking: bool) -> None:
@@ -154,39 +158,48 @@ class PluginWorker:
     # -- thread -------------------------------------------------------------
     def _run(self) -> None:
         self._started.set()
-        plugin = self.plugin
         get, done = self.queue.get, self.queue.task_done
-        clock = time.perf_counter_ns
+        process = self._process
         while True:
             item = get()
             try:
                 if item is _STOP:
                     return
-                if item.__class__ is EndOfAcquisition:
+                cls = item.__class__
+                if cls is FrameBatch:
+                    for frame in item:
+                        process(frame)
+                    frame = None
+                elif cls is EndOfAcquisition:
                     self._end_of_acquisition(item)
-                    continue
-                t0 = clock()
-                self._busy_frame = item.frame_number
-                self._busy_since = t0
-                try:
-                    if item.compressed is not None and not plugin.wants_compressed(item):
-                        item = self._decompressed(item)
-                    plugin.process_frame(item)
-                except Exception as err:  # a bad frame must never kill the thread
-                    self.errors += 1
-                    self.last_error = f"frame {item.frame_number}: {type(err).__name__}: {err}"
-                    if self.errors <= 3:
-                        log.exception("plugin %s failed on frame %s", self.name, item.frame_number)
-                self._busy_since = 0
-                dt = clock() - t0
-                self.frames_processed += 1
-                self._t_last = dt
-                self._t_sum += dt
-                if dt > self._t_max:
-                    self._t_max = dt
+                else:
+                    process(item)
             finally:
                 item = None
                 done()
+
+    def _process(self, item: Frame) -> None:
+        """One frame through the plugin, timed; an exception is counted, never the end of the thread."""
+        plugin = self.plugin
+        t0 = time.perf_counter_ns()
+        self._busy_frame = item.frame_number
+        self._busy_since = t0
+        try:
+            if item.compressed is not None and not plugin.wants_compressed(item):
+                item = self._decompressed(item)
+            plugin.process_frame(item)
+        except Exception as err:  # a bad frame must never kill the thread
+            self.errors += 1
+            self.last_error = f"frame {item.frame_number}: {type(err).__name__}: {err}"
+            if self.errors <= 3:
+                log.exception("plugin %s failed on frame %s", self.name, item.frame_number)
+        self._busy_since = 0
+        dt = time.perf_counter_ns() - t0
+        self.frames_processed += 1
+        self._t_last = dt
+        self._t_sum += dt
+        if dt > self._t_max:
+            self._t_max = dt
 
     def _decompressed(self, frame: Frame) -> Frame:
         """The pixels of a compressed frame, for a plugin that needs them (decoded on this plugin's thread)."""

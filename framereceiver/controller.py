@@ -118,6 +118,8 @@ class ReceiverController(ControlHandler):
         self._header_segment: HeaderSegment | None = None  # the current series' header arrays
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
+        self._headed = bytearray()
+        self._fill_views: list[np.ndarray] = []
         self._unheard: set[int] = set()  # mapped buffers whose frame_ready no live processor may have heard
         self._last_start: dict[str, Any] | None = None  # the current acquisition's start notice
         self._unheard_end: dict[str, Any] | None = None  # an end notice to send after the unheard frames
@@ -398,6 +400,7 @@ class ReceiverController(ControlHandler):
         return self.max_buffer_mem or self.buffer.num_buffers * self.buffer.buffer_size
 
     def _build(self, name: str, num: int, size: int, explicit: bool) -> None:
+        self._fill_views, self._headed = [], bytearray()  # of the segment being replaced
         try:
             new, note = SharedBuffer.create(name, num, size)
         except ShmError as err:
@@ -437,7 +440,8 @@ class ReceiverController(ControlHandler):
             raise ConfigError(f"the {self.source.kind} source cannot start: {err}", "source") from err
         src = self.source
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
-        self.buffer.views(src.dtype, src.shape)  # build the per-buffer views now, not on the first frame
+        self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
+        self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -568,9 +572,9 @@ class ReceiverController(ControlHandler):
         return max(0.0, self.next_due - time.monotonic())
 
     def produce(self, limit: int = 32) -> int:
-        """Announce up to ``limit`` frames that are due; return how many were handled."""
+        """Announce up to ``limit`` frames (at least one batch) that are due; return how many were handled."""
         try:
-            return self._produce(limit)
+            return self._produce(max(limit, self.notify_batch))
         finally:
             self.flush_announcements()
 
@@ -761,10 +765,14 @@ class ReceiverController(ControlHandler):
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer
         n = self.next_frame
-        header = self._header
-        header.frame_number, header.state, header.timestamp = n, STATE_FILLING, 0.0
-        buf.write_header(bid, header)
-        src.fill(n, buf.views(src.dtype, src.shape)[bid])
+        if self._headed[bid]:  # only the frame number and state differ from the header it holds
+            buf.set_frame(bid, n, STATE_FILLING)
+        else:
+            header = self._header
+            header.frame_number, header.state, header.timestamp = n, STATE_FILLING, 0.0
+            buf.write_header(bid, header)
+            self._headed[bid] = 1
+        src.fill(n, self._fill_views[bid])
         buf.set_state(bid, STATE_READY, time.time())
         self._announce(n, bid)
 

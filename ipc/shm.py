@@ -42,6 +42,7 @@ __all__ = ["SEGMENT_HEADER", "FRAME_HEADER", "FrameHeader", "SharedBuffer", "buf
 SEGMENT_HEADER = struct.Struct("QQQ")
 FRAME_HEADER = struct.Struct("<4sHHQQd8sII4Q32s16s")
 assert FRAME_HEADER.size == 128
+_STATE_FRAME = struct.Struct("<HQ")   # state at byte 6, frame number at 8
 MAGIC = b"FCFR"
 HEADER_VERSION = 1
 STATE_EMPTY, STATE_FILLING, STATE_READY = 0, 1, 2
@@ -244,6 +245,10 @@ class SharedBuffer:
 
     def write_header(self, buffer_id: int, header: FrameHeader) -> None:
         header.pack_into(self._map, self.offset(buffer_id))
+
+    def set_frame(self, buffer_id: int, frame_number: int, state: int) -> None:
+        """Set a buffer's frame number and state, the rest of its header kept (a source's next frame)."""
+        _STATE_FRAME.pack_into(self._map, self.offset(buffer_id) + 6, state, frame_number)
 
     def set_state(self, buffer_id: int, state: int, timestamp: float | None = None) -> None:
         """Set a buffer's state (and its timestamp when given) without rewriting the header."""
