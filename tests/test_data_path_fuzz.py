@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framechain.ipc import IpcMessage, free_tcp_endpoint
+from framechain.ipc.batch import BATCH_MAGIC, encode_batch
 from framechain.ipc.shm import FrameHeader, STATE_READY
 
 EXAMPLES = int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "1000"))
@@ -35,6 +36,18 @@ def _message(msg_val: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
                                               "params": p}).encode(), msg_val, params)
     return st.one_of(good, st.binary(max_size=200), good.map(lambda b: b[: len(b) // 2]),
                      st.builds(lambda b: b"[" * 3000 + b, st.binary(max_size=5)))
+
+
+def _batch() -> st.SearchStrategy[bytes]:
+    """framechain batches (ipc/batch.py): well-formed ones with any frame numbers and buffer ids, truncated ones,
+    and garbage behind the magic."""
+    items = st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(-2**31, 2**31 - 1)), min_size=1,
+                     max_size=12)
+    good = st.builds(lambda kind, it: encode_batch(kind, [f for f, _ in it], [b for _, b in it]),
+                     st.sampled_from(["frame_ready", "frame_release"]), items)
+    near = st.builds(lambda kind, it: encode_batch(kind, [f for f, _ in it], [b % (NUM_BUFFERS + 3) - 1 for _, b in it]),
+                     st.sampled_from(["frame_ready", "frame_release"]), items)
+    return st.one_of(good, near, good.map(lambda b: b[:-1]), st.builds(lambda t: BATCH_MAGIC + t, st.binary(max_size=40)))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +71,8 @@ def processor_and_fake(tmp_path_factory):
 @given(data=st.data())
 def test_processor_counts_every_hostile_frame_ready(processor_and_fake, data):
     fp, fake = processor_and_fake
-    raw = data.draw(_message(st.sampled_from(["frame_ready", "buffer_config", "frame_release", "status"])))
+    raw = data.draw(st.one_of(_message(st.sampled_from(["frame_ready", "buffer_config", "frame_release", "status"])),
+                              _batch()))
     fake.pub.socket.send(raw)
 
 
@@ -68,6 +82,7 @@ def test_processor_survived_the_data_path_fuzz(processor_and_fake):
     st_ = fp.status()  # still answering
     assert fp.proc.poll() is None
     assert st_["frames"]["bad"] > 0 and st_["process"]["internal_errors"] == 0, st_["frames"]
+    assert st_["batches"]["bad"] > 0 and st_["batches"]["received"] > 0, st_["batches"]
     # and still processes a good frame afterwards
     before = st_["d"]["frames_processed"]
     fake.send("frame_ready", {"frame": 0, "buffer_id": 0})
@@ -95,7 +110,8 @@ def receiver(tmp_path_factory):
 @given(data=st.data())
 def test_receiver_counts_every_hostile_release(receiver, data):
     rx, pub = receiver
-    pub.send(data.draw(_message(st.sampled_from(["frame_release", "request_buffer_config", "frame_ready"]))))
+    pub.send(data.draw(st.one_of(_message(st.sampled_from(["frame_release", "request_buffer_config", "frame_ready"])),
+                                 _batch())))
     if data.draw(st.integers(0, 50)) == 0:  # now and then, the books must balance
         b = rx.status()["buffers"]
         assert b["empty"] + b["mapped"] == b["total"] and b["consistent"], b
