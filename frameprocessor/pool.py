@@ -20,20 +20,27 @@ class PoolExhausted(Exception):
 class DataBlock:
     """A fixed-size byte block reused frame after frame."""
 
-    __slots__ = ("buffer", "size", "index")
+    __slots__ = ("buffer", "size", "index", "_view")
 
     def __init__(self, size: int, index: int) -> None:
         self.buffer = np.empty(size, dtype=np.uint8)
         self.size = size
         self.index = index
+        self._view: np.ndarray | None = None  # the last view made: frame after frame has the same layout
 
     def view(self, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
-        """The block's first bytes as an array of ``dtype`` and ``shape`` (no copy)."""
+        """The block's first bytes as an array of ``dtype`` and ``shape`` (no copy), writeable."""
+        v = self._view
+        if v is not None and v.shape == shape and v.dtype == dtype:
+            if not v.flags.writeable:  # the last frame in it was shared read-only between plugins
+                v.flags.writeable = True
+            return v
         dt = np.dtype(dtype)
         n = dt.itemsize
         for d in shape:
             n *= d
-        return self.buffer[:n].view(dt).reshape(shape)
+        v = self._view = self.buffer[:n].view(dt).reshape(shape)
+        return v
 
     def __repr__(self) -> str:
         return f"<DataBlock #{self.index} {self.size} B>"

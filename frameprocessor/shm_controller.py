@@ -41,6 +41,9 @@ __all__ = ["SharedMemoryController"]
 log = logging.getLogger(__name__)
 _CONFIG_RETRY_S = 0.25
 _BATCH_ITEM_FRAMES = 64  # frames of a batch per plugin queue item (a full queue holds 64 items)
+_VARYING = np.zeros(FRAME_HEADER.size, bool)
+_VARYING[6:16] = _VARYING[24:32] = True  # state, frame number, timestamp: the rest is the layout
+_LAYOUT_BYTES = np.flatnonzero(~_VARYING)
 
 
 def _short(params: Any, limit: int = 120) -> str:
@@ -126,6 +129,7 @@ class SharedMemoryController:
         self._warnings = ThrottledLog(log, 5, "status frames/bad")
         self._layout_key: tuple | None = None
         self._layout_value: tuple = ()
+        self._layout_bytes: np.ndarray | None = None  # the cached layout's header bytes (batch check)
         self.detector_mask = False  # shared_memory/detector_mask
         self.decoder: FrameDecoder | None = None  # fr_setup/decoder: buffers of an odin-data frameReceiver
         self.headers: dict[str, DetectorHeader] = {}  # detector series headers by acquisition id
@@ -181,7 +185,7 @@ class SharedMemoryController:
             new.close()
             return
         if self.buffer is not None:
-            self._layout_key, self._layout_value = None, ()
+            self._layout_key, self._layout_value, self._layout_bytes = None, (), None
             self.buffer.close()  # views plugins still hold keep the old mapping alive until they go
             self.generation += 1
             stale = len(self._unsent) + len(self._rel_bids)
@@ -271,29 +275,67 @@ class SharedMemoryController:
             return
         self.batches_received += 1
         batch = FrameBatch()
-        for i in range(len(frames)):
+        i, n = 0, len(frames)
+        while i < n:
             if self.buffer is None or self._remap_due or self.busy:  # the rest waits, in order
                 self._dispatch_batch(batch)
                 self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i:], bids[i:]))
                 if self.buffer is None or self._remap_due:
                     self.request_config()
                 return
-            number, bid = frames[i], bids[i]
-            try:
-                frame = self._ready_frame(number, bid, None)
-            except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
-                self._bad(f"malformed frame_ready in a batch: {type(err).__name__}: {err}", None, number)
-                continue
-            if frame is not None:
-                batch.append(frame)
-                if len(batch) == _BATCH_ITEM_FRAMES:
-                    self._dispatch_batch(batch)
-                    batch = FrameBatch()
-            elif self.stalled_ready is not None:   # the pool is full: this frame is retried, the rest wait
+            room = _BATCH_ITEM_FRAMES - len(batch)
+            k = self._checked_run(frames[i:i + room], bids[i:i + room], batch)
+            if self.stalled_ready is None and not k:  # this one needs the careful look
+                number, bid = frames[i], bids[i]
+                try:
+                    frame = self._ready_frame(number, bid, None)
+                except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+                    self._bad(f"malformed frame_ready in a batch: {type(err).__name__}: {err}", None, number)
+                    frame = None
+                if frame is not None:
+                    batch.append(frame)
+                k = 1
+            if self.stalled_ready is not None:  # the pool is full: that frame is retried, the rest wait
                 self._dispatch_batch(batch)
-                self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i + 1:], bids[i + 1:]))
+                self.waiting.extend({"frame": f, "buffer_id": b} for f, b in zip(frames[i + k:], bids[i + k:]))
                 return
+            i += k
+            if len(batch) >= _BATCH_ITEM_FRAMES:
+                self._dispatch_batch(batch)
+                batch = FrameBatch()
         self._dispatch_batch(batch)
+
+    def _checked_run(self, frames: list[int], bids: list[int], batch: FrameBatch) -> int:
+        """Frames of a batch whose headers carry the cached layout, checked as one array, appended to ``batch``:
+        how many entries (from the first) were used. 0: the next one needs ``_ready_frame``'s careful look.
+        When the pool runs out at entry k, ``stalled_ready`` holds it (retried later) and k + 1 is returned."""
+        ref, buf = self._layout_bytes, self.buffer
+        if ref is None or self.decoder is not None or self._layout_value[5] is not None or not frames:
+            return 0
+        ids = np.array(bids, np.int64)
+        numbers = np.array(frames, np.int64)
+        if ids.min() < 0 or ids.max() >= buf.num_buffers or numbers.min() < 0:
+            return 0
+        rows = buf.header_table()[ids]
+        ok = ((rows.view(np.uint8).reshape(len(ids), -1)[:, _LAYOUT_BYTES] == ref).all(axis=1)
+              & (rows["state"] == STATE_READY) & (rows["frame_number"].astype(np.int64) == numbers))
+        k = len(ids) if ok.all() else int(np.argmin(ok))
+        if not k:
+            return 0
+        stamps = rows["timestamp"][:k].tolist()
+        _dtype, shape, _size, acq, dset, _packed, views = self._layout_value
+        wrap, attach = self._wrap, self._attach_header if self.headers else None
+        self.in_acquisition = True
+        for j in range(k):
+            self.frames_received += 1
+            bid = bids[j]
+            frame = wrap(None, views[bid], frames[j], bid, dset, acq, stamps[j])
+            if frame is None:
+                return j + 1
+            if attach is not None:
+                attach(frame, shape)
+            batch.append(frame)
+        return k
 
     def _dispatch_batch(self, batch: FrameBatch) -> None:
         """Frames of a batch to the chain as one queue item per plugin (a stall keeps them together)."""
@@ -459,6 +501,7 @@ class SharedMemoryController:
         if problem is not None:
             return problem
         self._layout_key = key
+        self._layout_bytes = np.frombuffer(FRAME_HEADER.pack(*fields), np.uint8)[_LAYOUT_BYTES]
         packed = (Compressed(COMPRESSION_CODES[hdr.compression], np.dtype(hdr.dtype), hdr.shape)
                   if hdr.compression else None)
         views = None if packed else buf.views(hdr.dtype, hdr.shape, writeable=False)
@@ -622,7 +665,7 @@ class SharedMemoryController:
         """Close the data path (the ReleaseQueue is the processor's and stays open)."""
         self.drain_releases()
         self.flush_releases()
-        self._layout_key, self._layout_value = None, ()  # its views would keep the mapping
+        self._layout_key, self._layout_value, self._layout_bytes = None, (), None  # its views keep the mapping
         if self._unsent:
             log.warning("%d releases never reached the receiver (it never subscribed to %s)",
                         len(self._unsent), self.release_cnxn)

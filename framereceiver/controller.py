@@ -120,6 +120,7 @@ class ReceiverController(ControlHandler):
         self._header: FrameHeader | None = None
         self._headed = bytearray()
         self._fill_views: list[np.ndarray] = []
+        self._fill_stack: np.ndarray | None = None
         self._unheard: set[int] = set()  # mapped buffers whose frame_ready no live processor may have heard
         self._last_start: dict[str, Any] | None = None  # the current acquisition's start notice
         self._unheard_end: dict[str, Any] | None = None  # an end notice to send after the unheard frames
@@ -400,7 +401,7 @@ class ReceiverController(ControlHandler):
         return self.max_buffer_mem or self.buffer.num_buffers * self.buffer.buffer_size
 
     def _build(self, name: str, num: int, size: int, explicit: bool) -> None:
-        self._fill_views, self._headed = [], bytearray()  # of the segment being replaced
+        self._fill_views, self._headed, self._fill_stack = [], bytearray(), None  # of the segment being replaced
         try:
             new, note = SharedBuffer.create(name, num, size)
         except ShmError as err:
@@ -442,6 +443,7 @@ class ReceiverController(ControlHandler):
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
+        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if src.fills_runs else None
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -588,6 +590,8 @@ class ReceiverController(ControlHandler):
         src, buffers = self.source, self.buffers
         rate = src.rate
         done = 0
+        if self.notify_batch > 1 and not rate and src.fills_runs:  # a whole batch in a few numpy operations
+            return self._produce_run(limit)
         now = time.monotonic()
         while done < limit:
             if src.frames and self.next_frame >= src.frames:
@@ -762,6 +766,51 @@ class ReceiverController(ControlHandler):
         src.lent = 0
         self._end(state)
 
+    def _produce_run(self, limit: int) -> int:
+        """Unthrottled batch, the same frames as the per-frame loop: fill the free buffers with the next
+        frames (each run of consecutive buffers in one numpy operation, their headers set as one strided
+        array), drop the rest of ``limit`` in drop mode, announce them; end the acquisition after the last."""
+        src, buffers, buf = self.source, self.buffers, self.buffer
+        left = (src.frames - self.next_frame) if src.frames else limit
+        count = min(limit, left)
+        want = min(count, len(buffers.empty))
+        if want:
+            bids = [buffers.take() for _ in range(want)]
+            for bid in bids:
+                if not self._headed[bid]:
+                    header = self._header
+                    header.frame_number, header.state, header.timestamp = 0, STATE_FILLING, 0.0
+                    buf.write_header(bid, header)
+                    self._headed[bid] = 1
+            table, stack = buf.header_table(), self._fill_stack
+            ids = np.asarray(bids)
+            first = self.next_frame
+            table["state"][ids] = STATE_FILLING
+            table["frame_number"][ids] = np.arange(first, first + want)
+            cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, want].tolist()):
+                src.fill_run(first + a, stack[bids[a]:bids[a] + (b - a)])
+            table["timestamp"][ids] = time.time()
+            table["state"][ids] = STATE_READY
+            if self.subscribers == 0:
+                self._unheard.update(bids)
+            size, pos = self.notify_batch, 0
+            while pos < want:  # batches of at most notify_batch frames
+                take = min(want - pos, size - len(self._batch_frames))
+                self._batch_frames.extend(range(first + pos, first + pos + take))
+                self._batch_bids.extend(bids[pos:pos + take])
+                pos += take
+                if len(self._batch_frames) >= size:
+                    self.flush_announcements()
+        dropped = count - want if self.mode == "drop" else 0
+        self.frames_dropped += dropped
+        done = want + dropped
+        self.frames_received += done
+        self.next_frame += done
+        if src.frames and self.next_frame >= src.frames:
+            self._end("done")
+        return done
+
     def _fill(self, bid: int) -> None:
         src, buf = self.source, self.buffer
         n = self.next_frame
@@ -801,6 +850,7 @@ class ReceiverController(ControlHandler):
                     self._reannounce()
 
     def close(self) -> None:
+        self._fill_views, self._fill_stack = [], None  # exported views of the segment
         if self.source is not None:
             self.source.close()
         if self._header_segment is not None:

@@ -63,6 +63,14 @@ class FrameSource:
     def fill(self, index: int, out: np.ndarray) -> None:
         raise NotImplementedError
 
+    #: ``fill_run`` makes several frames in one operation (the receiver then fills a batch at once)
+    fills_runs = False
+
+    def fill_run(self, first: int, out: np.ndarray) -> None:
+        """Frames ``first, first + 1, ...`` into the stack ``out`` (``len(out)`` frames)."""
+        for i in range(len(out)):
+            self.fill(first + i, out[i])
+
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "shape": list(self.shape), "dtype": self.dtype.name, "frames": self.frames,
                 "rate": self.rate, "acquisition_id": self.acquisition_id}
@@ -91,6 +99,18 @@ class SimulatedSource(FrameSource):
         self._index: np.ndarray | None = None
         self._field: np.ndarray | None = None
         self._next = 0
+
+    @property
+    def fills_runs(self) -> bool:  # type: ignore[override]
+        return self.pattern == "ramp" and self.dtype.kind in "ui"
+
+    def fill_run(self, first: int, out: np.ndarray) -> None:
+        if not self.fills_runs:
+            super().fill_run(first, out)
+            return
+        ramp = self._index if self._index is not None else self._ramp_index()
+        offsets = (np.arange(first, first + len(out), dtype=np.uint64) % self._modulus).astype(self.dtype)
+        np.add(ramp, offsets.reshape((-1,) + (1,) * ramp.ndim), out=out)   # wraps like fill's per-frame add
 
     def _ramp_index(self) -> np.ndarray:
         if self._index is None:

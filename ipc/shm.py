@@ -43,6 +43,11 @@ SEGMENT_HEADER = struct.Struct("QQQ")
 FRAME_HEADER = struct.Struct("<4sHHQQd8sII4Q32s16s")
 assert FRAME_HEADER.size == 128
 _STATE_FRAME = struct.Struct("<HQ")   # state at byte 6, frame number at 8
+#: FRAME_HEADER as a numpy record: a segment's headers seen as one strided array (SharedBuffer.header_table)
+HEADER_DTYPE = np.dtype([("magic", "S4"), ("version", "<u2"), ("state", "<u2"), ("frame_number", "<u8"),
+                         ("data_size", "<u8"), ("timestamp", "<f8"), ("dtype", "S8"), ("ndim", "<u4"),
+                         ("compression", "<u4"), ("shape", "<u8", (4,)), ("acquisition_id", "S32"),
+                         ("dataset", "S16")])
 MAGIC = b"FCFR"
 HEADER_VERSION = 1
 STATE_EMPTY, STATE_FILLING, STATE_READY = 0, 1, 2
@@ -153,6 +158,7 @@ class SharedBuffer:
         self.manager_id, self.num_buffers, self.buffer_size = SEGMENT_HEADER.unpack_from(mapping, 0)
         self.closed = False
         self._views: tuple[tuple, list[np.ndarray]] | None = None  # (dtype, shape, writeable), views
+        self._table: np.ndarray | None = None
 
     @property
     def identity(self) -> tuple[int, int, int, int]:
@@ -285,6 +291,23 @@ class SharedBuffer:
         self._views = (key, views)
         return views
 
+    def header_table(self) -> np.ndarray:
+        """Every buffer's header as one strided HEADER_DTYPE array (no copy): read or set a field of many
+        buffers in one numpy operation (the batched data path)."""
+        if self._table is None:
+            if self.closed:
+                raise ShmError(f"shared buffer {self.name!r} is closed")
+            self._table = np.ndarray((self.num_buffers,), HEADER_DTYPE, buffer=self._map, offset=SEGMENT_HEADER.size,
+                                     strides=(self.buffer_size,))
+        return self._table
+
+    def pixel_stack(self, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
+        """Every buffer's pixels as one ``(num_buffers, *shape)`` strided array (no copy)."""
+        dt = np.dtype(dtype)
+        inner = np.empty(shape, dt).strides
+        return np.ndarray((self.num_buffers, *shape), dt, buffer=self._map,
+                          offset=SEGMENT_HEADER.size + FRAME_HEADER.size, strides=(self.buffer_size, *inner))
+
     def raw(self, buffer_id: int, nbytes: int) -> memoryview:
         """The first ``nbytes`` of pixel data of ``buffer_id`` as a memoryview."""
         start = self.offset(buffer_id) + FRAME_HEADER.size
@@ -295,7 +318,7 @@ class SharedBuffer:
         if self.closed:
             return
         self.closed = True
-        self._views = None
+        self._views = self._table = None
         try:
             self._map.close()
         except BufferError:
