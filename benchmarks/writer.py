@@ -102,7 +102,9 @@ def run(quick: bool = False) -> list[Figure]:
                     times.setdefault(what, []).append(runs[what](d))
                     shutil.rmtree(d)
             fps = n / min(times["plugin"])
-            extra = (f"{fps * frames[0].nbytes / 1e9:.2f} GB/s raw, best of {reps}, "
+            per_run = sorted(lp / pl for lp, pl in zip(times["loop"], times["plugin"]))  # ratio in each run
+            spread = f"ratio per run min {per_run[0]:.3f} median {per_run[len(per_run) // 2]:.3f} max {per_run[-1]:.3f}"
+            extra = (f"{fps * frames[0].nbytes / 1e9:.2f} GB/s raw, best of {reps} ({spread}), "
                      f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
             figures.append(Figure("writer", f"1024x1024 uint16 {compression} vs direct-chunk loop", fps,
                                   "frames/s", n / min(times["loop"]),
