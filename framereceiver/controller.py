@@ -443,7 +443,7 @@ class ReceiverController(ControlHandler):
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
-        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if src.fills_runs else None
+        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if getattr(src, "fills_runs", False) else None
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -590,7 +590,7 @@ class ReceiverController(ControlHandler):
         src, buffers = self.source, self.buffers
         rate = src.rate
         done = 0
-        if self.notify_batch > 1 and not rate and src.fills_runs:  # a whole batch in a few numpy operations
+        if self.notify_batch > 1 and not rate and getattr(src, "fills_runs", False):  # a batch: few numpy ops
             return self._produce_run(limit)
         now = time.monotonic()
         while done < limit:
