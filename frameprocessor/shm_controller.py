@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from framechain.ipc.batch import MAX_BATCH, decode_batch, encode_batch, is_batch
+from framechain.ipc.batch import MAX_BATCH, PendingBatch, decode_batch, is_batch
 from framechain.ipc.channel import IpcChannel
 from framechain.ipc.control import ThrottledLog
 from framechain.ipc.errors import FramechainError, ProtocolError, ShmError
@@ -134,8 +134,7 @@ class SharedMemoryController:
         self.decoder: FrameDecoder | None = None  # fr_setup/decoder: buffers of an odin-data frameReceiver
         self.headers: dict[str, DetectorHeader] = {}  # detector series headers by acquisition id
         self.batch_releases = False  # the receiver batches (buffer_config notify_batch): so do our releases
-        self._rel_frames: list[int] = []
-        self._rel_bids: list[int] = []
+        self._releases = PendingBatch("frame_release")  # batched releases not yet sent
         self.generation = 0  # moves on when the receiver's segment is replaced: older releases are not sent
         self.receiver_lost = 0  # times the receiver went away (its subscription to our releases ended)
         self.releases_stale = 0  # zero-copy releases of a replaced segment's buffers, not sent
@@ -188,9 +187,8 @@ class SharedMemoryController:
             self._layout_key, self._layout_value, self._layout_bytes = None, (), None
             self.buffer.close()  # views plugins still hold keep the old mapping alive until they go
             self.generation += 1
-            stale = len(self._unsent) + len(self._rel_bids)
+            stale = len(self._unsent) + self._releases.clear()
             self._unsent.clear()  # releases of the old segment's buffers must not free the new one's
-            self._rel_frames, self._rel_bids = [], []
             self.releases_stale += stale
         self.buffer = new
         self.shared_buffer_name = name
@@ -564,10 +562,8 @@ class SharedMemoryController:
     # -- releases ----------------------------------------------------------------
     def _send_release(self, frame: int, bid: int) -> None:
         if self.batch_releases:
-            self._rel_frames.append(frame)
-            self._rel_bids.append(bid)
             self.frames_released += 1
-            if len(self._rel_bids) >= MAX_BATCH:
+            if self._releases.add(frame, bid) >= MAX_BATCH:
                 self.flush_releases()
             return
         raw = frame_notification("frame_release", frame, bid)
@@ -576,9 +572,8 @@ class SharedMemoryController:
 
     def flush_releases(self) -> None:
         """Send the releases batched since the last flush (the daemon calls this after every step)."""
-        if self._rel_bids:
-            raw = encode_batch("frame_release", self._rel_frames, self._rel_bids)
-            self._rel_frames, self._rel_bids = [], []
+        raw = self._releases.take()
+        if raw is not None:
             self._send_raw_release(raw)
 
     def _send_raw_release(self, raw: bytes) -> None:

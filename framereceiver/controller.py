@@ -23,7 +23,7 @@ from framechain.ipc.channel import same_endpoint
 from framechain.ipc.compression import CompressionError
 from framechain.ipc.control import ControlHandler, ThrottledLog
 from framechain.ipc.errors import ConfigError, FramechainError, ShmError
-from framechain.ipc.batch import MAX_BATCH, encode_batch
+from framechain.ipc.batch import MAX_BATCH, PendingBatch
 from framechain.ipc.message import IpcMessage, frame_notification
 from framechain.ipc.odin import ChangeStamp, commands_reply, value_metadata, version_block
 from framechain.ipc.options import Option, Section, validate_options
@@ -93,8 +93,7 @@ class ReceiverController(ControlHandler):
         self.send_json = publish           # the ready channel (the daemon swaps both when it rebinds)
         self.publish_raw = publish_raw
         self.notify_batch = 1
-        self._batch_frames: list[int] = []  # announced, not yet sent (notify_batch > 1)
-        self._batch_bids: list[int] = []
+        self._announced = PendingBatch("frame_ready")  # announced, not yet sent (notify_batch > 1)
         self.shared_buffer_name = shared_buffer_name
         self.max_buffer_mem: int | None = None  # None: DEFAULT_BUFFERS buffers
         self.mode = "block"
@@ -443,7 +442,7 @@ class ReceiverController(ControlHandler):
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
-        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if getattr(src, "fills_runs", False) else None
+        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if not getattr(src, "streaming", False) and src.fills_runs else None
         self.next_frame = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
@@ -486,16 +485,13 @@ class ReceiverController(ControlHandler):
         if self.notify_batch == 1:
             self.publish_raw(frame_notification("frame_ready", frame, bid))
             return
-        self._batch_frames.append(frame)
-        self._batch_bids.append(bid)
-        if len(self._batch_frames) >= self.notify_batch:
+        if self._announced.add(frame, bid) >= self.notify_batch:
             self.flush_announcements()
 
     def flush_announcements(self) -> None:
         """Send the frames announced since the last batch (at the end of every produce, before any JSON notice)."""
-        if self._batch_frames:
-            raw = encode_batch("frame_ready", self._batch_frames, self._batch_bids)
-            self._batch_frames, self._batch_bids = [], []
+        raw = self._announced.take()
+        if raw is not None:
             self.publish_raw(raw)
 
     def publish(self, msg: IpcMessage) -> None:
@@ -590,7 +586,7 @@ class ReceiverController(ControlHandler):
         src, buffers = self.source, self.buffers
         rate = src.rate
         done = 0
-        if self.notify_batch > 1 and not rate and getattr(src, "fills_runs", False):  # a batch: few numpy ops
+        if self.notify_batch > 1 and not rate and src.fills_runs:  # a whole batch in a few numpy operations
             return self._produce_run(limit)
         now = time.monotonic()
         while done < limit:
@@ -796,11 +792,10 @@ class ReceiverController(ControlHandler):
                 self._unheard.update(bids)
             size, pos = self.notify_batch, 0
             while pos < want:  # batches of at most notify_batch frames
-                take = min(want - pos, size - len(self._batch_frames))
-                self._batch_frames.extend(range(first + pos, first + pos + take))
-                self._batch_bids.extend(bids[pos:pos + take])
+                take = min(want - pos, size - len(self._announced))
+                gathered = self._announced.extend(range(first + pos, first + pos + take), bids[pos:pos + take])
                 pos += take
-                if len(self._batch_frames) >= size:
+                if gathered >= size:
                     self.flush_announcements()
         dropped = count - want if self.mode == "drop" else 0
         self.frames_dropped += dropped

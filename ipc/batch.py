@@ -19,12 +19,13 @@ batches around them (a batch is sent before any JSON notice that follows its fra
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 
 from .errors import ProtocolError
 
-__all__ = ["BATCH_MAGIC", "MAX_BATCH", "encode_batch", "decode_batch", "is_batch"]
+__all__ = ["BATCH_MAGIC", "MAX_BATCH", "PendingBatch", "encode_batch", "decode_batch", "is_batch"]
 
 BATCH_MAGIC = b"FCB1"
 MAX_BATCH = 4096
@@ -66,3 +67,43 @@ def decode_batch(raw: bytes) -> tuple[str, list[int], list[int]]:
         raise ProtocolError(f"batch of {n} frames must be {_HEAD.size + n * ITEM.itemsize} bytes, not {len(raw)}")
     items = np.frombuffer(raw, ITEM, n, _HEAD.size)
     return _NAMES[kind], items["frame"].tolist(), items["buffer_id"].tolist()
+
+
+class PendingBatch:
+    """Frame/buffer pairs gathered for the next batch of ``msg_val`` (the receiver's announcements, the
+    processor's releases)."""
+
+    __slots__ = ("msg_val", "frames", "buffer_ids")
+
+    def __init__(self, msg_val: str) -> None:
+        self.msg_val = msg_val
+        self.frames: list[int] = []
+        self.buffer_ids: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.buffer_ids)
+
+    def add(self, frame: int, buffer_id: int) -> int:
+        """Gather one pair; returns how many are gathered."""
+        self.frames.append(frame)
+        self.buffer_ids.append(buffer_id)
+        return len(self.buffer_ids)
+
+    def extend(self, frames: Iterable[int], buffer_ids: Iterable[int]) -> int:
+        self.frames.extend(frames)
+        self.buffer_ids.extend(buffer_ids)
+        return len(self.buffer_ids)
+
+    def take(self) -> bytes | None:
+        """The batch message of everything gathered (None when nothing is), and start again."""
+        if not self.buffer_ids:
+            return None
+        raw = encode_batch(self.msg_val, self.frames, self.buffer_ids)
+        self.frames, self.buffer_ids = [], []
+        return raw
+
+    def clear(self) -> int:
+        """Forget what is gathered; returns how many pairs that was."""
+        n = len(self.buffer_ids)
+        self.frames, self.buffer_ids = [], []
+        return n

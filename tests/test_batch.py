@@ -12,7 +12,7 @@ from harness import FakeReceiver, Daemon, wait_for
 from test_pipeline import CHECKER
 
 from framechain.ipc import IpcMessage, buffer_size_for, free_tcp_endpoint
-from framechain.ipc.batch import BATCH_MAGIC, MAX_BATCH, decode_batch, encode_batch, is_batch
+from framechain.ipc.batch import BATCH_MAGIC, MAX_BATCH, PendingBatch, decode_batch, encode_batch, is_batch
 from framechain.ipc.errors import ProtocolError
 from framechain.ipc.shm import STATE_READY, FrameHeader
 
@@ -24,6 +24,11 @@ def test_batch_round_trip_and_layout():
     assert decode_batch(raw) == ("frame_release", [7, 2**40, -1], [3, 0, 2**31 - 1])
     assert decode_batch(encode_batch("frame_ready", [1], [2])) == ("frame_ready", [1], [2])
     assert not is_batch(IpcMessage("notify", "frame_ready", {"frame": 1, "buffer_id": 2}).encode())
+    pending = PendingBatch("frame_ready")
+    assert pending.take() is None and pending.add(4, 1) == 1 and pending.extend([5, 6], [2, 3]) == 3
+    assert decode_batch(pending.take()) == ("frame_ready", [4, 5, 6], [1, 2, 3]) and len(pending) == 0
+    pending.add(9, 9)
+    assert pending.clear() == 1 and pending.take() is None
 
 
 @pytest.mark.parametrize("raw,why", [

@@ -230,13 +230,18 @@ class MultitauCorrelator:
             self._insert(level, x, sums, bad)
             cur_x = x
 
+    def _advance(self, level: int, bad: bool) -> int:
+        """Give the next ring slot of ``level`` to a new frame (marked bad or not); the level's count before it."""
+        c = int(self._count[level])
+        self._count[level] = c + 1
+        self._bad[level, c % self.num_bufs] = bad
+        return c
+
     def _insert(self, level: int, x: np.ndarray | None, sums: np.ndarray | None, bad: bool) -> None:
         """Account for the frame just written to the next ring slot of ``level`` (``x`` is that slot)."""
         B = self.num_bufs
-        c = int(self._count[level])
-        self._count[level] = c + 1
+        c = self._advance(level, bad)
         slot = c % B
-        self._bad[level, slot] = bad
         if bad:
             return
         buf = self._buf[level]

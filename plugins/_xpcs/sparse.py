@@ -423,9 +423,10 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             bad = bool(self._bad[below, cur] or self._bad[below, prev])
             if not bad and not self._average_into(level, below, prev, cur):
                 return                                     # max_bytes reached: no more levels
-            if level >= self.sparse_levels:
-                self._insert(level, self._buf[level][:, int(self._count[level]) % B, :] if not bad else None,
-                             None if bad else self._sums[level, int(self._count[level]) % B], bad)
+            if level >= self.sparse_levels:  # dense: the average is in its slot (x and sums), as dense does it
+                slot = int(self._count[level]) % B
+                x = None if bad else self._buf[level][:, slot, :]
+                self._insert(level, x, None if bad else self._sums[level, slot], bad)
             else:
                 if bad:
                     lv = self._levels[level]
@@ -469,10 +470,8 @@ class SparseMultitauCorrelator(MultitauCorrelator):
 
     def _insert_events(self, level: int, bad: bool) -> None:
         B = self.num_bufs
-        c = int(self._count[level])
-        self._count[level] = c + 1
+        c = self._advance(level, bad)
         slot = c % B
-        self._bad[level, slot] = bad
         if bad:
             return
         lv = self._levels[level]
