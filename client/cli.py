@@ -24,6 +24,9 @@ def _daemon(module: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.mpi:
+        from .mpirun import main as mpi_main
+        return mpi_main(args)
     from .launcher import main as launcher_main
     return launcher_main(args)
 
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--log-dir", help="directory for daemon logs (default: a temporary directory)")
     r.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0: never)")
+    r.add_argument("--mpi", action="store_true", help="under mpiexec: one receiver/processor pair per rank "
+                                                      "(docs/scaling.md)")
     r.set_defaults(func=_run)
     k = sub.add_parser("keys", help="make a CURVE key directory for --curve-dir (daemons and clients)")
     k.add_argument("directory", help="new directory: server and client key pairs, the client authorized")

@@ -7,7 +7,9 @@ The fan connects one PULL to the detector and binds one PUSH per consumer:
 - ``start`` / ``end`` (v2) and ``dheader-1.0`` / ``dseries_end-1.0`` (v1) go to
   every consumer, so each one opens and closes the acquisition;
 - image ``n`` goes to consumer ``(n // block) % N``, which is what a writer
-  with ``process {number: N, rank: r, frames_per_block: block}`` expects.
+  with ``process {number: N, rank: r, frames_per_block: block}`` expects;
+  with ``--broadcast`` every image goes to every consumer (pixel-partitioned
+  XPCS: each rank correlates its pixels of every frame).
 
 It waits until every consumer has connected before it connects upstream (no
 frame can go to a consumer that is not there), forwards the messages
@@ -82,7 +84,11 @@ def run_fan(args: argparse.Namespace) -> int:
                 bad += 1
                 print(f"fan: dropped a malformed message: {err}", file=sys.stderr)
                 continue
-            if isinstance(msg, Image):
+            if isinstance(msg, Image) and args.broadcast:
+                for k, p in enumerate(pushes):
+                    p.send_multipart(parts, copy=False)
+                    counts[k] += 1
+            elif isinstance(msg, Image):
                 k = (msg.image_id // args.block) % n
                 pushes[k].send_multipart(parts, copy=False)
                 counts[k] += 1
@@ -109,6 +115,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--consumers", nargs="+", required=True, help="one PUSH endpoint to bind per receiver")
     p.add_argument("--version", type=int, default=2, choices=(1, 2), help="stream version (default 2)")
     p.add_argument("--block", type=int, default=1, help="consecutive images per consumer (default 1)")
+    p.add_argument("--broadcast", action="store_true", help="every image to every consumer (pixel-partitioned "
+                                                            "processing: each rank needs every frame)")
     p.add_argument("--series", type=int, default=0, help="exit after this many series (0: never)")
     p.add_argument("--hwm", type=int, default=100, help="messages queued per socket (default %(default)s)")
     p.add_argument("--connect-timeout", type=float, default=0, help="give up waiting for consumers (0: never)")

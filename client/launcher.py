@@ -46,7 +46,7 @@ __all__ = ["Launcher", "LaunchError", "main", "control_endpoints", "load_config"
 
 log = logging.getLogger(__name__)
 _KEYS = {"description", "receiver", "processor", "start", "output_dir", "timeout", "prepare", "endpoints",
-         "plugin_path"}
+         "plugin_path", "mpi"}
 ENDPOINT_KEYS = ("receiver", "ready", "release", "processor")
 
 
@@ -77,8 +77,9 @@ class LaunchError(FramechainError):
 class Launcher:
     """Owns the two daemon subprocesses of one run."""
 
-    def __init__(self, config: dict[str, Any], log_dir: Path) -> None:
+    def __init__(self, config: dict[str, Any], log_dir: Path, preexec: Any = None) -> None:
         self.config = config
+        self.preexec = preexec  # run in each daemon child before exec (--mpi: die with the rank)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.clients: dict[str, IpcClient] = {}
@@ -94,7 +95,7 @@ class Launcher:
         logf = open(self.log_dir / f"{kind}.log", "w")
         self.procs[kind] = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
                                             stdout=logf, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # Ctrl-C reaches us; we stop them in order
+                                            start_new_session=True, preexec_fn=self.preexec)  # Ctrl-C reaches us; we stop them in order
         logf.close()
         self.clients[kind] = IpcClient(ctrl, timeout=10)
         deadline = time.monotonic() + 30
@@ -219,7 +220,9 @@ class Launcher:
     @staticmethod
     def finished(rx: dict[str, Any], fp: dict[str, Any]) -> bool:
         names = fp["plugins"]["names"]
-        return (rx["source"]["state"] in ("done", "stopped") and rx["buffers"]["mapped"] == 0
+        src = rx["source"]  # a stream source keeps listening: its first series' end ends the run
+        over = src["state"] in ("done", "stopped") or src.get("series_ended", 0) >= 1 and not src.get("in_series")
+        return (over and rx["buffers"]["mapped"] == 0
                 and all(fp[n]["acquisitions"] >= 1 and fp[n]["queue"]["size"] == 0
                         and not fp[n].get("writing", False) for n in names))  # writers close files on their own thread
 

@@ -320,9 +320,10 @@ class ProcessorController(ControlHandler):
         finally:
             self._depth -= 1
 
-    def inject_eoa(self) -> None:
-        """odin's inject_eoa: an end of acquisition (no id, no frame count) down the chain."""
-        eoa = EndOfAcquisition("", 0)
+    def inject_eoa(self, stopping: bool = False) -> None:
+        """odin's inject_eoa: an end of acquisition (no id, no frame count) down the chain (``stopping``: the
+        processor is shutting down)."""
+        eoa = EndOfAcquisition("", 0, stopping)
         if self.shm is not None:
             self.shm.inject(eoa)
         else:

@@ -148,7 +148,7 @@ class FrameProcessorDaemon:
             if shm.in_acquisition and not shm.busy:
                 # stopped mid-acquisition: finish it as an end of acquisition would (files closed, XPCS results)
                 log.info("stopping mid-acquisition: sending an end of acquisition down the chain first")
-                self.controller.inject_eoa()
+                self.controller.inject_eoa(stopping=True)
                 shm.in_acquisition = False
                 while time.monotonic() < deadline and not self.controller.chain.idle():
                     time.sleep(0.005)

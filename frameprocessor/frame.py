@@ -167,11 +167,12 @@ class DetectorHeader:
 class EndOfAcquisition:
     """The end-of-acquisition marker that flows down every chain after the last frame."""
 
-    __slots__ = ("acquisition_id", "frames")
+    __slots__ = ("acquisition_id", "frames", "stopping")
 
-    def __init__(self, acquisition_id: str = "", frames: int = 0) -> None:
+    def __init__(self, acquisition_id: str = "", frames: int = 0, stopping: bool = False) -> None:
         self.acquisition_id = acquisition_id
         self.frames = frames
+        self.stopping = stopping  # injected by a processor shutting down mid-acquisition
 
     def __repr__(self) -> str:
         return f"<EndOfAcquisition acq={self.acquisition_id!r} frames={self.frames}>"

@@ -114,6 +114,7 @@ class ReceiverController(ControlHandler):
         self._pending: list[tuple[Image, Channel]] = []  # stream image channels waiting for a buffer
         self.stream_acquisition = ""
         self.series_frames = 0
+        self.series_ended = 0  # stream series whose end message arrived since the source started
         self._header_segment: HeaderSegment | None = None  # the current series' header arrays
         self.warnings = ThrottledLog(log, 5, "status frames/bad_releases")
         self._header: FrameHeader | None = None
@@ -156,6 +157,7 @@ class ReceiverController(ControlHandler):
                        "compressed": self.frames_passed_compressed, "reannounced": self.frames_reannounced,
                        "held_unheard": len(self._unheard)},
             "source": {"state": self.state, "frame": self.next_frame, "error": self.source_error,
+                       "series_ended": self.series_ended, "in_series": bool(self.stream_acquisition),
                        **(self.source.describe() if self.source else {}),
                        "elapsed": round((self.ended_at or time.monotonic()) - self.started_at, 6)
                        if self.started_at else 0.0},
@@ -443,7 +445,7 @@ class ReceiverController(ControlHandler):
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
         self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if not getattr(src, "streaming", False) and src.fills_runs else None
-        self.next_frame = 0
+        self.next_frame = self.series_ended = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0
         self.source_error = ""
@@ -717,6 +719,7 @@ class ReceiverController(ControlHandler):
         self._notify_acquisition({"end_of_acquisition": True, "acquisition_id": acquisition_id,
                                   "frames": self.series_frames})
         log.info("series %s ended after %d frames", acquisition_id, self.series_frames)
+        self.series_ended += 1
         self.stream_acquisition, self.series_frames = "", 0
 
     # -- UDP ---------------------------------------------------------------------------

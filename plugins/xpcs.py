@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from ._xpcs.averages import TimeAverages
 from ._xpcs.fit import fit_g2
 from ._xpcs.layout import PixelLayout
 from ._xpcs.live import LivePublisher
-from ._xpcs.multitau import MultitauCorrelator, levels_for_frames, multitau_lags
+from ._xpcs.multitau import MultitauCorrelator, levels_for_frames, multitau_lags, result_from_sums
+from ._xpcs import partition as _part
 from ._xpcs.sparse import MAX_SPARSE_BUFS, SparseMultitauCorrelator
 from ._xpcs.qmap import QMap, QMapError, load_mask, load_qmap, uniform_qmap
 from ._xpcs.result_file import XpcsResultData, write_result
@@ -78,7 +80,7 @@ def _output(v: str) -> str | None:
 
 _INPUT_KEYS = ("qmap", "mask")    # the files _load_inputs reads
 _TWOTIME_KEYS = {"qmap", "mask", "twotime", "twotime_frames", "max_memory"}
-_REBUILD = {"qmap", "mask", "use_frame_mask", "num_bufs", "num_levels", "expected_frames", "normalization",
+_REBUILD = {"partition", "qmap", "mask", "use_frame_mask", "num_bufs", "num_levels", "expected_frames", "normalization",
             "precision", "twotime", "twotime_frames", "max_memory", "sparse"}
 
 
@@ -93,9 +95,17 @@ class _Run:
         self.acquisition_id = frame.acquisition_id
         self.start_time = _dt.datetime.now(_dt.timezone.utc).isoformat()
         self.frame_mask = frame_mask
-        self.dynamic = PixelLayout(qm.labels("dynamic"), num_bins=qmap.num_dynamic)
+        self.full = PixelLayout(qm.labels("dynamic"), num_bins=qmap.num_dynamic)  # every used pixel
         same = qm.static is qm.dynamic or np.array_equal(qm.static, qm.dynamic)
-        self.static = self.dynamic if same else PixelLayout(qm.labels("static"), num_bins=qmap.num_static)
+        self.static = self.full if same else PixelLayout(qm.labels("static"), num_bins=qmap.num_static)
+        self.partition = _part.Partition.from_config(cfg["partition"])
+        self.shard = (0, self.full.num_chunks)
+        self.dynamic = self.full                       # the pixels this process correlates
+        if self.partition is not None:                 # whole chunks of the full layout (partition.py)
+            self.shard = _part.shard_range(self.full.num_chunks, self.partition.number, self.partition.rank)
+            self.dynamic = _part.shard_layout(self.full, *self.shard)
+        self.updates = 0                               # live updates shared (partition)
+        self.published_update = 0                      # newest merged update published (partition rank 0)
         B = cfg["num_bufs"]
         levels = cfg["num_levels"]
         if levels == "auto":
@@ -193,6 +203,11 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                                               f"the first frame and every {AUTO_SPARSE_WINDOW} frames; handed over "
                                               "to the dense correlator, mid-run, when the frames fill up)",
                          choices=(True, False, "auto")),
+        "partition": Option(dict, {}, "correlate one pixel shard of several ranks that each see every frame: "
+                                      "{number, rank, spool[, timeout]}; partial sums go to the spool directory "
+                                      "at every update and at the end, rank 0 writes the result from the merged "
+                                      "sums (framechain run --mpi sets it; see docs/scaling.md)",
+                            check=_part.check_partition),
         "normalization": Option(str, "symmetric", "symmetric (per-bin G/(P F), scikit-beam) or aps "
                                                   "(per-pixel, averaged over static bins)",
                                 choices=("symmetric", "aps")),
@@ -268,6 +283,15 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 raise ConfigError(f"The 'sparse' option of {self.owner}: sparse correlation keeps one bit per ring "
                                   f"slot, so num_bufs must be at most {MAX_SPARSE_BUFS} (it is {cfg['num_bufs']}); "
                                   f"lower num_bufs or use sparse false (or auto)", "sparse")
+        if cfg["partition"] and not {"partition", "normalization", "twotime"}.isdisjoint(values):
+            if cfg["normalization"] == "aps" or cfg["twotime"]:
+                raise ConfigError(f"The 'partition' option of {self.owner}: a pixel shard merges per-bin sums, "
+                                  f"which the aps normalization and two-time (per-pixel, every pixel pair) cannot "
+                                  f"use; set normalization symmetric and twotime false, or correlate in one "
+                                  f"process", "partition")
+            if not os.path.isdir(cfg["partition"]["spool"]):
+                raise ConfigError(f"The 'partition' option of {self.owner}: spool {cfg['partition']['spool']!r} "
+                                  f"is not a directory", "partition")
         inputs = self._inputs(cfg, values)
         if cfg["twotime"] and not _TWOTIME_KEYS.isdisjoint(values):
             self._check_twotime(cfg, *inputs)
@@ -425,7 +449,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._runs += 1
         self._finished = False
         self.warnings = []
-        empty = [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)]
+        empty = [int(b) + 1 for b in np.flatnonzero(run.full.npix == 0)]
         if empty:
             msg = (f"dynamic bin(s) {empty[:20]}{'...' if len(empty) > 20 else ''} have no pixel after masking; "
                    f"they report NaN")
@@ -499,8 +523,11 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         run.frames_used += good
         run.frames_nan += not good
         every = self.config["update_every"]
-        if every and self._publisher is not None and run.frames % every == 0:
-            self._publish(run, final=False)
+        if every and run.frames % every == 0:
+            if run.partition is not None:
+                self._share_update(run)
+            elif self._publisher is not None:
+                self._publish(run, final=False)
 
     def process_end_of_acquisition(self, eoa: EndOfAcquisition) -> None:
         with self._lock:
@@ -508,7 +535,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             if run is None or self._finished or run.frames == 0:
                 return
             self._finished = True
-            self._finish(run)
+            self._finish(run, eoa.stopping)
 
     # -- results -----------------------------------------------------------------------------
     def results(self) -> dict[str, Any] | None:
@@ -518,7 +545,15 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             run = self._run
             return None if run is None else self._results(run)
 
-    def _results(self, run: _Run) -> dict[str, Any]:
+    def _results(self, run: _Run, merged: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's results; from ``merged`` sums of every shard (partition) over the full layout if given."""
+        if merged is not None:
+            r = result_from_sums(run.full, merged["delays"], merged["pairs"], merged["G"], merged["P"],
+                                 merged["F"], int(merged["frames"]), int(merged["frames_bad"]))
+            keep = (r.pairs > 0) & (r.delays > 0)
+            return {"delays": r.delays[keep], "g2": r.g2[keep], "g2_err": r.g2_err[keep], "pairs": r.pairs[keep],
+                    "npix": run.full.npix, "frames": int(merged["frames"]),
+                    "frames_used": int(merged["frames_used"])}
         r = run.correlator.result()
         keep = (r.pairs > 0) & (r.delays > 0)
         if run.aps:
@@ -557,8 +592,73 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self._publisher.publish(self._message(run, res or self._results(run), final))
         self.updates_published += 1
 
-    def _finish(self, run: _Run) -> None:
-        res = self._results(run)
+    # -- pixel partition ---------------------------------------------------------------------------
+    def _share(self, run: _Run, key: str) -> None:
+        """Write this shard's per-chunk sums as ``key`` into the spool (partition.py)."""
+        c = run.correlator
+        try:
+            _part.write_partial(run.partition, key, *run.shard, run.full.num_chunks, c.delays, c.pairs, c.G, c.P,
+                                c.F, run.frames, run.frames_used, c.frames_bad)
+        except OSError as err:
+            self.last_result_error = f"partition: cannot write partial sums {key}: {err}"
+            self.log.error("%s: %s", self.name, self.last_result_error)
+
+    def _share_update(self, run: _Run) -> None:
+        """A live update: share this shard's sums; rank 0 publishes the newest merge of every shard's."""
+        run.updates += 1
+        self._share(run, f"r{self._runs}_u{run.updates}")
+        if run.partition.rank != 0 or self._publisher is None:
+            return
+        for k in range(run.updates, max(0, run.updates - 8), -1):
+            path = os.path.join(run.partition.spool, _part.merged_name(f"r{self._runs}_u{k}"))
+            if k > run.published_update and os.path.exists(path):
+                try:
+                    merged = _part.read_npz(path)
+                except (OSError, ValueError):
+                    continue
+                run.published_update = k
+                self._publish(run, final=False, res=self._results(run, merged))
+                return
+
+    def _wait_merged(self, run: _Run, key: str) -> dict[str, Any] | None:
+        """Rank 0 at the end: the merged sums of every shard, once the reducer has written them."""
+        path = os.path.join(run.partition.spool, _part.merged_name(key))
+        deadline = time.monotonic() + run.partition.timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                try:
+                    return _part.read_npz(path)
+                except (OSError, ValueError) as err:
+                    self.last_result_error = f"partition: unreadable merged sums {path}: {err}"
+                    return None
+            time.sleep(0.02)
+        self.last_result_error = (f"partition: the merged sums of all {run.partition.number} shards ({path}) did "
+                                  f"not arrive within {run.partition.timeout:g} s; no result file (is every rank "
+                                  f"running, and does framechain run --mpi reduce them?)")
+        return None
+
+    def _finish(self, run: _Run, stopping: bool = False) -> None:
+        merged = None
+        if run.partition is not None:
+            key = f"r{self._runs}_final"
+            self._share(run, key)
+            if stopping and run.partition.rank == 0:
+                self.last_result_error = ("partition: the processor stopped mid-acquisition; the other shards' "
+                                          "sums are not awaited, so no result file was written")
+                self.log.error("%s: %s", self.name, self.last_result_error)
+                return
+            if run.partition.rank != 0:
+                self.log.info("%s: shard %d of %d shared its sums; rank 0 writes the result", self.name,
+                              run.partition.rank, run.partition.number)
+                return
+            merged = self._wait_merged(run, key)
+            if merged is None:
+                self.log.error("%s: %s", self.name, self.last_result_error)
+                return
+            if int(merged.get("mismatch", 0)):
+                self.warnings.append("partition: the ranks counted different frame pairs (a frame bad on one "
+                                     "shard only); the merged g2 uses their mean")
+        res = self._results(run, merged)
         self.fit = self._fit(res)
         if self.fit:
             self.log.info("%s: %d frames (%d used); fitted contrast %.4g, tau_c %.4g s (%.4g frames)", self.name,
@@ -572,7 +672,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 write_result(path, self._result_data(run, res))
                 if self.config["plot"]:
                     from ._xpcs.plot import plot_g2
-                    cols = run.dynamic.active
+                    cols = run.full.active
                     self.plot_file = path.rsplit(".", 1)[0] + "_g2.png"
                     plot_g2(self.plot_file, res["delays"] * self.config["frame_time"],
                             res["g2"][:, cols], res["g2_err"][:, cols], [f"bin {b + 1}" for b in cols],
@@ -588,7 +688,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
     def _result_data(self, run: _Run, res: dict[str, Any]) -> XpcsResultData:
         cfg = self.config
         qm = run.qmap
-        dyn_cols = run.dynamic.active
+        dyn_cols = run.full.active
         sta_cols = run.static.active
         geometry = {k: cfg[k] for k in ("beam_center_x", "beam_center_y", "detector_distance", "pixel_size",
                                         "incident_energy")}
@@ -661,8 +761,11 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
             "mask_changes": run.mask_changes, "num_bufs": c.num_bufs, "num_levels": c.num_levels,
             "levels_reached": c.levels_reached, "levels_capped": c.capped, "delays": int(keep.sum()),
             "max_delay": int(r.delays[keep][-1]) if keep.any() else 0,
-            "bins": run.dynamic.num_bins, "pixels": run.dynamic.num_pixels,
-            "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.dynamic.npix == 0)],
+            "bins": run.full.num_bins, "pixels": run.dynamic.num_pixels,
+            "empty_bins": [int(b) + 1 for b in np.flatnonzero(run.full.npix == 0)],
+            "partition": ({} if run.partition is None else
+                          {"rank": run.partition.rank, "number": run.partition.number, "chunks": list(run.shard),
+                           "of_chunks": run.full.num_chunks, "updates_shared": run.updates}),
             "g2_lag1": [float(v) for v in lag1],
             "memory_bytes": c.memory_bytes(),
             "sparse": isinstance(c, SparseMultitauCorrelator), "occupancy": run.occupancy,

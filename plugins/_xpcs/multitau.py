@@ -24,7 +24,7 @@ import numpy as np
 
 from .layout import PixelLayout
 
-__all__ = ["MultitauCorrelator", "MultitauResult", "multitau_lags", "levels_for_frames", "multitau_batch"]
+__all__ = ["MultitauCorrelator", "MultitauResult", "multitau_lags", "levels_for_frames", "multitau_batch", "result_from_sums"]
 
 
 def multitau_lags(num_levels: int, num_bufs: int) -> np.ndarray:
@@ -298,22 +298,8 @@ class MultitauCorrelator:
         ``g2_err`` is the standard error of g2 over the chunks (runs of pixels) of each bin:
         ``std(g2_chunk, ddof=1) / sqrt(n_chunks)``, NaN for a bin of one chunk.
         """
-        lay = self.layout
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norm = self.pairs[:, None] * lay.active_npix[None, :]
-            G, P, F = (lay.chunks_to_bins(a) / norm for a in (self.G, self.P, self.F))
-            g2 = G / (P * F)
-            # per chunk c: G_c / (P_c F_c) with G_c = G_sum / (pairs npix_c), likewise P_c and F_c
-            g2c = self.G * (self.pairs[:, None] * lay.chunk_npix) / (self.P * self.F)
-            ok = np.isfinite(g2c)
-            g2c = np.where(ok, g2c, 0.0)
-            n = lay.chunks_to_bins(ok.astype(np.float64))
-            mean = lay.chunks_to_bins(g2c) / n
-            var = (lay.chunks_to_bins(g2c ** 2) - n * mean ** 2) / (n - 1)
-            err = np.sqrt(np.maximum(var, 0.0) / n)
-            err[n < 2] = np.nan
-        return MultitauResult(self.delays.copy(), self.pairs.copy(), lay.expand(G), lay.expand(P), lay.expand(F),
-                              lay.expand(g2), self.frames, self.frames_bad, lay.expand(err))
+        return result_from_sums(self.layout, self.delays, self.pairs, self.G, self.P, self.F, self.frames,
+                                self.frames_bad)
 
     def pixel_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-pixel time means ``(G2, IP, IF)``, each ``(n_lags, pixels)`` in ``layout.pixels`` order."""
@@ -333,6 +319,27 @@ class MultitauCorrelator:
         with np.errstate(invalid="ignore", divide="ignore"):
             n = self.pairs[:, None].astype(np.float64)
             return out[0] / n, out[1] / n, out[2] / n
+
+
+def result_from_sums(lay: PixelLayout, delays: np.ndarray, pairs: np.ndarray, G: np.ndarray, P: np.ndarray,
+                     F: np.ndarray, frames: int = 0, frames_bad: int = 0) -> MultitauResult:
+    """:meth:`MultitauCorrelator.result` from per-chunk sums ``G, P, F`` ``(lags, chunks of lay)``: also the
+    result of sums merged from pixel shards (each shard a set of whole chunks of ``lay``)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = pairs[:, None] * lay.active_npix[None, :]
+        Gb, Pb, Fb = (lay.chunks_to_bins(a) / norm for a in (G, P, F))
+        g2 = Gb / (Pb * Fb)
+        # per chunk c: G_c / (P_c F_c) with G_c = G_sum / (pairs npix_c), likewise P_c and F_c
+        g2c = G * (pairs[:, None] * lay.chunk_npix) / (P * F)
+        ok = np.isfinite(g2c)
+        g2c = np.where(ok, g2c, 0.0)
+        n = lay.chunks_to_bins(ok.astype(np.float64))
+        mean = lay.chunks_to_bins(g2c) / n
+        var = (lay.chunks_to_bins(g2c ** 2) - n * mean ** 2) / (n - 1)
+        err = np.sqrt(np.maximum(var, 0.0) / n)
+        err[n < 2] = np.nan
+    return MultitauResult(delays.copy(), pairs.copy(), lay.expand(Gb), lay.expand(Pb), lay.expand(Fb),
+                          lay.expand(g2), frames, frames_bad, lay.expand(err))
 
 
 def multitau_batch(frames: np.ndarray, labels: np.ndarray, num_levels: int, num_bufs: int) -> MultitauResult:
