@@ -110,8 +110,8 @@ def rank_config(cfg: dict[str, Any], rank: int, size: int, opts: dict[str, Any],
     """The run config of rank ``rank`` of ``size``: writers' ``process``, XPCS ``partition``, the fan's
     endpoint for a stream source, no ``prepare`` (rank 0 ran it for everyone)."""
     out = copy.deepcopy(cfg)
-    out.pop("mpi", None)
-    out.pop("prepare", None)
+    for key in ("mpi", "prepare", "endpoints"):  # fixed endpoints would collide between ranks on one host
+        out.pop(key, None)
     items = out.setdefault("processor", [])
     for index in plugin_indices(cfg, ("hdf5_writer", "FileWriterPlugin")):
         items.append({index: {"process": {"number": size, "rank": rank,
@@ -171,7 +171,9 @@ def broadcast_constants(comm: Any, cfg: dict[str, Any], job: str) -> tuple[dict[
     error = comm.bcast(error, root=0)
     if error:
         raise LaunchError(error)
-    d = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"framechain_{job}")
+    d = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+                     f"framechain_{job}_n{comm.Get_rank()}")  # this node leader's; shared by its node's ranks
+    d = node.bcast(d, root=0)
     if leaders != MPI.COMM_NULL:
         arrays = leaders.bcast(arrays, root=0)  # pickled ndarrays: one message per node leader
         os.makedirs(d, exist_ok=True)
@@ -285,16 +287,21 @@ def _rollup(states: list[dict[str, Any]], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def _host_address(opts: dict[str, Any], comm: Any) -> str:
-    """Rank 0's address for the fan's endpoints: mpi.address, loopback when every rank is on one node, else
-    the address rank 0's host name resolves to."""
+def _one_node(comm: Any) -> bool:
     from mpi4py import MPI
-    if opts["address"]:
-        return opts["address"]
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    one_node = node.Get_size() == comm.Get_size()
+    one = node.Get_size() == comm.Get_size()
     node.Free()
-    return "127.0.0.1" if one_node else socket.gethostbyname(socket.gethostname())
+    return one
+
+
+def own_address(one_node: bool) -> str:
+    """This rank's address for endpoints other ranks and clients reach: loopback when every rank is on one
+    node, else the host mpiexec started it on (MPICH's PMI_HOSTNAME, as given to -hosts), else the address
+    this host's name resolves to."""
+    if one_node:
+        return "127.0.0.1"
+    return socket.gethostbyname(os.environ.get("PMI_HOSTNAME") or socket.gethostname())
 
 
 def _start_fan(opts: dict[str, Any], upstream: str, consumers: list[str], log_dir: Path) -> subprocess.Popen:
@@ -374,15 +381,17 @@ def main(args: argparse.Namespace) -> int:
     # a stream source: rank 0 binds one fan endpoint per rank; each rank's receiver connects to its own
     consumers = None
     upstream = cfg["receiver"].get("source", {}).get("endpoint")
+    one_node = _one_node(comm)
+    address = own_address(one_node)
     if opts["source"] in STREAM_SOURCES and size > 1:
         if rank == 0:
-            address = _host_address(opts, comm)
-            consumers = [free_tcp_endpoint(address) for _ in range(size)]
-        else:
-            _host_address(opts, comm)
+            consumers = [free_tcp_endpoint(opts["address"] or address) for _ in range(size)]
         consumers = comm.bcast(consumers, root=0)
+
     spool = str(root / f"rank{rank}" / "spool")
     mine = rank_config(cfg, rank, size, opts, spool, consumers[rank] if consumers else None)
+    if not one_node:  # control endpoints the TUI and REST adapter can reach from another host
+        mine["endpoints"] = {"receiver": free_tcp_endpoint(address), "processor": free_tcp_endpoint(address)}
     launcher = Launcher(mine, log_dir, preexec=_die_with_parent)
     launcher.segment = f"framechain_mpi_{job}_r{rank}"
     signals = _Signals(launcher)

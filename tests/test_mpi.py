@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -200,6 +202,87 @@ def test_stream_through_the_fan_to_three_ranks_reads_back_in_order(tmp_path):
     rows = re.findall(r"^\s+(\d)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
     assert [(int(r[0]), int(r[1]), int(r[3]), int(r[4])) for r in rows] == [(r, want[r], want[r], 0)
                                                                             for r in range(3)], out
+    (vds,) = (tmp_path / "out").glob("*_vds.h5")
+    with h5py.File(vds, "r") as f:
+        got = f["/entry/data/data"][...]
+    np.testing.assert_array_equal(got, np.stack([ramp_frame(i, shape, np.dtype("u2")) for i in range(n)]))
+
+
+@dataclass
+class Hosts:
+    gateway: str            # the root namespace's address on the test network
+    addresses: list[str]    # one per test host (network namespace)
+    launcher: Path          # hydra's -launcher-exec: runs a command "on" a test host
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()} (these tests make network namespaces: "
+                           f"run them as root, with iproute2 installed)")
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Three test hosts: network namespaces joined by veth pairs to a bridge of their own, on a /24 of their
+    own; mpiexec reaches them through a launcher that runs its proxy with ``ip netns exec``."""
+    tag = uuid.uuid4().hex[:5]
+    net = f"10.{100 + int(tag[:2], 16) % 150}.{int(tag[2:4], 16)}"
+    bridge, made = f"fcb{tag}", []
+    addresses = [f"{net}.{i}" for i in (2, 3, 4)]
+    try:
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", f"{net}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        for i, addr in enumerate(addresses):
+            ns, veth, peer = f"fcn{tag}{i}", f"fcv{tag}{i}", f"fcp{tag}{i}"
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+            _ip("link", "set", peer, "netns", ns)
+            _ip("link", "set", veth, "master", bridge, "up")
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", peer)
+            _ip("-n", ns, "link", "set", peer, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        cases = "\n".join(f"  {a}) ns=fcn{tag}{i} ;;" for i, a in enumerate(addresses))
+        launcher = tmp_path / "netns-launcher"
+        launcher.write_text("#!/bin/sh\n# hydra's ssh launcher runs: <this> [options] HOST COMMAND\n"
+                            'while [ "${1#-}" != "$1" ]; do shift; done\n'
+                            f'case "$1" in\n{cases}\n  *) echo "no test host $1" >&2; exit 1 ;;\nesac\n'
+                            'shift\nexec ip netns exec "$ns" sh -c "$*"\n')
+        launcher.chmod(0o755)
+        yield Hosts(f"{net}.1", addresses, launcher)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+
+def test_ranks_on_three_hosts_of_their_own_network(tmp_path, hosts):
+    """Each rank in its own network namespace (no shared loopback): MPI, the fan's endpoints on rank 0's
+    address and the detector stream from the root namespace all cross veth links; every frame reads back."""
+    shape, n, block = (16, 24), 61, 2
+    upstream = free_tcp_endpoint(hosts.gateway)
+    cfg = _stream_config(tmp_path, upstream, n, shape, block)
+    job = subprocess.Popen([str(MPIEXEC), "-localhost", hosts.gateway, "-hosts", ",".join(hosts.addresses),
+                            "-launcher", "ssh", "-launcher-exec", str(hosts.launcher), "-n", "3", *CLI, "run",
+                            "--mpi", "--no-progress", "--log-dir", str(tmp_path / "logs"), str(cfg)],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    player = None
+    try:
+        eps = _watch_endpoints(job)
+        assert sorted({e.split("//")[1].split(":")[0] for e in eps}) == hosts.addresses, eps
+        player = _player(upstream, n, shape)
+        out, err = job.communicate(timeout=180)
+        assert job.returncode == 0, err[-3000:] + out[-2000:]
+        assert player.wait(30) == 0, player.stderr.read()
+    finally:
+        for p in (job, player):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    fan_log = next((tmp_path / "logs").glob("framechain_mpi_*/fan.log")).read_text()
+    assert all(f"tcp://{hosts.addresses[0]}:" in line for line in fan_log.splitlines() if "connected on" in line)
     (vds,) = (tmp_path / "out").glob("*_vds.h5")
     with h5py.File(vds, "r") as f:
         got = f["/entry/data/data"][...]
