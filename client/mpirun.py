@@ -410,7 +410,7 @@ def main(args: argparse.Namespace) -> int:
         if rank == 0 and consumers:
             fan = _start_fan(opts, upstream, consumers, root)
         _together(comm, launcher.start_source, "could not start its source")
-        t0 = time.monotonic()
+        t0, flowing = time.monotonic(), False
         bar = None
         if rank == 0:
             if load_s:
@@ -431,6 +431,8 @@ def main(args: argparse.Namespace) -> int:
             if timeout and time.monotonic() - t0 > timeout:
                 state["failed"] = state["failed"] or f"gave up after {timeout} s"
             states = comm.allgather(state)
+            if not flowing and any(s.get("received", 0) for s in states):
+                flowing, t0 = True, time.monotonic() - _STEP / 2  # timed from the first frame (a stream may wait)
             elapsed = time.monotonic() - t0
             for s in spools:          # keys every rank has shared, in order: one reduce each, the same on all
                 common = set.intersection(*(set(x.get("partials", [])) for x in states))
