@@ -27,7 +27,7 @@ from framechain.ipc.client import IpcClient
 from framechain.ipc.errors import IpcTimeout
 from framechain.ipc.message import IpcMessage
 
-__all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "lookup", "KINDS"]
+__all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "lookup", "KINDS", "rollup"]
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,32 @@ class DaemonLink:
         return f"<DaemonLink {self.name} {self.kind} {self.endpoint} {state}>"
 
 
+def rollup(receivers: list[DaemonLink], processors: list[DaemonLink]) -> dict[str, Any]:
+    """Receiver i and processor i as rank i (the order ``framechain run --mpi`` prints them in): each rank's
+    frames received, processed (the slowest plugin's count), written and lost, with totals and the slowest
+    rank. A rank with a daemon down is listed with ``connected: false`` and left out of the totals."""
+    ranks = []
+    for i, (fr, fp) in enumerate(zip(receivers, processors)):
+        rx, px = fr.snapshot(), fp.snapshot()
+        row: dict[str, Any] = {"rank": i, "receiver": fr.name, "processor": fp.name,
+                               "connected": rx.connected and px.connected}
+        if row["connected"] and rx.status and px.status:
+            frames, pf = rx.status.get("frames", {}), px.status.get("frames", {})
+            names = px.status.get("plugins", {}).get("names", [])
+            row.update(received=frames.get("received", 0),
+                       processed=min((px.status.get(n, {}).get("frames_handled", 0) for n in names), default=0),
+                       written=sum(px.status.get(n, {}).get("frames_written", 0) for n in names),
+                       lost=frames.get("dropped", 0) + pf.get("bad", 0) + pf.get("unrouted", 0)
+                       + pf.get("discarded", 0))
+        else:
+            row["connected"] = False
+        ranks.append(row)
+    up = [r for r in ranks if r["connected"]]
+    slowest = min(up, key=lambda r: r["processed"])["rank"] if up else None
+    return {"ranks": ranks, "slowest_rank": slowest, "ranks_down": [r["rank"] for r in ranks if not r["connected"]],
+            **{k: sum(r[k] for r in up) for k in ("received", "processed", "written", "lost")}}
+
+
 class Monitor:
     """A set of :class:`DaemonLink` objects, by name, polled in parallel."""
 
@@ -296,6 +322,10 @@ class Monitor:
 
     def of_kind(self, kind: str) -> list[DaemonLink]:
         return [link for link in self.links.values() if link.kind == kind]
+
+    def rollup(self) -> dict[str, Any]:
+        """:func:`rollup` of the latest snapshots."""
+        return rollup(self.of_kind("receiver"), self.of_kind("processor"))
 
     def close(self) -> None:
         for link in self.links.values():

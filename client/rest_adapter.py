@@ -173,6 +173,7 @@ class FramechainController:
             "config": config,
             "live": self._live_info(),
             "xpcs": self._xpcs_info(),
+            "rollup": self.monitor.rollup(),  # every receiver/processor pair (rank), totals, the slowest
         }
 
     def _live_info(self) -> dict[str, Any]:

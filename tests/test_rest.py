@@ -80,7 +80,7 @@ def test_whole_tree_and_sub_paths(stack):
     _, server = stack
     code, tree = server.get("")
     assert code == 200
-    assert set(tree) == {"adapter", "status", "config", "live", "xpcs"}
+    assert set(tree) == {"adapter", "status", "config", "live", "xpcs", "rollup"}
     assert tree["adapter"]["endpoints"]["fr0"]["kind"] == "receiver"
     assert "viridis" in tree["adapter"]["colormaps"]
     code, leaf = server.get("adapter/update_interval")
@@ -386,3 +386,44 @@ def test_hostile_requests_get_a_clear_answer_and_change_nothing(stack):
     assert server.proc.poll() is None
     after = pipe.processor.ok("request_configuration")
     assert {k: v for k, v in after.items() if k != "config_ts"} == {k: v for k, v in before.items() if k != "config_ts"}
+
+
+def test_rollup_of_several_pairs_totals_names_the_slowest_and_a_rank_down(tmp_path):
+    """Two receiver/processor pairs (two --mpi ranks): /rollup sums them per rank; a killed one is down."""
+    for r in range(2):
+        (tmp_path / f"r{r}").mkdir()
+    pipes = [Pipeline(tmp_path / f"r{r}") for r in range(2)]
+    server = None
+    try:
+        for r, p in enumerate(pipes):
+            p.configure_receiver({"type": "simulated", "shape": [16, 16], "frames": 40 + 20 * r})
+            p.setup_processor([("dummy", "DummyPlugin", "framechain.plugins.dummy", "frame_receiver")])
+        eps = ",".join(f"fr:{p.receiver.ctrl},fp:{p.processor.ctrl}" for p in pipes)
+        server = RestServer(tmp_path, eps, "none", "none")
+        for p in pipes:
+            p.start()
+        for r, p in enumerate(pipes):
+            wait_for(lambda p=p, n=40 + 20 * r: p.plugin_status("dummy")["frames_processed"] == n, what=f"rank {r}")
+
+        def settled():
+            roll = server.get("rollup")[1]
+            return roll if roll.get("processed") == 100 else None
+        roll = wait_for(settled, timeout=15, what="the roll-up to count both ranks")
+        assert roll["received"] == 100 and roll["lost"] == 0 and roll["ranks_down"] == []
+        assert [(x["rank"], x["received"], x["processed"]) for x in roll["ranks"]] == [(0, 40, 40), (1, 60, 60)]
+        assert roll["slowest_rank"] == 0
+        from framechain.client._monitor import Monitor
+        from framechain.client._tui.view import status_lines
+        with Monitor(parse_endpoints(eps), interval=0.1) as mon:   # the TUI's first line: every rank at once
+            wait_for(lambda: mon.rollup()["processed"] == 100, timeout=10, what="the TUI's monitor")
+            first = "".join(text for text, _ in status_lines(list(mon.links.values()))[0])
+        assert first.startswith("all ranks received 100  processed 100  written 0  lost 0  slowest rank 0"), first
+        pipes[1].processor.proc.kill()
+        roll = wait_for(lambda: (lambda x: x if x["ranks_down"] == [1] else None)(server.get("rollup")[1]),
+                        timeout=15, what="rank 1 reported down")
+        assert roll["received"] == 40 and roll["ranks"][1]["connected"] is False
+    finally:
+        if server is not None:
+            server.close()
+        for p in pipes:
+            p.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._monitor import DaemonLink, Snapshot, lookup
+from .._monitor import DaemonLink, Snapshot, lookup, rollup
 
 __all__ = ["Line", "status_lines", "chain_lines", "fmt_count", "fmt_rate", "drop_counters"]
 
@@ -153,6 +153,16 @@ def _processor(st: dict, rates: dict) -> list[Line]:
 def status_lines(links: list[DaemonLink]) -> list[Line]:
     """The live status screen: every daemon, its counters and rates, every plugin."""
     out: list[Line] = []
+    receivers = [lk for lk in links if lk.kind == "receiver"]
+    processors = [lk for lk in links if lk.kind == "processor"]
+    if min(len(receivers), len(processors)) > 1:  # several pairs (framechain run --mpi): one line for all
+        r = rollup(receivers, processors)
+        out.append([("all ranks ", "bold"), (f"received {fmt_count(r['received'])}  processed "
+                                             f"{fmt_count(r['processed'])}  written {fmt_count(r['written'])}  ",
+                                             "normal"),
+                    (f"lost {fmt_count(r['lost'])}", "bad" if r["lost"] else "normal"),
+                    (f"  slowest rank {r['slowest_rank']}", "normal"),
+                    *([(f"  ranks down {r['ranks_down']}", "bad")] if r["ranks_down"] else [])])
     for link in links:
         snap = link.snapshot()
         out.append(_header(link, snap))
