@@ -454,14 +454,20 @@ def main(args: argparse.Namespace) -> int:
             bar.close()
         if failed:
             code = 1
+            for s in spools:  # rank 0's XPCS plugin must not wait for a merge that will not come
+                _part.abort(s, failed)
             if rank == 0:
                 print(f"\nframechain run --mpi: {failed}; stopping every rank", file=sys.stderr)
             launcher.stop_source()
     except KeyboardInterrupt:
         signals.shutting_down()
+        for s in spools:
+            _part.abort(s, "interrupted")
         launcher.stop_source()
         code = 128 + signals.received
     except FramechainError as e:
+        for s in spools:
+            _part.abort(s, str(e))
         if rank == 0:
             print(f"framechain run --mpi: {e}", file=sys.stderr)
         code = 1

@@ -624,7 +624,16 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         """Rank 0 at the end: the merged sums of every shard, once the reducer has written them."""
         path = os.path.join(run.partition.spool, _part.merged_name(key))
         deadline = time.monotonic() + run.partition.timeout
+        stop = os.path.join(run.partition.spool, _part.ABORT)
         while time.monotonic() < deadline:
+            if os.path.exists(stop):
+                try:
+                    with open(stop) as fh:
+                        why = fh.read().strip()
+                except OSError as err:
+                    why = str(err)
+                self.last_result_error = f"partition: the merge was called off ({why}); no result file"
+                return None
             if os.path.exists(path):
                 try:
                     return _part.read_npz(path)

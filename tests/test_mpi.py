@@ -348,6 +348,8 @@ def test_a_rank_killed_mid_run_is_reported_and_the_job_ends(tmp_path, victim):
     if victim == "processor":
         assert re.search(r"rank 1: the processor exited \(signal 9 \(SIGKILL\)\)", err), err[-3000:]
         assert "stopping every rank" in err
+        log0 = next((tmp_path / "logs").glob("framechain_mpi_*/rank0/processor.log")).read_text()
+        assert "the merge was called off (rank 1: the processor exited" in log0 and "abandoning" not in log0
     deadline = time.monotonic() + 30
     while _daemon_pids(eps) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -27,9 +27,10 @@ import numpy as np
 
 from .layout import PixelLayout
 
-__all__ = ["Partition", "shard_range", "shard_layout", "write_partial", "read_npz", "merged_name",
+__all__ = ["ABORT", "abort", "Partition", "shard_range", "shard_layout", "write_partial", "read_npz", "merged_name",
            "partial_name", "place", "write_npz", "PARTIAL_RE"]
 
+ABORT = "ABORT"  # a file in the spool: the merge will not come (its text says why)
 PARTIAL_RE = re.compile(r"^(r\d+_(?:u\d+|final))\.rank(\d+)\.npz$")
 
 
@@ -84,6 +85,15 @@ def shard_layout(full: PixelLayout, c0: int, c1: int) -> PixelLayout:
     if lay.num_chunks != c1 - c0 or not np.array_equal(lay.chunk_npix, full.chunk_npix[c0:c1]):
         raise RuntimeError(f"shard chunks {c0}..{c1} do not line up with the full layout")  # a bug, not input
     return lay
+
+
+def abort(spool: str, why: str) -> None:
+    """Tell a plugin waiting in ``spool`` that no merge will come, and why."""
+    try:
+        with open(os.path.join(spool, ABORT), "w") as fh:
+            fh.write(why)
+    except OSError:
+        pass
 
 
 def partial_name(key: str, rank: int) -> str:
