@@ -349,7 +349,10 @@ def test_a_rank_killed_mid_run_is_reported_and_the_job_ends(tmp_path, victim):
         assert re.search(r"rank 1: the processor exited \(signal 9 \(SIGKILL\)\)", err), err[-3000:]
         assert "stopping every rank" in err
         log0 = next((tmp_path / "logs").glob("framechain_mpi_*/rank0/processor.log")).read_text()
-        assert "the merge was called off (rank 1: the processor exited" in log0 and "abandoning" not in log0
+        # rank 0's XPCS gave up at once: the merge was called off, or the stop reached it first
+        assert re.search(r"the merge was called off \(rank 1: the processor exited|processor stopped "
+                         r"mid-acquisition; the other shards' sums are not awaited", log0), log0[-2000:]
+        assert "abandoning" not in log0
     deadline = time.monotonic() + 30
     while _daemon_pids(eps) and time.monotonic() < deadline:
         time.sleep(0.2)
