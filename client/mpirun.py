@@ -228,7 +228,8 @@ def reduce_partials(comm: Any, spool: str, key: str, rank: int) -> float:
     comm.Reduce(np.ascontiguousarray(vec[-(n_t + 3):-3]), lo, op=MPI.MIN, root=0)
     os.remove(path)
     if comm.Get_rank() == 0:
-        merged = _part.unplace(total, comm.Get_size(), partial["delays"], int(partial["num_chunks"]))
+        merged = _part.unplace(total, comm.Get_size(), partial["delays"], int(partial["num_chunks"]),
+                               partial["tt_G"].shape)
         merged["mismatch"] = int(not np.array_equal(lo, merged["pairs"]))
         _part.write_npz(os.path.join(spool, _part.merged_name(key)), **merged)
         if not key.endswith("_final"):

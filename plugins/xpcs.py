@@ -206,7 +206,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         "partition": Option(dict, {}, "correlate one pixel shard of several ranks that each see every frame: "
                                       "{number, rank, spool[, timeout]}; partial sums go to the spool directory "
                                       "at every update and at the end, rank 0 writes the result from the merged "
-                                      "sums (framechain run --mpi sets it; see docs/scaling.md)",
+                                      "sums, two-time included (framechain run --mpi sets it; see docs/scaling.md)",
                             check=_part.check_partition),
         "normalization": Option(str, "symmetric", "symmetric (per-bin G/(P F), scikit-beam) or aps "
                                                   "(per-pixel, averaged over static bins)",
@@ -284,11 +284,10 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                                   f"slot, so num_bufs must be at most {MAX_SPARSE_BUFS} (it is {cfg['num_bufs']}); "
                                   f"lower num_bufs or use sparse false (or auto)", "sparse")
         if cfg["partition"] and not {"partition", "normalization", "twotime"}.isdisjoint(values):
-            if cfg["normalization"] == "aps" or cfg["twotime"]:
+            if cfg["normalization"] == "aps":
                 raise ConfigError(f"The 'partition' option of {self.owner}: a pixel shard merges per-bin sums, "
-                                  f"which the aps normalization and two-time (per-pixel, every pixel pair) cannot "
-                                  f"use; set normalization symmetric and twotime false, or correlate in one "
-                                  f"process", "partition")
+                                  f"which the aps normalization (per-pixel, averaged over static bins) cannot "
+                                  f"use; set normalization symmetric, or correlate in one process", "partition")
             if not os.path.isdir(cfg["partition"]["spool"]):
                 raise ConfigError(f"The 'partition' option of {self.owner}: spool {cfg['partition']['spool']!r} "
                                   f"is not a directory", "partition")
@@ -593,12 +592,14 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         self.updates_published += 1
 
     # -- pixel partition ---------------------------------------------------------------------------
-    def _share(self, run: _Run, key: str) -> None:
-        """Write this shard's per-chunk sums as ``key`` into the spool (partition.py)."""
+    def _share(self, run: _Run, key: str, final: bool = False) -> None:
+        """Write this shard's per-chunk sums as ``key`` into the spool (partition.py); two-time sums too at
+        the end."""
         c = run.correlator
         try:
+            tt = run.twotime.partial() if final and run.twotime is not None else None
             _part.write_partial(run.partition, key, *run.shard, run.full.num_chunks, c.delays, c.pairs, c.G, c.P,
-                                c.F, run.frames, run.frames_used, c.frames_bad)
+                                c.F, run.frames, run.frames_used, c.frames_bad, tt)
         except OSError as err:
             self.last_result_error = f"partition: cannot write partial sums {key}: {err}"
             self.log.error("%s: %s", self.name, self.last_result_error)
@@ -619,6 +620,14 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 run.published_update = k
                 self._publish(run, final=False, res=self._results(run, merged))
                 return
+
+    @staticmethod
+    def _merged_twotime(run: _Run, G: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(bins, C)`` of every shard's two-time sums, as :meth:`TwoTimeAccumulator.compute` of all pixels."""
+        lay = run.full
+        c2 = np.stack([TwoTimeAccumulator.normalise(G[b], S[b], int(lay.npix[b])) for b in lay.active]) \
+            if lay.active.size else np.zeros((0, G.shape[1], G.shape[1]), np.float32)
+        return lay.active + 1, c2
 
     def _wait_merged(self, run: _Run, key: str) -> dict[str, Any] | None:
         """Rank 0 at the end: the merged sums of every shard, once the reducer has written them."""
@@ -650,7 +659,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         merged = None
         if run.partition is not None:
             key = f"r{self._runs}_final"
-            self._share(run, key)
+            self._share(run, key, final=True)
             if stopping and run.partition.rank == 0:
                 self.last_result_error = ("partition: the processor stopped mid-acquisition; the other shards' "
                                           "sums are not awaited, so no result file was written")
@@ -668,6 +677,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
                 self.warnings.append("partition: the ranks counted different frame pairs (a frame bad on one "
                                      "shard only); the merged g2 uses their mean")
         res = self._results(run, merged)
+        if merged is not None and run.twotime is not None:
+            res["twotime_sums"] = (merged["tt_G"], merged["tt_S"])
         self.fit = self._fit(res)
         if self.fit:
             self.log.info("%s: %d frames (%d used); fitted contrast %.4g, tau_c %.4g s (%.4g frames)", self.name,
@@ -710,7 +721,8 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         twotime = None
         if run.twotime is not None:
             try:
-                bins, c2 = run.twotime.compute()
+                bins, c2 = (run.twotime.compute() if "twotime_sums" not in res else
+                            self._merged_twotime(run, *res["twotime_sums"]))
                 twotime = {"bins": bins, "c2": c2, "g2": TwoTimeAccumulator.g2_from_c2(c2),
                            "g2_segments": TwoTimeAccumulator.g2_segments(c2), "max_frames": run.twotime.max_frames}
             except MemoryError as err:                 # keep the multi-tau results: write them without two-time

@@ -119,34 +119,48 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def write_partial(p: Partition, key: str, c0: int, c1: int, num_chunks: int, delays: np.ndarray,
                   pairs: np.ndarray, G: np.ndarray, P: np.ndarray, F: np.ndarray, frames: int, frames_used: int,
-                  frames_bad: int) -> str:
-    """This rank's per-chunk sums (chunks ``c0..c1`` of ``num_chunks``) as ``key``; returns the path."""
+                  frames_bad: int, twotime: tuple[np.ndarray, np.ndarray] | None = None) -> str:
+    """This rank's per-chunk sums (chunks ``c0..c1`` of ``num_chunks``) as ``key``, and at the end its
+    two-time sums ``(G, S)`` per bin (:meth:`TwoTimeAccumulator.partial`); returns the path."""
     path = os.path.join(p.spool, partial_name(key, p.rank))
+    tt = twotime or (np.zeros((0, 0, 0)), np.zeros((0, 0)))
     write_npz(path, c0=c0, c1=c1, num_chunks=num_chunks, delays=delays, pairs=pairs, G=G, P=P, F=F,
-              frames=frames, frames_used=frames_used, frames_bad=frames_bad)
+              frames=frames, frames_used=frames_used, frames_bad=frames_bad, tt_G=tt[0], tt_S=tt[1])
     return path
 
 
 def place(partial: dict[str, np.ndarray]) -> np.ndarray:
     """One rank's partial as a flat float64 vector over the full layout (zeros outside its chunks):
-    ``[G, P, F]`` each ``(lags, num_chunks)``, then pairs, frames, frames_used, frames_bad. Summing these
-    vectors over the ranks merges them (pairs and frame counts, equal on every rank, are divided back)."""
+    ``[G, P, F]`` each ``(lags, num_chunks)``, the two-time sums (per bin, already over the full bins), then
+    pairs, frames, frames_used, frames_bad. Summing these vectors over the ranks merges them (pairs and frame
+    counts, equal on every rank, are divided back)."""
     n_t, nc = partial["G"].shape[0], int(partial["num_chunks"])
     c0, c1 = int(partial["c0"]), int(partial["c1"])
-    out = np.zeros(3 * n_t * nc + n_t + 3)
+    tt_G, tt_S = partial.get("tt_G", np.zeros(0)), partial.get("tt_S", np.zeros(0))
+    mt = 3 * n_t * nc
+    out = np.zeros(mt + tt_G.size + tt_S.size + n_t + 3)
     for k, name in enumerate("GPF"):
         out[k * n_t * nc:(k + 1) * n_t * nc].reshape(n_t, nc)[:, c0:c1] = partial[name]
-    tail = out[3 * n_t * nc:]
+    out[mt:mt + tt_G.size] = tt_G.reshape(-1)
+    out[mt + tt_G.size:mt + tt_G.size + tt_S.size] = tt_S.reshape(-1)
+    tail = out[-(n_t + 3):]
     tail[:n_t] = partial["pairs"]
     tail[n_t:] = [partial["frames"], partial["frames_used"], partial["frames_bad"]]
     return out
 
 
-def unplace(total: np.ndarray, ranks: int, delays: np.ndarray, num_chunks: int) -> dict[str, np.ndarray]:
-    """The merged sums from the sum of :func:`place` vectors over ``ranks`` ranks."""
+def unplace(total: np.ndarray, ranks: int, delays: np.ndarray, num_chunks: int,
+            twotime_shape: tuple[int, ...] = (0, 0, 0)) -> dict[str, np.ndarray]:
+    """The merged sums from the sum of :func:`place` vectors over ``ranks`` ranks (``twotime_shape``: the
+    partials' ``tt_G`` shape, ``(num_bins, n, n)``)."""
     n_t, nc = delays.size, num_chunks
     G, P, F = (total[k * n_t * nc:(k + 1) * n_t * nc].reshape(n_t, nc) for k in range(3))
-    tail = total[3 * n_t * nc:] / ranks
-    return {"delays": delays, "G": G, "P": P, "F": F, "pairs": np.rint(tail[:n_t]).astype(np.int64),
+    nb, n = twotime_shape[0], twotime_shape[1] if len(twotime_shape) > 1 else 0
+    mt = 3 * n_t * nc
+    tt_G = total[mt:mt + nb * n * n].reshape(nb, n, n)
+    tt_S = total[mt + nb * n * n:mt + nb * n * n + nb * n].reshape(nb, n)
+    tail = total[-(n_t + 3):] / ranks
+    return {"delays": delays, "G": G, "P": P, "F": F, "tt_G": tt_G, "tt_S": tt_S,
+            "pairs": np.rint(tail[:n_t]).astype(np.int64),
             "frames": int(round(tail[n_t])), "frames_used": int(round(tail[n_t + 1])),
             "frames_bad": int(round(tail[n_t + 2])), "ranks": ranks}

@@ -82,14 +82,36 @@ class TwoTimeAccumulator:
         for k in range(bins.size):                 # once per run: one matrix product per bin
             X = self._data[:n, starts[k]:starts[k + 1]].astype(np.float64)
             G = X @ X.T                            # the one (n, n) float64 temporary (see matrix_bytes)
-            m = X.mean(axis=1)
+            S = X.sum(axis=1)
             del X
-            with np.errstate(invalid="ignore", divide="ignore"):
-                G /= starts[k + 1] - starts[k]           # pixels of the bin
-                G /= m[:, None]
-                G /= m[None, :]
-            out[k] = G
+            out[k] = self.normalise(G, S, starts[k + 1] - starts[k])
         return bins, out
+
+    def partial(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sums a pixel shard contributes, for every bin of the layout (``num_bins``, empty bins zero):
+        ``G[b] = sum_p I_p(t1) I_p(t2)`` ``(num_bins, n, n)`` and ``S[b] = sum_p I_p(t)`` ``(num_bins, n)``,
+        float64. Summed over shards they give :meth:`compute` of all pixels (:meth:`normalise`)."""
+        lay, n = self.layout, self.n
+        G = np.zeros((lay.num_bins, n, n))
+        S = np.zeros((lay.num_bins, n))
+        if self._data is None or n == 0:
+            return G, S
+        starts = np.concatenate(([0], np.cumsum(lay.npix[lay.active])))
+        for k, b in enumerate(lay.active):
+            X = self._data[:n, starts[k]:starts[k + 1]].astype(np.float64)
+            G[b] = X @ X.T
+            S[b] = X.sum(axis=1)
+        return G, S
+
+    @staticmethod
+    def normalise(G: np.ndarray, S: np.ndarray, npix: int) -> np.ndarray:
+        """``C = (G / npix) / (m m^T)`` with ``m = S / npix``, as float32 (G is divided in place)."""
+        m = S / npix
+        with np.errstate(invalid="ignore", divide="ignore"):
+            G /= npix
+            G /= m[:, None]
+            G /= m[None, :]
+        return G.astype(np.float32)
 
     @staticmethod
     def g2_segments(c2: np.ndarray, segments: int = 5) -> np.ndarray:
