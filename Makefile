@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
+MSTAMP := $(VENV)/.installed-mpi
 
 .PHONY: run test soak interop bench clean browser
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 $(TSTAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP) $@
+
+# the bench's mpi suite runs mpiexec (MPICH from PyPI, in the venv)
+$(MSTAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[mpi]'
 	touch $(STAMP) $@
 
 run: $(STAMP)
@@ -36,12 +42,13 @@ soak: $(TSTAMP)
 interop: $(TSTAMP)
 	$(PY) -m pytest -q interop
 
-# system packages the client tests drive: headless Chromium + chromedriver (web page), tmux (curses TUI)
+# system packages the tests drive: headless Chromium + chromedriver (web page), tmux (curses TUI),
+# iproute2 (the --mpi test's network namespaces)
 browser:
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -x /usr/bin/tmux || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver tmux)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -x /usr/bin/tmux -a -x /usr/sbin/ip || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver tmux iproute2)
 
-bench: $(STAMP)
+bench: $(MSTAMP)
 	$(VENV)/bin/framechain bench
 
 clean:
