@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 __all__ = ["Figure", "SUITES"]
 
-SUITES = ["pipeline", "writer", "xpcs", "calibration", "streams", "mpi"]
+SUITES = ["pipeline", "writer", "xpcs", "calibration", "streams", "whole", "mpi"]
 
 
 @dataclass
