@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 MSTAMP := $(VENV)/.installed-mpi
 
-.PHONY: run test soak interop bench clean browser
+.PHONY: run test soak interop bench bench-peers clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -49,7 +49,11 @@ browser:
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver tmux iproute2)
 
 bench: $(MSTAMP)
-	$(VENV)/bin/framechain bench
+	$(VENV)/bin/framechain bench $(ARGS)
+
+# the peers side by side (scikit-beam comes with the test extras): make bench-peers, or make bench ARGS=--peers
+bench-peers: $(TSTAMP) $(MSTAMP)
+	$(VENV)/bin/framechain bench --only peers
 
 clean:
 	rm -rf $(VENV) build *.egg-info
