@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 MSTAMP := $(VENV)/.installed-mpi
 
-.PHONY: run test soak interop bench bench-peers clean browser
+.PHONY: run test soak interop bench bench-peers bench-plot clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,6 +50,10 @@ browser:
 
 bench: $(MSTAMP)
 	$(VENV)/bin/framechain bench $(ARGS)
+
+# the plot in docs/performance.md, from a full run
+bench-plot: $(MSTAMP)
+	$(VENV)/bin/framechain bench --plot docs/performance.png $(ARGS)
 
 # the peers side by side (scikit-beam comes with the test extras): make bench-peers, or make bench ARGS=--peers
 bench-peers: $(TSTAMP) $(MSTAMP)

@@ -49,4 +49,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps([f.as_dict() for f in figures], indent=2))
     else:
         print(format_table(figures))
+    if getattr(args, "plot", None):
+        from framechain.benchmarks.plot import plot
+        plot(figures, args.plot)
+        print(f"framechain bench: plot written to {args.plot}", file=sys.stderr)
     return 0

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print figures as JSON")
     b.add_argument("--quick", action="store_true", help="fewer frames (a smoke test, not a measurement)")
     b.add_argument("--only", help="comma-separated benchmark suites to run")
+    b.add_argument("--plot", metavar="PNG", help="also plot how the costs grow with frame size, pixels, "
+                                                 "occupancy and bins (make bench-plot: docs/performance.png)")
     b.add_argument("--peers", action="store_true", help="also the peers suite: scikit-beam's correlator on the "
                                                         "same frames, photon finding at 2M ePix size")
     b.set_defaults(func=_bench)

@@ -24,3 +24,17 @@ def test_the_streams_suite_runs_through_the_command(capsys):
     assert [f["suite"] for f in figures] == ["streams"] * 7  # v2 and v1: 3 each, then UDP
     assert sum("passed through" in f["name"] for f in figures) == 2 and "UDP" in figures[-1]["name"]
     assert all(f["value"] > 0 and f["baseline"] > 0 and f["unit"] == "frames/s" for f in figures)
+
+
+def test_plot_draws_every_panel_from_figures(tmp_path):
+    """--plot: a PNG from the figures of a run (real matplotlib), each panel fed by its suite's rows."""
+    from framechain.benchmarks import Figure
+    from framechain.benchmarks.plot import plot
+    figs = [Figure("pipeline", "64x64 uint16 copy", 6000, "frames/s", 700000, "numpy copy"),
+            Figure("pipeline", "1024x1024 uint16 copy", 2000, "frames/s", 2300, "numpy copy"),
+            Figure("xpcs", "correlator 512x512 B=8 30 bins", 268, "frames/s", 39, "numpy"),
+            Figure("xpcs", "sparse 512x1024 B=8 30 bins 0.01 photons/px", 673, "frames/s", 101, "dense"),
+            Figure("mpi", "xpcs merge, 2 ranks, 10 bins 1 Mpix", 224, "merges/s", 11000, "numpy sum")]
+    out = tmp_path / "p.png"
+    plot(figs, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20000
