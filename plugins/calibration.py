@@ -39,7 +39,8 @@ from ._calib.constants import CalibrationConstants, build_constants
 from ._calib.dark import NO_DATA, DarkCollector, DarkRequest, write_dark_file
 from ._calib.kernels import (apply_gain_multigain, apply_gain_single, photonize, subtract_pedestal_multigain,
                              subtract_pedestal_single)
-from ._calib.fused import fused_multigain, fused_single, multigain_supported, single_supported
+from ._calib.fused import (fused_multigain, fused_photonize, fused_single, multigain_supported, photonize_supported,
+                           single_supported)
 from ._calib.scratch import Scratch
 from ._calib.settings import OUTPUT_DTYPES
 from ._calib.shared import IdentityCache, and_masks, check_mib
@@ -256,7 +257,9 @@ class CalibrationPlugin(FrameProcessorPlugin):
             if c.common_mode is not None:
                 self._common_mode(work, raw.shape, c, scratch, None)
             apply_gain_single(c, work)
-        if c.photonize is not None:
+        if c.photonize is not None and dst is not work and photonize_supported(work, dst):
+            fused_photonize(work, c.photonize.photon_energy, c.photonize.threshold, dst)
+        elif c.photonize is not None:
             photonize(work, c.photonize.photon_energy, c.photonize.threshold, dst, scratch)
         if c.good is not None and self.config["attach_mask"]:
             out.mask = c.good if frame.mask is None else self._mask_and(frame.mask, c.good)

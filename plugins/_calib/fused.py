@@ -25,8 +25,10 @@ import numba
 import numpy as np
 
 from .constants import CalibrationConstants
+from .kernels import photon_top
 
-__all__ = ["fused_multigain", "fused_single", "multigain_supported", "single_supported"]
+__all__ = ["fused_multigain", "fused_photonize", "fused_single", "multigain_supported", "photonize_supported",
+           "single_supported"]
 
 _BLOCK = 32
 _SWITCH_MIN = np.uint16(0x4000)
@@ -84,6 +86,37 @@ def _multigain(raw, p0, r0, table, out, invalid_fill):  # pragma: no cover - com
 def _single(raw, pedestal, recip, out):  # pragma: no cover - compiled
     for i in range(raw.size):
         out[i] = (np.float32(raw[i]) - pedestal[i]) * recip[i]
+
+
+_PHOTON_TYPES = (numba.uint8, numba.uint16, numba.int16, numba.int32, numba.uint32)
+
+
+@numba.njit([numba.void(_F32, numba.float32, numba.float32, numba.float32, numba.types.Array(t, 1, "C"))
+             for t in _PHOTON_TYPES], **_OPTS)
+def _photonize(energy, photon_energy, threshold, top, out):  # pragma: no cover - compiled
+    for i in range(energy.size):
+        e = energy[i]
+        if e >= threshold:                     # NaN -> False -> 0, as the numpy kernel
+            v = e / photon_energy
+            if v < 0:
+                v = np.float32(0)
+            v = np.rint(v)
+            if v > top:
+                v = top
+            out[i] = v
+        else:
+            out[i] = 0
+
+
+def photonize_supported(energy: np.ndarray, out: np.ndarray) -> bool:
+    """Whether ``fused_photonize`` serves this output (integer photon counts; else the numpy kernel)."""
+    return (energy.dtype == np.float32 and energy.flags.c_contiguous and out.flags.c_contiguous
+            and out.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.uint32))
+
+
+def fused_photonize(energy: np.ndarray, photon_energy: float, threshold: float, out: np.ndarray) -> None:
+    """``kernels.photonize`` in one pass, straight into the integer output (``energy`` is left as it is)."""
+    _photonize(energy, np.float32(photon_energy), np.float32(threshold), photon_top(out.dtype), out)
 
 
 def single_supported(raw: np.ndarray, c: CalibrationConstants, out: np.ndarray) -> bool:

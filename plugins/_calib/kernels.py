@@ -111,6 +111,13 @@ def apply_gain_multigain(c: CalibrationConstants, out: np.ndarray, sw: SwitchedP
         out[sw.index] = adu
 
 
+def photon_top(dtype: np.dtype) -> np.float32:
+    """The largest float32 count an integer ``dtype`` holds (uint32's and int32's maxima round up in float32,
+    past the type, so they cannot be the clip)."""
+    top = np.float32(np.iinfo(dtype).max)
+    return top if int(top) <= np.iinfo(dtype).max else np.nextafter(top, np.float32(0))
+
+
 def photonize(energy: np.ndarray, photon_energy: float, threshold: float, out: np.ndarray,
               scratch: Scratch) -> None:
     """``out = rint(E / photon_energy)`` where ``E >= threshold`` else 0 (NaN -> 0), clipped to ``out``'s range.
@@ -125,5 +132,5 @@ def photonize(energy: np.ndarray, photon_energy: float, threshold: float, out: n
     np.rint(energy, out=energy)
     if out is not energy:
         if out.dtype.kind in "iu":
-            np.minimum(energy, np.iinfo(out.dtype).max, out=energy)
+            np.minimum(energy, photon_top(out.dtype), out=energy)
         np.copyto(out, energy, casting="unsafe")
