@@ -27,6 +27,8 @@ from framechain.ipc.client import IpcClient
 from framechain.ipc.errors import IpcTimeout
 from framechain.ipc.message import IpcMessage
 
+from .summary import pair_counts, rollup_totals
+
 __all__ = ["DaemonLink", "Monitor", "EndpointSpec", "parse_endpoints", "lookup", "KINDS", "rollup"]
 
 log = logging.getLogger(__name__)
@@ -289,20 +291,12 @@ def rollup(receivers: list[DaemonLink], processors: list[DaemonLink]) -> dict[st
         row: dict[str, Any] = {"rank": i, "receiver": fr.name, "processor": fp.name,
                                "connected": rx.connected and px.connected}
         if row["connected"] and rx.status and px.status:
-            frames, pf = rx.status.get("frames", {}), px.status.get("frames", {})
-            names = px.status.get("plugins", {}).get("names", [])
-            row.update(received=frames.get("received", 0),
-                       processed=min((px.status.get(n, {}).get("frames_handled", 0) for n in names), default=0),
-                       written=sum(px.status.get(n, {}).get("frames_written", 0) for n in names),
-                       lost=frames.get("dropped", 0) + pf.get("bad", 0) + pf.get("unrouted", 0)
-                       + pf.get("discarded", 0))
+            row.update(pair_counts(rx.status, px.status))
         else:
             row["connected"] = False
         ranks.append(row)
-    up = [r for r in ranks if r["connected"]]
-    slowest = min(up, key=lambda r: r["processed"])["rank"] if up else None
-    return {"ranks": ranks, "slowest_rank": slowest, "ranks_down": [r["rank"] for r in ranks if not r["connected"]],
-            **{k: sum(r[k] for r in up) for k in ("received", "processed", "written", "lost")}}
+    return {"ranks": ranks, "ranks_down": [r["rank"] for r in ranks if not r["connected"]],
+            **rollup_totals([r for r in ranks if r["connected"]])}
 
 
 class Monitor:

@@ -40,7 +40,7 @@ from framechain.ipc.errors import FramechainError, IpcTimeout, ShmError
 from framechain.ipc.message import IpcMessage
 from framechain.ipc.shm import SharedBuffer
 
-from .summary import summarise
+from .summary import pair_counts, summarise
 
 __all__ = ["Launcher", "LaunchError", "main", "control_endpoints", "load_config"]
 
@@ -56,17 +56,24 @@ def control_endpoints(cfg: dict[str, Any]) -> dict[str, str]:
     return {k: eps[k] for k in ("receiver", "processor") if k in eps}
 
 
+def load_specs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every ``plugin.load`` entry (``{index, name, library}``) of a run config's processor items."""
+    specs = []
+    for item in cfg.get("processor", []):
+        load = item.get("plugin", {}).get("load", []) if isinstance(item, dict) and isinstance(
+            item.get("plugin"), dict) else []
+        specs += [spec for spec in (load if isinstance(load, list) else [load]) if isinstance(spec, dict)]
+    return specs
+
+
 def plugin_dirs(cfg: dict[str, Any]) -> list[str]:
     """The processor's --plugin-path for a run config: its ``plugin_path`` and the folders of the ``.py``
     plugin files its processor items load (the config's author chose them)."""
     dirs = [str(d) for d in cfg.get("plugin_path", []) if isinstance(d, str)]
-    for item in cfg.get("processor", []):
-        load = item.get("plugin", {}).get("load", []) if isinstance(item, dict) and isinstance(
-            item.get("plugin"), dict) else []
-        for spec in load if isinstance(load, list) else [load]:
-            lib = spec.get("library") if isinstance(spec, dict) else None
-            if isinstance(lib, str) and lib.endswith(".py"):
-                dirs.append(os.path.dirname(os.path.abspath(lib)))
+    for spec in load_specs(cfg):
+        lib = spec.get("library")
+        if isinstance(lib, str) and lib.endswith(".py"):
+            dirs.append(os.path.dirname(os.path.abspath(lib)))
     return sorted({os.path.abspath(d) for d in dirs if os.path.isdir(d)})
 
 
@@ -93,9 +100,10 @@ class Launcher:
     def _spawn(self, kind: str, args: list[str]) -> None:
         ctrl = self.endpoints[kind]
         logf = open(self.log_dir / f"{kind}.log", "w")
-        self.procs[kind] = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl, *args],
-                                            stdout=logf, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=self.preexec)  # Ctrl-C reaches us; we stop them in order
+        # their own session: Ctrl-C reaches us, and we stop them in order
+        self.procs[kind] = subprocess.Popen([sys.executable, "-m", "framechain.client.cli", kind, "--ctrl", ctrl,
+                                             *args], stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=self.preexec)
         logf.close()
         self.clients[kind] = IpcClient(ctrl, timeout=10)
         deadline = time.monotonic() + 30
@@ -228,8 +236,7 @@ class Launcher:
 
     @staticmethod
     def processed(fp: dict[str, Any]) -> int:
-        names = fp["plugins"]["names"]
-        return min((fp[n]["frames_handled"] for n in names), default=0)
+        return pair_counts({}, fp)["processed"]
 
 
 def load_config(path: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -52,8 +53,8 @@ from framechain.ipc.channel import free_tcp_endpoint
 from framechain.ipc.errors import FramechainError
 from framechain.plugins._xpcs import partition as _part
 
-from .launcher import Launcher, LaunchError, _Signals, load_config
-from .summary import summarise
+from .launcher import Launcher, LaunchError, _Signals, load_config, load_specs
+from .summary import COUNTS, pair_counts, rollup_totals, summarise
 
 __all__ = ["rank_config", "main", "reduce_partials", "MPI_KEYS", "plugin_indices"]
 
@@ -61,20 +62,15 @@ log = logging.getLogger(__name__)
 MPI_KEYS = {"distribution", "frames_per_block", "address", "broadcast_constants"}
 STREAM_SOURCES = ("dectris_v1", "dectris_v2")
 CONSTANT_KEYS = ("pedestal", "gain", "mask", "qmap", "flatfield")
+XPCS = ("xpcs", "XpcsCorrelatorPlugin")          # library or class names that plugin_indices looks for
+WRITERS = ("hdf5_writer", "FileWriterPlugin")
 _STEP = 0.2
 
 
 def plugin_indices(cfg: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     """Indices of the processor plugins loaded from a library or class in ``names``."""
-    found = []
-    for item in cfg.get("processor", []):
-        load = item.get("plugin", {}).get("load", []) if isinstance(item, dict) and isinstance(
-            item.get("plugin"), dict) else []
-        for spec in load if isinstance(load, list) else [load]:
-            if isinstance(spec, dict) and (str(spec.get("library", "")).rsplit(".", 1)[-1] in names
-                                           or spec.get("name") in names):
-                found.append(spec["index"])
-    return found
+    return [spec["index"] for spec in load_specs(cfg)
+            if str(spec.get("library", "")).rsplit(".", 1)[-1] in names or spec.get("name") in names]
 
 
 def mpi_options(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +83,7 @@ def mpi_options(cfg: dict[str, Any]) -> dict[str, Any]:
     if dist not in ("auto", "blocks", "broadcast"):
         raise LaunchError(f"mpi.distribution must be auto, blocks or broadcast, not {dist!r}")
     if dist == "auto":
-        dist = "blocks" if src in STREAM_SOURCES and not plugin_indices(cfg, ("xpcs", "XpcsCorrelatorPlugin")) \
+        dist = "blocks" if src in STREAM_SOURCES and not plugin_indices(cfg, XPCS) \
             else "broadcast"
     if src == "udp":
         raise LaunchError("a udp source cannot be shared by --mpi ranks (each rank would bind the same ports); "
@@ -95,7 +91,7 @@ def mpi_options(cfg: dict[str, Any]) -> dict[str, Any]:
     if dist == "blocks" and src not in STREAM_SOURCES:
         raise LaunchError(f"mpi.distribution blocks deals frames out through framechain fan, which needs a "
                           f"DECTRIS stream source; a {src} source is read by every rank (use broadcast)")
-    if dist == "blocks" and plugin_indices(cfg, ("xpcs", "XpcsCorrelatorPlugin")):
+    if dist == "blocks" and plugin_indices(cfg, XPCS):
         raise LaunchError("the xpcs plugin needs every frame of its pixels: with mpi.distribution blocks each "
                           "rank sees only some frames; use broadcast (each rank then correlates a pixel shard)")
     fpb = opts.get("frames_per_block", 1)
@@ -113,11 +109,11 @@ def rank_config(cfg: dict[str, Any], rank: int, size: int, opts: dict[str, Any],
     for key in ("mpi", "prepare", "endpoints"):  # fixed endpoints would collide between ranks on one host
         out.pop(key, None)
     items = out.setdefault("processor", [])
-    for index in plugin_indices(cfg, ("hdf5_writer", "FileWriterPlugin")):
+    for index in plugin_indices(cfg, WRITERS):
         items.append({index: {"process": {"number": size, "rank": rank,
                                           "frames_per_block": opts["frames_per_block"]}}})
     if size > 1:
-        for index in plugin_indices(cfg, ("xpcs", "XpcsCorrelatorPlugin")):
+        for index in plugin_indices(cfg, XPCS):
             d = os.path.join(spool or ".", index)
             os.makedirs(d, exist_ok=True)
             items.append({index: {"partition": {"number": size, "rank": rank, "spool": d}}})
@@ -191,7 +187,6 @@ def broadcast_constants(comm: Any, cfg: dict[str, Any], job: str) -> tuple[dict[
 
 def _record_constants(cfg: dict[str, Any], log_dir: Path) -> None:
     """``constants.json`` in the rank's log folder: each constant it gave its processor, with its sha256."""
-    import hashlib
     rows = []
     for i, index, key in constant_files(cfg):
         path = cfg["processor"][i][index][key]
@@ -201,17 +196,13 @@ def _record_constants(cfg: dict[str, Any], log_dir: Path) -> None:
 
 
 # -- XPCS shards ----------------------------------------------------------------------------------
-def _partials(spool: str, rank: int) -> dict[str, str]:
-    found = {}
+def _partials(spool: str, rank: int) -> set[str]:
+    """Keys of the partial sums this rank's plugin has put in ``spool``."""
     try:
         names = os.listdir(spool)
     except OSError:
-        return found
-    for n in names:
-        m = _part.PARTIAL_RE.match(n)
-        if m and int(m.group(2)) == rank:
-            found[m.group(1)] = os.path.join(spool, n)
-    return found
+        return set()
+    return {m.group(1) for m in map(_part.PARTIAL_RE.match, names) if m and int(m.group(2)) == rank}
 
 
 def reduce_partials(comm: Any, spool: str, key: str, rank: int) -> float:
@@ -265,26 +256,20 @@ def _local_state(launcher: Launcher) -> tuple[dict[str, Any], dict[str, Any], di
         rx, fp = launcher.snapshot(timeout=10)
     except FramechainError as err:
         return {"failed": exited() or f"status request failed: {err}"}, {}, {}
-    f = fp["frames"]
-    lost = rx["frames"]["dropped"] + f["bad"] + f["unrouted"] + f.get("discarded", 0)
-    written = sum(fp[n].get("frames_written", 0) for n in fp["plugins"]["names"])
-    return {"failed": "", "processed": launcher.processed(fp), "received": rx["frames"]["received"],
-            "lost": lost, "written": written, "finished": launcher.finished(rx, fp)}, rx, fp
+    return {"failed": "", **pair_counts(rx, fp), "finished": launcher.finished(rx, fp)}, rx, fp
 
 
 def _rollup(states: list[dict[str, Any]], elapsed: float) -> str:
+    rows = [{"rank": r, **{k: s.get(k, 0) for k in COUNTS}} for r, s in enumerate(states)]
     lines = ["", f"framechain run --mpi: {len(states)} ranks", "rank  received  processed  written  lost"]
-    for r, s in enumerate(states):
-        lines.append(f"{r:>4}  {s.get('received', 0):>8}  {s.get('processed', 0):>9}  {s.get('written', 0):>7}"
-                     f"  {s.get('lost', 0):>4}" + (f"  FAILED: {s['failed']}" if s.get("failed") else ""))
-    ok = [s for s in states if not s.get("failed")]
-    total = sum(s.get("received", 0) for s in ok)
-    lines.append(f"total {total:>8}  {sum(s.get('processed', 0) for s in ok):>9}  "
-                 f"{sum(s.get('written', 0) for s in ok):>7}  {sum(s.get('lost', 0) for s in ok):>4}"
-                 f"   ({total / elapsed if elapsed > 0 else 0:,.0f} frames/s received in all)")
-    if ok:
-        slow = min(range(len(states)), key=lambda r: states[r].get("processed", 0))
-        lines.append(f"slowest rank    {slow} ({states[slow].get('processed', 0)} frames processed)")
+    for row, s in zip(rows, states):
+        lines.append(f"{row['rank']:>4}  {row['received']:>8}  {row['processed']:>9}  {row['written']:>7}"
+                     f"  {row['lost']:>4}" + (f"  FAILED: {s['failed']}" if s.get("failed") else ""))
+    t = rollup_totals([row for row, s in zip(rows, states) if not s.get("failed")])
+    lines.append(f"total {t['received']:>8}  {t['processed']:>9}  {t['written']:>7}  {t['lost']:>4}"
+                 f"   ({t['received'] / elapsed if elapsed > 0 else 0:,.0f} frames/s received in all)")
+    if t["slowest_rank"] is not None:
+        lines.append(f"slowest rank    {t['slowest_rank']} ({rows[t['slowest_rank']]['processed']} frames processed)")
     return "\n".join(lines)
 
 
@@ -403,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
     rx: dict[str, Any] = {}
     fp: dict[str, Any] = {}
     timeout = args.timeout or cfg.get("timeout", 0)
-    spools = [os.path.join(spool, i) for i in plugin_indices(cfg, ("xpcs", "XpcsCorrelatorPlugin"))] \
+    spools = [os.path.join(spool, i) for i in plugin_indices(cfg, XPCS)] \
         if size > 1 else []
     merges: list[float] = []
     try:
@@ -428,15 +413,15 @@ def main(args: argparse.Namespace) -> int:
             state, rx_now, fp_now = _local_state(launcher)
             if rx_now:
                 rx, fp = rx_now, fp_now
-            state["partials"] = sorted(set().union(*(_partials(s, rank) for s in spools))) if spools else []
+            state["partials"] = [sorted(_partials(s, rank)) for s in spools]  # per XPCS plugin
             if timeout and time.monotonic() - t0 > timeout:
                 state["failed"] = state["failed"] or f"gave up after {timeout} s"
             states = comm.allgather(state)
             if not flowing and any(s.get("received", 0) for s in states):
                 flowing, t0 = True, time.monotonic() - _STEP / 2  # timed from the first frame (a stream may wait)
             elapsed = time.monotonic() - t0
-            for s in spools:          # keys every rank has shared, in order: one reduce each, the same on all
-                common = set.intersection(*(set(x.get("partials", [])) for x in states))
+            for k, s in enumerate(spools):  # keys every rank has shared, in order: one reduce each, on all
+                common = set.intersection(*(set(x["partials"][k]) for x in states))
                 for key in sorted(common, key=lambda k: (k.endswith("_final"), len(k), k)):
                     merges.append(reduce_partials(comm, s, key, rank))
             bad = [(r, s["failed"]) for r, s in enumerate(states) if s.get("failed")]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarise", "output_files"]
+__all__ = ["summarise", "output_files", "pair_counts", "rollup_totals", "COUNTS"]
+
+COUNTS = ("received", "processed", "written", "lost")
 
 _FILE_KEYS = ("output_files", "current_file_path", "last_file_path", "master_file", "result_file", "output",
               "plot_file")
@@ -22,6 +24,23 @@ def output_files(fp: dict[str, Any]) -> list[str]:
                 if isinstance(f, str) and f and f not in files and Path(f).is_file():
                     files.append(f)
     return files
+
+
+def pair_counts(rx: dict[str, Any], fp: dict[str, Any]) -> dict[str, int]:
+    """One receiver/processor pair's frames: received, processed (the slowest plugin's count), written (by
+    every writer) and lost (dropped by the receiver, bad, unrouted or discarded by the processor)."""
+    names = fp.get("plugins", {}).get("names", [])
+    fr, f = rx.get("frames", {}), fp.get("frames", {})
+    return {"received": fr.get("received", 0),
+            "processed": min((fp.get(n, {}).get("frames_handled", 0) for n in names), default=0),
+            "written": sum(fp.get(n, {}).get("frames_written", 0) for n in names),
+            "lost": fr.get("dropped", 0) + f.get("bad", 0) + f.get("unrouted", 0) + f.get("discarded", 0)}
+
+
+def rollup_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of :data:`COUNTS` over the rows of the ranks that are up, and the slowest one's ``rank``."""
+    slowest = min(rows, key=lambda r: r["processed"])["rank"] if rows else None
+    return {"slowest_rank": slowest, **{k: sum(r[k] for r in rows) for k in COUNTS}}
 
 
 def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elapsed: float, log_dir: Path) -> str:
@@ -41,8 +60,7 @@ def summarise(cfg: dict[str, Any], rx: dict[str, Any], fp: dict[str, Any], elaps
         lines.append(f"plugin {n:<9} processed {st['frames_handled']}{written}, dropped {st['queue']['dropped']}, "
                      f"errors {st['errors']}, mean {t['mean_process']:.1f} us, max {t['max_process']:.0f} us"
                      + (f"  last error: {st['last_error']}" if st.get("last_error") else ""))
-    f = fp["frames"]
-    lost = fr["dropped"] + f["bad"] + f["unrouted"] + f.get("discarded", 0)
+    lost = pair_counts(rx, fp)["lost"]
     lines.append(f"lost frames     {lost} ({'none' if lost == 0 else 'see counters above'})")
     missed = {n: fp[n]["queue"]["dropped"] for n in names if fp[n]["queue"]["dropped"]}
     if missed:  # non-blocking connections drop by design (live view); the frame went on elsewhere

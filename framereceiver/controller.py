@@ -444,7 +444,8 @@ class ReceiverController(ControlHandler):
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
-        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if not getattr(src, "streaming", False) and src.fills_runs else None
+        runs = not getattr(src, "streaming", False) and src.fills_runs  # stream sources have no fill_run
+        self._fill_stack = self.buffer.pixel_stack(src.dtype, src.shape) if runs else None
         self.next_frame = self.series_ended = 0
         self.started_at = self.next_due = time.monotonic()
         self.ended_at = 0.0

@@ -546,25 +546,22 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
 
     def _results(self, run: _Run, merged: dict[str, Any] | None = None) -> dict[str, Any]:
         """The run's results; from ``merged`` sums of every shard (partition) over the full layout if given."""
-        if merged is not None:
-            r = result_from_sums(run.full, merged["delays"], merged["pairs"], merged["G"], merged["P"],
-                                 merged["F"], int(merged["frames"]), int(merged["frames_bad"]))
-            keep = (r.pairs > 0) & (r.delays > 0)
-            return {"delays": r.delays[keep], "g2": r.g2[keep], "g2_err": r.g2_err[keep], "pairs": r.pairs[keep],
-                    "npix": run.full.npix, "frames": int(merged["frames"]),
-                    "frames_used": int(merged["frames_used"])}
-        r = run.correlator.result()
+        if merged is None:
+            r, lay, frames, used = run.correlator.result(), run.dynamic, run.frames, run.frames_used
+        else:
+            lay, frames, used = run.full, int(merged["frames"]), int(merged["frames_used"])
+            r = result_from_sums(lay, merged["delays"], merged["pairs"], merged["G"], merged["P"], merged["F"],
+                                 frames, int(merged["frames_bad"]))
         keep = (r.pairs > 0) & (r.delays > 0)
-        if run.aps:
+        if run.aps:  # never with a partition (prepare refuses it)
             G2, IP, IF = run.correlator.pixel_means()
-            lay = run.dynamic
             sb = run.qmap.labels("static").reshape(-1)[lay.pixels].astype(np.int64) - 1
             g2, err = aps_g2(G2[keep], IP[keep], IF[keep], lay.pixel_bins, sb, lay.num_bins,
                              max(1, run.qmap.num_static))
         else:
             g2, err = r.g2[keep], r.g2_err[keep]
         return {"delays": r.delays[keep], "g2": g2, "g2_err": err, "pairs": r.pairs[keep],
-                "npix": run.dynamic.npix, "frames": run.frames, "frames_used": run.frames_used}
+                "npix": lay.npix, "frames": frames, "frames_used": used}
 
     def _fit(self, res: dict[str, Any]) -> dict[str, Any]:
         g2, npix = res["g2"], res["npix"].astype(np.float64)

@@ -209,16 +209,17 @@ def _stream_config(tmp: Path, upstream: str, n: int, shape: tuple[int, int], blo
     return path
 
 
-def test_stream_through_the_fan_to_three_ranks_reads_back_in_order(tmp_path):
-    """A DECTRIS v2 stream -> rank 0's fan (blocks of 4) -> 3 ranks' writers; the VDS reads every frame."""
-    shape, n, block = (16, 24), 101, 4
-    upstream = free_tcp_endpoint()
-    cfg = _stream_config(tmp_path, upstream, n, shape, block)
-    job = subprocess.Popen([str(MPIEXEC), "-n", "3", *CLI, "run", "--mpi", "--no-progress", "--log-dir",
-                            str(tmp_path / "logs"), str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
+def _stream_job(tmp: Path, hosts_args: list[str], cfg: Path, upstream: str, n: int, shape: tuple[int, int],
+                before_player=None) -> str:
+    """``mpiexec [hosts_args] -n 3 framechain run --mpi cfg`` fed by a stream player; its stdout once it
+    succeeded (``before_player(job)`` runs first, e.g. to read rank 0's endpoints)."""
+    job = subprocess.Popen([str(MPIEXEC), *hosts_args, "-n", "3", *CLI, "run", "--mpi", "--no-progress",
+                            "--log-dir", str(tmp / "logs"), str(cfg)], cwd=tmp, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     player = None
     try:
+        if before_player is not None:
+            before_player(job)
         player = _player(upstream, n, shape)
         out, err = job.communicate(timeout=180)
         assert job.returncode == 0, err[-3000:] + out[-2000:]
@@ -228,6 +229,15 @@ def test_stream_through_the_fan_to_three_ranks_reads_back_in_order(tmp_path):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+    return out
+
+
+def test_stream_through_the_fan_to_three_ranks_reads_back_in_order(tmp_path):
+    """A DECTRIS v2 stream -> rank 0's fan (blocks of 4) -> 3 ranks' writers; the VDS reads every frame."""
+    shape, n, block = (16, 24), 101, 4
+    upstream = free_tcp_endpoint()
+    cfg = _stream_config(tmp_path, upstream, n, shape, block)
+    out = _stream_job(tmp_path, [], cfg, upstream, n, shape)
     want = [sum(1 for i in range(n) if (i // block) % 3 == r) for r in range(3)]
     rows = re.findall(r"^\s+(\d)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
     assert [(int(r[0]), int(r[1]), int(r[3]), int(r[4])) for r in rows] == [(r, want[r], want[r], 0)
@@ -294,23 +304,12 @@ def test_ranks_on_three_hosts_of_their_own_network(tmp_path, hosts):
     shape, n, block = (16, 24), 61, 2
     upstream = free_tcp_endpoint(hosts.gateway)
     cfg = _stream_config(tmp_path, upstream, n, shape, block)
-    job = subprocess.Popen([str(MPIEXEC), "-localhost", hosts.gateway, "-hosts", ",".join(hosts.addresses),
-                            "-launcher", "ssh", "-launcher-exec", str(hosts.launcher), "-n", "3", *CLI, "run",
-                            "--mpi", "--no-progress", "--log-dir", str(tmp_path / "logs"), str(cfg)],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    player = None
-    try:
+    def on_their_own_addresses(job: subprocess.Popen) -> None:
         eps = _watch_endpoints(job)
         assert sorted({e.split("//")[1].split(":")[0] for e in eps}) == hosts.addresses, eps
-        player = _player(upstream, n, shape)
-        out, err = job.communicate(timeout=180)
-        assert job.returncode == 0, err[-3000:] + out[-2000:]
-        assert player.wait(30) == 0, player.stderr.read()
-    finally:
-        for p in (job, player):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+
+    _stream_job(tmp_path, ["-localhost", hosts.gateway, "-hosts", ",".join(hosts.addresses), "-launcher", "ssh",
+                           "-launcher-exec", str(hosts.launcher)], cfg, upstream, n, shape, on_their_own_addresses)
     fan_log = next((tmp_path / "logs").glob("framechain_mpi_*/fan.log")).read_text()
     assert all(f"tcp://{hosts.addresses[0]}:" in line for line in fan_log.splitlines() if "connected on" in line)
     (vds,) = (tmp_path / "out").glob("*_vds.h5")

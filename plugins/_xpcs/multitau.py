@@ -24,7 +24,8 @@ import numpy as np
 
 from .layout import PixelLayout
 
-__all__ = ["MultitauCorrelator", "MultitauResult", "multitau_lags", "levels_for_frames", "multitau_batch", "result_from_sums"]
+__all__ = ["MultitauCorrelator", "MultitauResult", "multitau_lags", "levels_for_frames", "multitau_batch",
+           "result_from_sums"]
 
 
 def multitau_lags(num_levels: int, num_bufs: int) -> np.ndarray:
