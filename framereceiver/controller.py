@@ -436,6 +436,10 @@ class ReceiverController(ControlHandler):
         if self.state == "running":
             raise ConfigError("the source is already running")
         self._reclaim_orphans("source start")
+        if isinstance(self.source, UdpSource):  # its receive thread writes pixels straight into the buffers
+            buf = self.buffer
+            self.source.attach(buf.segment(), buf.offset(0) + FRAME_HEADER.size
+                               + buf.buffer_size * np.arange(buf.num_buffers, dtype=np.int64))
         try:
             self.source.reset()
         except OSError as err:  # a UDP port in use, an address not on this host
@@ -736,9 +740,8 @@ class ReceiverController(ControlHandler):
         if src.frames and self.frames_received + self.frames_timedout >= src.frames:
             self._stop_udp("done")
             return done
-        flat = self.buffer.views(np.uint8, (src.frame_bytes,))
         while (bid := self.buffers.take()) is not None:
-            src.lend(bid, flat[bid])
+            src.lend(bid)
         return done
 
     def _udp_finished(self, finished: list[Finished]) -> int:

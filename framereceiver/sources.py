@@ -31,6 +31,7 @@ from framechain.ipc.options import Option, defaults, validate_options
 
 from .dectris import StreamV1Source, StreamV2Source
 from .udp import UdpSource
+from .udp_assembler import HAVE_RECVMMSG
 
 __all__ = ["FrameSource", "SimulatedSource", "Hdf5Source", "SOURCE_OPTIONS", "make_source", "speckle_g2"]
 
@@ -297,6 +298,8 @@ SOURCE_OPTIONS: dict[str, dict[str, Option]] = {
         "rcvbuf": Option(int, 4 << 20, "socket receive buffer, bytes (the kernel may cap it: a warning says so)",
                          low=4096),
         "frames": Option(int, 0, "end the acquisition after this many frames (0: at execute stop)", low=0),
+        "batch_receive": Option(bool, True, "receive packets in recvmmsg batches (Linux); false: one recv "
+                                            "call per packet"),
     },
     "hdf5": {
         **_COMMON,
@@ -327,8 +330,10 @@ def make_source(cfg: Any) -> FrameSource:
                                    "correlation_time", "contrast", "intensity", "seed", "pedestal", "gain",
                                    "read_noise", "fixed_pattern")})
     if kind == "udp":
+        if not HAVE_RECVMMSG:
+            raise ConfigError("the udp source needs Linux (its receive loop calls recvmmsg and poll)", "type")
         return UdpSource(v["rx_ports"], v["rx_address"], tuple(v["shape"]), v["dtype"], v["packet_size"],
-                         v["frame_timeout_ms"], v["rcvbuf"], v["decoder"], v["frames"])
+                         v["frame_timeout_ms"], v["rcvbuf"], v["decoder"], v["frames"], v["batch_receive"])
     if kind in ("dectris_v2", "dectris_v1"):
         cls = StreamV2Source if kind == "dectris_v2" else StreamV1Source
         endpoint = v["endpoint"] if "endpoint" in cfg or kind == "dectris_v2" else "tcp://127.0.0.1:9999"

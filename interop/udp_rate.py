@@ -94,8 +94,8 @@ def _framechain(prefix: Path, frames: int, rate: float, rcvbuf: int, work: Path,
     port = _free_udp_port()
     with Pipeline(work, receiver_args=["--switch-interval-ms", str(switch_ms)]) as pipe:
         pipe.configure_receiver({"type": "udp", "rx_ports": [port], "shape": [HEIGHT, WIDTH], "packet_size": PACKET,
-                                 "frame_timeout_ms": 1000, "rcvbuf": rcvbuf})
-        pipe.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")])
+                                 "frame_timeout_ms": 1000, "rcvbuf": rcvbuf}, max_buffer_mem=400_000_000)
+        pipe.setup_processor([("d", "DummyPlugin", "dummy", "frame_receiver")], copy=False)  # as odin's: in place
         pipe.start()
         sent = _simulate(prefix, port, frames, rate)
         st = _settled(pipe.receiver.status)

@@ -308,6 +308,13 @@ class SharedBuffer:
         return np.ndarray((self.num_buffers, *shape), dt, buffer=self._map,
                           offset=SEGMENT_HEADER.size + FRAME_HEADER.size, strides=(self.buffer_size, *inner))
 
+    def segment(self) -> np.ndarray:
+        """The whole mapping as one writable 1-D uint8 array (no copy): buffer ``i``'s pixels start at
+        ``offset(i) + FRAME_HEADER.size``."""
+        if self.closed:
+            raise ShmError(f"shared buffer {self.name!r} is closed")
+        return np.frombuffer(self._map, np.uint8)
+
     def raw(self, buffer_id: int, nbytes: int) -> memoryview:
         """The first ``nbytes`` of pixel data of ``buffer_id`` as a memoryview."""
         start = self.offset(buffer_id) + FRAME_HEADER.size

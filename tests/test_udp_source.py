@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from harness import wait_for
 
-from framechain.framereceiver.udp import DummyUdpDecoder
+from framechain.framereceiver.udp import DUMMY_UDP
+from framechain.framereceiver.udp_assembler import PacketAssembler, parse_header
 
 CHECKER = textwrap.dedent("""
     import numpy as np
@@ -46,14 +47,14 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("ports", [1, 2])
-def test_lossy_reordered_udp_frames_are_exact_and_every_loss_counted(pipeline, tmp_path, ports):
+@pytest.mark.parametrize("ports,batch_receive", [(1, True), (2, True), (1, False)])
+def test_lossy_reordered_udp_frames_are_exact_and_every_loss_counted(pipeline, tmp_path, ports, batch_receive):
     n, shape, payload = 300, (64, 64), 1024  # 8 packets a frame
     rx_ports = [free_udp_port() for _ in range(ports)]
     plugin = tmp_path / "checker.py"
     plugin.write_text(CHECKER)
     pipeline.configure_receiver({"type": "udp", "rx_ports": rx_ports, "shape": list(shape), "packet_size": payload,
-                                 "frame_timeout_ms": 200})
+                                 "frame_timeout_ms": 200, "batch_receive": batch_receive})
     pipeline.setup_processor([("check", "RampChecker", str(plugin), "frame_receiver")])
     pipeline.start()
     sender = subprocess.run([sys.executable, "-m", "framechain.client.cli", "simulate", "udp", "--ports",
@@ -67,6 +68,7 @@ def test_lossy_reordered_udp_frames_are_exact_and_every_loss_counted(pipeline, t
     wait_for(lambda: (f := pipeline.receiver.status()["frames"])["received"] + f["timedout"] == n,
              what="every frame to be complete or timed out")
     rx = pipeline.receiver.status()
+    assert rx["source"]["receive"] == ("recvmmsg" if batch_receive else "recv")
     assert rx["frames"]["timedout"] == len(incomplete) and rx["frames"]["packets_lost"] == sent["dropped_packets"]
     assert rx["frames"]["received"] == n - len(incomplete) and rx["frames"]["dropped"] == 0
     assert rx["source"]["packets"]["bad"] == 0 and rx["source"]["packets"]["duplicate"] == 0
@@ -110,7 +112,12 @@ def test_bad_packets_are_counted_and_the_port_in_use_is_a_clear_nack(pipeline):
         blocker.close()
 
 
-def test_the_dummy_udp_decoder_reads_odin_flags():
-    dec = DummyUdpDecoder()
-    assert dec.parse(memoryview(struct.pack("<II", 5, 0 | 1 << 31))) == (5, 0, True, False)
-    assert dec.parse(memoryview(struct.pack("<II", 5, 359 | 1 << 30))) == (5, 359, False, True)
+def test_the_dummy_udp_layout_reads_odin_flags_in_python_and_compiled():
+    first, last = struct.pack("<II", 5, 0 | 1 << 31), struct.pack("<II", 70000, 359 | 1 << 30)
+    assert DUMMY_UDP.parse(memoryview(first)) == (5, 0, True, False)
+    assert DUMMY_UDP.parse(memoryview(last)) == (70000, 359, False, True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        asm = PacketAssembler(DUMMY_UDP, 64, 128, np.zeros(256, np.uint8), np.array([0]), [s], 1.0)
+    for packet in (first, last):
+        frame, pkt, _, _ = DUMMY_UDP.parse(packet)
+        assert parse_header(np.frombuffer(packet, np.uint8), asm.lay) == (frame, pkt)
