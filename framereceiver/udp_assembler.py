@@ -267,7 +267,7 @@ def _serve(batched, pollfds, sockfds, free_r, fin_w, clock, timeout, max_batches
             _expire(now, timeout, st, o_frame, o_bid, o_recv, o_start, active, spare, abandoned, fin)
         if st[_N_FIN]:
             _hand_back(fin_w, st, fin)
-    _expire(0.0, -1.0, st, o_frame, o_bid, o_recv, o_start, active, spare, abandoned, fin)  # stopping: the rest
+    _expire(np.inf, 0.0, st, o_frame, o_bid, o_recv, o_start, active, spare, abandoned, fin)  # stopping: the rest
     _hand_back(fin_w, st, fin)
 
 
@@ -330,6 +330,7 @@ class PacketAssembler:
         self.sockfds = np.array([s.fileno() for s in self.socks], np.int64)
         self._poll16 = self.pollfds.view(np.int16).reshape(-1, 4)  # fd (2 words), events, revents
         self._pending = b""
+        self._stopped = False
         weakref.finalize(self, _close_fds, (self._free_r, self._free_w, self._fin_r, self._fin_w))
         self._compile()
 
@@ -358,7 +359,18 @@ class PacketAssembler:
         os.write(self._free_w, (-1).to_bytes(8, "little", signed=True))
 
     def take_finished(self) -> list[tuple[int, int, int]]:
-        """The frames finished since the last call: (frame number, buffer id, packets received)."""
+        """The frames finished since the last call: (frame number, buffer id, packets received). After ``run``
+        has returned, also what it could not hand back and every frame still open (incomplete)."""
+        rows = self._take_rows()
+        if self._stopped:
+            st = self.st
+            rows += [tuple(r) for r in self.fin[:st[_N_FIN]].tolist()]
+            rows += [(int(self.o_frame[k]), int(self.o_bid[k]), int(self.o_recv[k]))
+                     for k in self.active[:st[_N_OPEN]].tolist()]
+            st[_N_FIN] = st[_N_OPEN] = 0
+        return rows
+
+    def _take_rows(self) -> list[tuple[int, int, int]]:
         chunks = [self._pending]
         while True:
             try:
@@ -386,5 +398,7 @@ class PacketAssembler:
     # -- receive thread ----------------------------------------------------------------
     def run(self) -> None:
         """Receive until ``stop``: the receive thread's body (releases the GIL throughout)."""
+        self._stopped = False
         _serve(self.batched, self._poll16, self.sockfds, self._free_r, self._fin_w, time.CLOCK_MONOTONIC,
                self.timeout, self.max_batches, self.ts, self.inbox, self.mmsg.ctypes.data, *self._kernel_args())
+        self._stopped = True

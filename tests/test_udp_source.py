@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -121,3 +122,51 @@ def test_the_dummy_udp_layout_reads_odin_flags_in_python_and_compiled():
     for packet in (first, last):
         frame, pkt, _, _ = DUMMY_UDP.parse(packet)
         assert parse_header(np.frombuffer(packet, np.uint8), asm.lay) == (frame, pkt)
+
+
+def test_the_compiled_receive_loop_lends_finishes_and_stops_with_every_buffer_accounted():
+    """PacketAssembler on a real socket, in process: frames land in the lent buffers, a frame that finds no
+    buffer is counted, a stop hands back the open frame as incomplete and the unused buffer."""
+    payload, frame_bytes, slot = 64, 192, 256  # 3 packets a frame
+    mem = np.zeros(16 + 3 * slot, np.uint8)
+    bases = 16 + slot * np.arange(3)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    asm = PacketAssembler(DUMMY_UDP, payload, frame_bytes, mem, bases, [rx], timeout=30.0)
+    thread = threading.Thread(target=asm.run)
+    thread.start()
+    try:
+        asm.lend(2)
+        asm.lend(0)
+        pixels = {f: bytes([f + 1]) * frame_bytes for f in range(4)}
+
+        def send(frame: int, packets: range) -> None:
+            for p in packets:
+                tx.sendto(struct.pack("<II", frame, p) + pixels[frame][p * payload:(p + 1) * payload],
+                          rx.getsockname())
+
+        send(0, range(3))
+        send(1, range(2))       # incomplete: open until the stop
+        wait_for(lambda: asm.counters()["received"] == 5, what="five packets")
+        send(2, range(3))       # both lent buffers are in use: no buffer
+        wait_for(lambda: asm.counters()["no_buffer"] == 1 and asm.counters()["late"] == 2,
+                 what="frame 2 counted as finding no buffer")
+        finished = []
+        wait_for(lambda: finished.extend(asm.take_finished()) or finished, what="frame 0")
+        assert finished == [(0, 0, 3)]  # the last buffer lent is used first
+        assert bytes(mem[bases[0]:bases[0] + frame_bytes]) == pixels[0]
+        asm.lend(1)
+        asm.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert asm.take_finished() == [(1, 2, 2)]  # handed back incomplete, 2 of 3 packets
+        assert bytes(mem[bases[2]:bases[2] + 2 * payload]) == pixels[1][:2 * payload]
+        assert asm.unused() == [1]
+        assert asm.counters() == {"received": 8, "bad": 0, "duplicate": 0, "late": 2, "no_buffer": 1}
+    finally:
+        asm.stop()
+        thread.join(10)
+        rx.close()
+        tx.close()
