@@ -111,19 +111,29 @@ def main() -> int:
     ap.add_argument("--rx-switch-ms", default="5", help="framechain receiver GIL switch intervals to try (ms, "
                                                         "comma-separated)")
     ap.add_argument("--skip-odin", action="store_true", help="framechain only")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per rate and daemon (alternating)")
     args = ap.parse_args()
     prefix = Path(os.environ["ODIN_DATA_PREFIX"])
     print(f"| rate asked | daemon | rate sent | frames complete | timed out | packets lost |")
     print(f"|---|---|---|---|---|---|")
+    results: dict[str, list[tuple[float, bool]]] = {}
     for rate in (float(r) for r in args.rates.split(",")):
         runs = [] if args.skip_odin else [("odin-data", _odin)]
         runs += [(f"framechain (switch {ms} ms)", lambda *a, ms=float(ms): _framechain(*a, switch_ms=ms))
                  for ms in args.rx_switch_ms.split(",")]
-        for name, fn in runs:
-            with tempfile.TemporaryDirectory() as d:
-                r = fn(prefix, args.frames, rate, args.rcvbuf, Path(d))
-            print(f"| {rate:g} | {name} | {r['sent_rate']:.1f} | {r['received']}/{args.frames} | {r['timedout']} "
-                  f"| {r['packets_lost']} |", flush=True)
+        for _ in range(args.repeat):
+            for name, fn in runs:
+                with tempfile.TemporaryDirectory() as d:
+                    r = fn(prefix, args.frames, rate, args.rcvbuf, Path(d))
+                results.setdefault(name, []).append((r["sent_rate"], r["received"] == args.frames))
+                print(f"| {rate:g} | {name} | {r['sent_rate']:.1f} | {r['received']}/{args.frames} | "
+                      f"{r['timedout']} | {r['packets_lost']} |", flush=True)
+    print()
+    for name, runs in results.items():  # the highest rate sent below which no run lost a frame
+        first_loss = min((sent for sent, ok in runs if not ok), default=float("inf"))
+        clean = [sent for sent, ok in runs if ok and sent < first_loss]
+        print(f"{name}: lossless in every run up to {max(clean, default=0):.1f} frames/s sent"
+              + (f" (first loss at {first_loss:.1f})" if first_loss < float("inf") else " (no loss seen)"))
     return 0
 
 
