@@ -215,19 +215,25 @@ def _average(pa, va, ca, na, pb, vb, cb, nb, po, vo, co):  # pragma: no cover - 
 
 @numba.njit(**_OPTS)
 def _scatter(pa, va, na, pb, vb, nb, padded_of, chunk, x):  # pragma: no cover - compiled
-    """The dense ``(a + b) / 2`` of two event lists into ``x`` (chunks, chunk), which is zeroed first."""
+    """The dense ``(a + b) / 2`` of two event lists into ``x`` (chunks, chunk), which is zeroed first (one pass
+    over ``x``; halving each value is exact, so ``a/2 + b/2`` is the dense ``(a + b) / 2``)."""
     for r in range(x.shape[0]):
         for k in range(x.shape[1]):
             x[r, k] = 0.0
     for i in range(na):
         q = padded_of[pa[i]]
-        x[q // chunk, q % chunk] = va[i]
+        x[q // chunk, q % chunk] = va[i] / 2
     for j in range(nb):
         q = padded_of[pb[j]]
-        x[q // chunk, q % chunk] += vb[j]
+        x[q // chunk, q % chunk] += vb[j] / 2
+
+
+@numba.njit(**_OPTS)
+def _mean2(a, b, x):  # pragma: no cover - compiled
+    """``x = (a + b) / 2`` in one pass (numpy's add then divide is two)."""
     for r in range(x.shape[0]):
         for k in range(x.shape[1]):
-            x[r, k] /= 2
+            x[r, k] = (a[r, k] + b[r, k]) / 2
 
 
 def _mask_dtype(num_bufs: int) -> np.dtype:
@@ -459,8 +465,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             if x is None:
                 return False
             if lb is None:                                 # dense below: as the dense correlator does it
-                np.add(self._buf[below][:, prev, :], self._buf[below][:, cur, :], out=x)
-                x /= 2
+                _mean2(self._buf[below][:, prev, :], self._buf[below][:, cur, :], x)
             else:                                          # the first dense level: scatter the union
                 pa, va, _, na = lb.slot(prev)
                 pb, vb, _, nb = lb.slot(cur)
