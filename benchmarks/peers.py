@@ -3,7 +3,11 @@
 - XPCS: scikit-beam's ``multi_tau_auto_corr`` (the field's reference, in the
   test extras) on the same 512x512 frames and labels (30 rings, B=8) as
   framechain's correlator, same run; the g2 difference is in the notes.
-  boost_corr is left out: it needs PyTorch, which ``make`` does not install.
+- XPCS: APS's boost_corr (PyTorch) on the CPU, one thread, on the same frames,
+  when it can be imported (with torch): its PyPI releases need Python >= 3.12
+  and framechain's venv is 3.11, so ``make`` does not install it; a source
+  checkout on ``PYTHONPATH`` and ``pip install torch`` (a CPU build) serve.
+  Without it the row is left out and a line on stderr says why.
 - Photon finding for a 2M ePix-sized frame (16 modules of 352x384, uint16):
   pedestal, gain and photonize in the CalibrationPlugin, frames/s on one
   plugin thread (one core), beside the LCLS-II ask of 100 frames/s per core
@@ -12,6 +16,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,5 +88,60 @@ def _photon_finding(quick: bool) -> list[Figure]:
                          f"{ASK_PER_CORE:g} frames/s per core (seed 002)")]
 
 
+def _boost_corr(quick: bool) -> list[Figure]:
+    try:
+        import torch
+        from boost_corr import MultitauCorrelator as BoostMultitau
+    except ImportError as err:
+        print(f"peers: boost_corr left out ({err}); it needs torch, and its PyPI releases Python >= 3.12",
+              file=sys.stderr)
+        return []
+    size, B, levels = 512, 8, 6
+    n = 128 if quick else 512
+    frames = np.random.default_rng(0).poisson(2.0, (n, size, size))
+    labels = ring_labels(size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # one core, as framechain's correlator
+    try:
+        peer = BoostMultitau(det_size=(size, size), frame_num=n, device="cpu", queue_size=64,
+                             max_count=int(frames.max()))
+        dtype = peer.dtype_list[0][0]        # its level-0 storage type: the best case for it
+        batches = [torch.from_numpy(frames[k:k + 64].reshape(-1, size * size).astype(np.float32)).to(dtype)
+                   for k in range(0, n, 64)]
+        t0 = time.perf_counter()
+        for x in batches:
+            peer.process(x)
+        peer.post_process()
+        t_peer = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    ours = MultitauCorrelator(PixelLayout(labels), B, levels)
+    t0 = time.perf_counter()
+    for f in frames:
+        ours.add(f)
+    res = ours.result()
+    t_ours = time.perf_counter() - t0
+    # the same estimator from its per-pixel G2, IP, IF: npix * sum G2 / (sum IP * sum IF) per ring, at the
+    # lags both compute at the same level (1..7 at level 0, then 2**l * (5..7) at level l)
+    g = peer.g2.double().numpy()
+    flat = labels.reshape(-1)
+    rings = [np.flatnonzero(flat == b) for b in range(1, int(flat.max()) + 1)]
+    diff, compared = 0.0, 0
+    taus = list(zip(*peer.tau_bin.tolist()))
+    for tid, (tau, level) in enumerate(taus):
+        same_level = tau < B if level == 0 else tau // 2 ** level in range(B // 2 + 1, B)
+        ours_row = np.flatnonzero(ours.delays == tau)
+        if not same_level or not len(ours_row):
+            continue
+        for b, px in enumerate(rings):
+            theirs = len(px) * g[tid, 0, px].sum() / (g[tid, 1, px].sum() * g[tid, 2, px].sum())
+            diff = max(diff, abs(res.g2[ours_row[0], b] / theirs - 1))
+            compared += 1
+    return [Figure("peers", f"xpcs {size}x{size} B={B} 30 bins vs boost_corr (torch, CPU, 1 thread)", n / t_ours,
+                   "frames/s", n / t_peer, "boost_corr MultitauCorrelator, same frames",
+                   extra=f"{n} frames; torch {torch.__version__}; max |g2/g2_boost - 1| = {diff:.1e} over the "
+                         f"{compared} (lag, ring) values both compute alike (its sums are float32)")]
+
+
 def run(quick: bool = False) -> list[Figure]:
-    return _xpcs(quick) + _photon_finding(quick)
+    return _xpcs(quick) + _boost_corr(quick) + _photon_finding(quick)
