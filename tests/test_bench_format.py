@@ -38,3 +38,14 @@ def test_plot_draws_every_panel_from_figures(tmp_path):
     out = tmp_path / "p.png"
     plot(figs, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20000
+
+
+def test_a_missing_boost_corr_peer_is_left_out_with_the_reason(capsys, monkeypatch):
+    """bench --peers without boost_corr importable: no row, and stderr says what it needs."""
+    import sys
+
+    from framechain.benchmarks.peers import _boost_corr
+    monkeypatch.setitem(sys.modules, "boost_corr", None)  # as on a 3.11 venv: not installable from PyPI
+    assert _boost_corr(quick=True) == []
+    err = capsys.readouterr().err
+    assert "boost_corr left out" in err and "Python >= 3.12" in err
