@@ -445,6 +445,9 @@ class ReceiverController(ControlHandler):
         except OSError as err:  # a UDP port in use, an address not on this host
             raise ConfigError(f"the {self.source.kind} source cannot start: {err}", "source") from err
         src = self.source
+        if isinstance(src, UdpSource):  # every free buffer goes to the receive thread before the start is acked
+            while (bid := self.buffers.take()) is not None:
+                src.lend(bid)
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
