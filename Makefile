@@ -31,7 +31,7 @@ run: $(STAMP)
 test: $(TSTAMP) browser
 	$(PY) -m pytest -q tests
 
-# long runs kept out of `make test`: 10,000 hostile control and data-path messages per daemon (1,000 in
+# long runs kept out of `make test`: 10,000 hostile control and data-path messages per daemon (500 in
 # make test) and 1,000,000 frames through the soak pipeline (50,000 in make test), RSS printed
 soak: $(TSTAMP)
 	FRAMECHAIN_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q tests/test_control_fuzz.py tests/test_data_path_fuzz.py \

@@ -1,7 +1,7 @@
 """Hostile input on both daemons' control channels: every message, however broken, gets exactly one reply,
 no daemon dies, and a nacked message leaves the configuration as it was.
 
-``FRAMECHAIN_FUZZ_EXAMPLES`` sets the number of generated messages per daemon: 1,000 in ``make test``,
+``FRAMECHAIN_FUZZ_EXAMPLES`` sets the number of generated messages per daemon: 500 in ``make test``,
 10,000 in ``make soak``.
 """
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from framechain.ipc import IpcMessage, free_tcp_endpoint
 from framechain.ipc.message import MAX_DEPTH, MAX_MESSAGE_BYTES
 
-EXAMPLES = int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "500"))
 TS = "2026-12-02T18:00:00.000000"
 # shutdown is left out: a well-formed shutdown is obeyed, not fuzz
 VALS = ["status", "configure", "execute", "request_configuration", "request_commands", "request_version",

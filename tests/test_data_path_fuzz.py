@@ -20,7 +20,7 @@ from framechain.ipc import IpcMessage, free_tcp_endpoint
 from framechain.ipc.batch import BATCH_MAGIC, encode_batch
 from framechain.ipc.shm import FrameHeader, STATE_READY
 
-EXAMPLES = int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "500"))
 TS = "2026-12-03T00:00:00.000000"
 NUM_BUFFERS = 8
 

@@ -366,7 +366,7 @@ def test_hostile_requests_get_a_clear_answer_and_change_nothing(stack):
                         lambda k: st.lists(k, max_size=3) | st.dictionaries(st.text(max_size=5), k, max_size=3),
                         max_leaves=8)
 
-    @settings(max_examples=int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "1000")), deadline=None,
+    @settings(max_examples=int(os.environ.get("FRAMECHAIN_FUZZ_EXAMPLES", "500")), deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(method=st.sampled_from(["PUT", "PUT", "GET", "POST", "DELETE"]),
            path=st.lists(segment, min_size=1, max_size=4).map(lambda p: "/".join(urllib.parse.quote(s) for s in p)),
