@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from framechain.plugins._xpcs.layout import PixelLayout
-from framechain.plugins._xpcs.multitau import MultitauCorrelator
+from framechain.plugins._xpcs.multitau import MultitauCorrelator, MultitauResult
 from framechain.plugins.calibration import CalibrationPlugin
 
 from . import Figure
@@ -37,6 +37,16 @@ EPIX_2M = (4 * 352, 4 * 384)   # 16 modules of 352 x 384 pixels: 2.16 Mpixel
 ASK_PER_CORE = 100.0           # frames/s per core for photon finding at 25 kHz on a 2M ePix (seed 002)
 
 
+def _ours(labels: np.ndarray, frames: np.ndarray, B: int, levels: int) -> tuple[MultitauResult, np.ndarray, float]:
+    """framechain's correlator over ``frames``: its result, its lags and the seconds it took."""
+    ours = MultitauCorrelator(PixelLayout(labels), B, levels)
+    t0 = time.perf_counter()
+    for f in frames:
+        ours.add(f)
+    res = ours.result()
+    return res, ours.delays, time.perf_counter() - t0
+
+
 def _xpcs(quick: bool) -> list[Figure]:
     import skbeam.core.correlation as corr
     size, B, levels = 512, 8, 6
@@ -47,12 +57,7 @@ def _xpcs(quick: bool) -> list[Figure]:
     t0 = time.perf_counter()
     g2_sk, lags = corr.multi_tau_auto_corr(levels, B, labels, frames)
     t_sk = time.perf_counter() - t0
-    ours = MultitauCorrelator(PixelLayout(labels), B, levels)
-    t0 = time.perf_counter()
-    for f in frames:
-        ours.add(f)
-    res = ours.result()
-    t_ours = time.perf_counter() - t0
+    res, _, t_ours = _ours(labels, frames, B, levels)
     keep = res.pairs > 0
     k = min(int(keep.sum()), len(lags))
     diff = float(np.nanmax(np.abs(res.g2[keep][:k] / g2_sk[:k] - 1)))
@@ -115,12 +120,7 @@ def _boost_corr(quick: bool) -> list[Figure]:
         t_peer = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    ours = MultitauCorrelator(PixelLayout(labels), B, levels)
-    t0 = time.perf_counter()
-    for f in frames:
-        ours.add(f)
-    res = ours.result()
-    t_ours = time.perf_counter() - t0
+    res, delays, t_ours = _ours(labels, frames, B, levels)
     # the same estimator from its per-pixel G2, IP, IF: npix * sum G2 / (sum IP * sum IF) per ring, at the
     # lags both compute at the same level (1..7 at level 0, then 2**l * (5..7) at level l)
     g = peer.g2.double().numpy()
@@ -130,7 +130,7 @@ def _boost_corr(quick: bool) -> list[Figure]:
     taus = list(zip(*peer.tau_bin.tolist()))
     for tid, (tau, level) in enumerate(taus):
         same_level = tau < B if level == 0 else tau // 2 ** level in range(B // 2 + 1, B)
-        ours_row = np.flatnonzero(ours.delays == tau)
+        ours_row = np.flatnonzero(delays == tau)
         if not same_level or not len(ours_row):
             continue
         for b, px in enumerate(rings):

@@ -446,8 +446,7 @@ class ReceiverController(ControlHandler):
             raise ConfigError(f"the {self.source.kind} source cannot start: {err}", "source") from err
         src = self.source
         if isinstance(src, UdpSource):  # every free buffer goes to the receive thread before the start is acked
-            while (bid := self.buffers.take()) is not None:
-                src.lend(bid)
+            self._lend_udp()
         self._header = FrameHeader(0, src.dtype.str, src.shape, src.frame_bytes, 0.0, src.acquisition_id)
         self._headed = bytearray(self.buffer.num_buffers)  # 1: the buffer holds this run's header already
         self._fill_views = self.buffer.views(src.dtype, src.shape)  # built now, not on the first frame
@@ -743,9 +742,13 @@ class ReceiverController(ControlHandler):
         if src.frames and self.frames_received + self.frames_timedout >= src.frames:
             self._stop_udp("done")
             return done
-        while (bid := self.buffers.take()) is not None:
-            src.lend(bid)
+        self._lend_udp()
         return done
+
+    def _lend_udp(self) -> None:
+        """Every free buffer to the UDP receive thread."""
+        while (bid := self.buffers.take()) is not None:
+            self.source.lend(bid)
 
     def _udp_finished(self, finished: list[Finished]) -> int:
         src, buf = self.source, self.buffer

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .udp_assembler import HAVE_RECVMMSG, PacketAssembler, PacketLayout
+from .udp_assembler import PacketAssembler, PacketLayout
 
 __all__ = ["DUMMY_UDP", "DECODERS", "UdpSource", "Finished"]
 
@@ -71,7 +71,7 @@ class UdpSource:
         self.payload_size, self.timeout = payload_size, frame_timeout_ms / 1000
         self.rcvbuf_requested, self.rcvbuf = rcvbuf, 0
         self.decoder_name, self.layout = decoder, DECODERS[decoder]
-        self.batched = batched and HAVE_RECVMMSG
+        self.batched = batched
         self.frames, self.rate, self.acquisition_id = frames, 0.0, ""
         self.packets_per_frame = -(-self.frame_bytes // payload_size)
         self.socket: int | None = None  # readable when frames are finished: the daemon polls it
@@ -85,10 +85,6 @@ class UdpSource:
     # -- counters (read by the control thread; written by the receive thread) --------
     def _count(self, key: str) -> int:
         return self._counted[key] + (self._asm.counters()[key] if self._asm is not None else 0)
-
-    @property
-    def packets_received(self) -> int:
-        return self._count("received")
 
     @property
     def frames_no_buffer(self) -> int:

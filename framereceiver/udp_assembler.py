@@ -286,7 +286,7 @@ class PacketAssembler:
                  bases: np.ndarray, socks: list[socket.socket], timeout: float, batched: bool = True,
                  vlen: int = 32, max_batches: int = 64, recent: int = 8192) -> None:
         self.layout, self.socks, self.timeout = layout, list(socks), timeout
-        self.batched, self.max_batches = bool(batched and HAVE_RECVMMSG), max_batches
+        self.batched, self.max_batches = batched, max_batches
         self.expected = -(-frame_bytes // payload_size)
         vlen = vlen if self.batched else 1
         slots = len(bases)
@@ -340,7 +340,6 @@ class PacketAssembler:
 
     def _compile(self) -> None:
         """Compile (or load from numba's cache) the kernels now, not on the first packet."""
-        _place(0, 0.0, *self._kernel_args())
         os.write(self._free_w, np.array([-1], np.int64).tobytes())  # a loop that stops at once
         _serve(self.batched, self._poll16, self.sockfds, self._free_r, self._fin_w, time.CLOCK_MONOTONIC,
                self.timeout, self.max_batches, self.ts, self.inbox, self.mmsg.ctypes.data, *self._kernel_args())

@@ -114,8 +114,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="runs per rate and daemon (alternating)")
     args = ap.parse_args()
     prefix = Path(os.environ["ODIN_DATA_PREFIX"])
-    print(f"| rate asked | daemon | rate sent | frames complete | timed out | packets lost |")
-    print(f"|---|---|---|---|---|---|")
+    print("| rate asked | daemon | rate sent | frames complete | timed out | packets lost |")
+    print("|---|---|---|---|---|---|")
     results: dict[str, list[tuple[float, bool]]] = {}
     for rate in (float(r) for r in args.rates.split(",")):
         runs = [] if args.skip_odin else [("odin-data", _odin)]
@@ -132,8 +132,8 @@ def main() -> int:
     for name, runs in results.items():  # the highest rate sent below which no run lost a frame
         first_loss = min((sent for sent, ok in runs if not ok), default=float("inf"))
         clean = [sent for sent, ok in runs if ok and sent < first_loss]
-        print(f"{name}: lossless in every run up to {max(clean, default=0):.1f} frames/s sent"
-              + (f" (first loss at {first_loss:.1f})" if first_loss < float("inf") else " (no loss seen)"))
+        ceiling = f"lossless in every run up to {max(clean):.1f} frames/s sent" if clean else "no lossless run"
+        print(f"{name}: {ceiling}" + (f", first loss at {first_loss:.1f}" if first_loss < float("inf") else ""))
     return 0
 
 
