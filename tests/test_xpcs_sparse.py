@@ -90,6 +90,14 @@ def test_events_equal_frames_and_bad_events_are_refused():
         by_frame.add(f)
         by_events.add_events(idx, flat[idx])
     assert_same(by_frame, by_events)
+    assert by_events.counts
+    for f in frames[:40] * 0.5:                          # events that are not photon counts
+        flat = f.reshape(-1)
+        idx = np.flatnonzero(flat)
+        by_frame.add(f)
+        by_events.add_events(idx, flat[idx])
+    assert not by_events.counts and not by_frame.counts
+    assert_same(by_frame, by_events)
     with pytest.raises(ValueError, match="not above the one before"):
         by_events.add_events(np.array([5, 3]), np.array([1.0, 1.0]))
     with pytest.raises(ValueError, match="out of range"):
@@ -147,6 +155,27 @@ def test_max_bytes_caps_the_same_levels_as_dense():
     assert sparse.capped and sparse.level_limit == 2
     assert_same(dense, sparse)
 
+
+
+def test_dense_levels_keep_counts_then_widen_then_hold_values():
+    """Photon counts on the dense levels are uint8 sums, widened to uint16 when a sum outgrows a byte, to float64
+    values past 65535 or once a value is not a count; every step equals the dense correlator."""
+    shape = (24, 30)
+    lay = PixelLayout(labels_for(shape, 5))
+    frames = photon_frames(330, shape, 0.3, seed=11).astype(np.float64)
+    frames[120:, 0, :4] = 150                    # level 1 sums of 300: past a byte
+    frames[200:, 1, :4] = 40000                  # level 1 sums of 80000: past 16 bits
+    frames[290] += 0.25                          # not a count: every dense level holds values from here
+    dense, sparse = MultitauCorrelator(lay, 4, 6), SparseMultitauCorrelator(lay, 4, 6, dense_above=0.0)
+    seen = []
+    for k, f in enumerate(frames):
+        dense.add(f)
+        sparse.add(f)
+        if k in (119, 199, 289, 329):
+            seen.append((sparse._buf[1].dtype, sparse.counts))
+            assert_same(dense, sparse)
+    assert seen == [(np.uint8, True), (np.uint16, True), (np.float64, True), (np.float64, False)]
+    assert sparse.to_dense()._buf[2].dtype == np.float64
 
 def test_more_than_64_bufs_is_refused():
     with pytest.raises(ValueError, match="at most 64|<= 64"):

@@ -34,13 +34,15 @@ __all__ = ["SparseMultitauCorrelator", "MAX_SPARSE_BUFS"]
 MAX_SPARSE_BUFS = 64               # one bit per ring slot in a uint64 mask
 _OPTS = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 _FIRST_CAPACITY = 1024
-DENSE_ABOVE = 0.1               # a level whose frames would occupy more of the pixels is kept dense
+COUNT_TYPES = (np.uint8, np.uint16)   # a counts level widens to the next when its sums outgrow it, then to float64
+DENSE_ABOVE = 0.05              # a level whose frames would occupy more of the pixels is kept dense
 
 
 @numba.njit(**_OPTS)
-def _scan(words, frame, per_word, chunk_of, pos, val, chunk, sums, work):  # pragma: no cover - compiled
+def _scan(words, frame, per_word, chunk_of, pos, val, chunk, sums, work, flags):  # pragma: no cover - compiled
     """Events (index order) of the nonzero used pixels of ``frame`` into ``pos``/``val``/``chunk``; chunk
-    sums into ``sums``. ``words`` is the frame's leading ``words.size * per_word`` elements seen as uint64.
+    sums into ``sums``; ``flags[0]`` = 1 when a value is not a count (negative or not a whole number).
+    ``words`` is the frame's leading ``words.size * per_word`` elements seen as uint64.
     Branch-free compaction (nonzero words, then their nonzero pixels, then the used ones): a
     mispredicted branch per photon would cost more than the photon. ``work`` holds one int64 per word
     and per pixel. Returns the event count (``pos`` etc. must have room for every used pixel)."""
@@ -67,16 +69,21 @@ def _scan(words, frame, per_word, chunk_of, pos, val, chunk, sums, work):  # pra
         chunk[e] = c
         val[e] = np.float64(frame[i])
         e += c >= 0
+    odd = 0
     for k in range(e):
-        sums[chunk[k]] += val[k]
+        x = val[k]
+        sums[chunk[k]] += x
+        odd |= (x < 0) | (x != np.floor(x))
+    flags[0] = odd
     return e
 
 
 @numba.njit(**_OPTS)
-def _take(pos_in, val_in, chunk_of, pos, val, chunk, sums):  # pragma: no cover - compiled
-    """Given events (ascending unique flat indices) of the used pixels into the slot; chunk sums.
-    Returns the count, or -1 - k when index k is out of range or not above the one before it."""
+def _take(pos_in, val_in, chunk_of, pos, val, chunk, sums, flags):  # pragma: no cover - compiled
+    """Given events (ascending unique flat indices) of the used pixels into the slot; chunk sums; ``flags``
+    as :func:`_scan`. Returns the count, or -1 - k when index k is out of range or not above the one before it."""
     n = 0
+    odd = 0
     sums[:] = 0.0
     last = -1
     size = chunk_of.size
@@ -93,6 +100,8 @@ def _take(pos_in, val_in, chunk_of, pos, val, chunk, sums):  # pragma: no cover 
             chunk[n] = c
             n += 1
             sums[c] += x
+            odd |= (x < 0) | (x != np.floor(x))
+    flags[0] = odd
     return n
 
 
@@ -236,6 +245,74 @@ def _mean2(a, b, x):  # pragma: no cover - compiled
             x[r, k] = (a[r, k] + b[r, k]) / 2
 
 
+@numba.njit(**_OPTS)
+def _scatter_counts(pa, va, na, pb, vb, nb, at, scale, buf, slot, cap):  # pragma: no cover - compiled
+    """The photon counts ``(a + b) * scale`` of two event lists (values times ``scale`` are whole numbers) into
+    ``slot`` of a counts level's (chunks, B, chunk) unsigned ``buf``, zeroed first; pixel ``p`` of slot 0 is
+    ``buf.flat[at[p]]``. Returns the largest count (above ``cap``, the dtype's largest, the slot is wrong)."""
+    nc, B, ch = buf.shape
+    for r in range(nc):
+        for k in range(ch):
+            buf[r, slot, k] = 0
+    flat = buf.reshape(-1)
+    x0 = slot * ch
+    top = 0.0
+    for i in range(na):
+        s = va[i] * scale
+        top = max(top, s)
+        flat[x0 + at[pa[i]]] = min(s, cap)
+    for j in range(nb):
+        q = x0 + at[pb[j]]
+        s = flat[q] + vb[j] * scale
+        top = max(top, s)
+        flat[q] = min(s, cap)
+    return top
+
+
+@numba.njit(**_OPTS)
+def _sum2(below, prev, cur, buf, slot):  # pragma: no cover - compiled
+    """Slot ``slot`` of ``buf`` = slots ``prev + cur`` of ``below`` (unsigned counts, (chunks, B, chunk));
+    returns the largest sum (above the largest of ``buf``'s dtype the slot is wrong)."""
+    top = np.uint32(0)
+    nc, B, ch = buf.shape
+    for r in range(nc):
+        a = below[r, prev]
+        b = below[r, cur]
+        x = buf[r, slot]
+        for k in range(ch):
+            s = np.uint32(a[k]) + np.uint32(b[k])
+            x[k] = s
+            top = max(top, s)
+    return top
+
+
+@numba.njit(**_OPTS)
+def _mean_counts(below, prev, cur, scale, x):  # pragma: no cover - compiled
+    """``x = (prev + cur) * scale``: float values from two slots of a counts level ``below``."""
+    for r in range(x.shape[0]):
+        a = below[r, prev]
+        b = below[r, cur]
+        for k in range(x.shape[1]):
+            x[r, k] = (np.float64(a[k]) + np.float64(b[k])) * scale
+
+
+@numba.njit(**_OPTS)
+def _count_products(buf, slot, i_min, n_avail, bad, t_base, scale, G):  # pragma: no cover - compiled
+    """``G[t_base + lag, c] += scale * sum_i buf[c, slot, i] buf[c, past, i]`` for the lags ``i_min..n_avail-1``
+    whose past slot is good: a counts level (unsigned, ``buf`` is (chunks, B, chunk)); products and their sum
+    are exact integers."""
+    nc, B, ch = buf.shape
+    for c in range(nc):                         # chunk by chunk: the new frame's chunk stays in L1 over the lags
+        for lag in range(i_min, n_avail):
+            j = (slot - lag + B) % B
+            if bad[j]:
+                continue
+            acc = np.uint64(0)
+            for i in range(ch):
+                acc += np.uint64(buf[c, slot, i]) * np.uint64(buf[c, j, i])
+            G[t_base + lag, c] += np.float64(acc) * scale
+
+
 def _mask_dtype(num_bufs: int) -> np.dtype:
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
         if num_bufs <= 8 * np.dtype(dt).itemsize:
@@ -313,7 +390,8 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         if size >= 2**31:
             raise ValueError(f"frames of {size} pixels: sparse event indices are int32")
         self.dense_above = float(dense_above)
-        self._chunk_of = np.full(size, -1, np.int32)
+        # each pixel's chunk (-1: unused); read at every event, so as small as the chunk count allows
+        self._chunk_of = np.full(size, -1, np.int16 if layout.num_chunks < 2**15 else np.int32)
         self._chunk_of[layout.pixels] = layout.positions // layout.chunk
         self._padded_of = np.full(size, -1, np.int64)
         self._padded_of[layout.pixels] = layout.positions
@@ -321,6 +399,10 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         self.sparse_levels = self.num_levels       # lowered when a level is made dense
         self._equiv_bytes = 0          # what the dense correlator's level buffers would hold
         self._work = np.zeros(2 * size + 1, np.int64)    # scan scratch: word and pixel indices; hit lists
+        self._flags = np.zeros(1, np.int64)
+        self._at: np.ndarray | None = None
+        self.counts = True        # every value so far a photon count: dense levels hold unsigned sums
+        self._counts = [False] * self.num_levels     # dense level l holds counts (value * 2**l), uint8 or uint16
         self.last_events = 0
 
     def memory_bytes(self) -> int:
@@ -351,8 +433,53 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             if not self._room(level):
                 return None
             lay = self.layout
-            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk))
+            self._counts[level] = self.counts
+            buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk),
+                                              COUNT_TYPES[0] if self.counts else np.float64)
         return buf[:, int(self._count[level]) % self.num_bufs, :]
+
+    def _dense_at(self) -> np.ndarray:
+        """Each pixel's place in slot 0 of a dense level's (chunks, B, chunk) buffer seen flat (made once)."""
+        if self._at is None:
+            lay, ch = self.layout, self.layout.chunk
+            q = lay.positions
+            self._at = np.full(self._chunk_of.size, -1, np.int64)
+            self._at[lay.pixels] = (q // ch) * (self.num_bufs * ch) + q % ch
+        return self._at
+
+    def _values(self, level: int) -> np.ndarray:
+        """Dense ``level``'s buffer as float64 values (counts scaled by ``2**-level``)."""
+        buf = self._buf[level]
+        assert buf is not None
+        return buf * 2.0 ** -level if self._counts[level] else buf
+
+    def _to_values(self, level: int) -> np.ndarray:
+        """Make dense ``level`` hold float64 values from now on (exactly the counts it held); its next slot."""
+        if self._counts[level]:
+            self._buf[level] = self._values(level)
+            self._counts[level] = False
+        return self._buf[level][:, int(self._count[level]) % self.num_bufs, :]
+
+    def _widen(self, level: int, top: float) -> bool:
+        """Counts ``level`` must hold ``top``: keep its dtype, widen it, or make it float64 values. True if it
+        still holds counts (then its next slot must be built again)."""
+        buf = self._buf[level]
+        assert buf is not None
+        if top <= np.iinfo(buf.dtype).max:
+            return False
+        for dt in COUNT_TYPES:
+            if top <= np.iinfo(dt).max and np.dtype(dt).itemsize > buf.itemsize:
+                self._buf[level] = buf.astype(dt)
+                return True
+        self._to_values(level)
+        return False
+
+    def _not_counts(self) -> None:
+        """A value that is not a photon count arrived: every dense level holds float64 values from now on."""
+        self.counts = False
+        for level in range(self.num_levels):
+            if self._buf[level] is not None:
+                self._to_values(level)
 
     # -- input ------------------------------------------------------------------
     def add(self, frame: np.ndarray) -> bool:
@@ -365,7 +492,8 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         sums = self._sums[0, slot]
         if flat.size != self._chunk_of.size:
             raise ValueError(f"frame of {flat.size} pixels; the layout has {self._chunk_of.size}")
-        n = _scan(words, flat, per, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], sums, self._work)
+        n = _scan(words, flat, per, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], sums, self._work,
+                  self._flags)
         return self._added(lv, slot, n)
 
     def add_events(self, index: np.ndarray, values: np.ndarray) -> bool:
@@ -380,7 +508,8 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         slot = int(self._count[0]) % self.num_bufs
         lv.clear(slot)
         lv.ensure(index.size)
-        n = _take(index, values, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], self._sums[0, slot])
+        n = _take(index, values, self._chunk_of, lv.pos[slot], lv.val[slot], lv.chunk[slot], self._sums[0, slot],
+                  self._flags)
         if n < 0:
             k = -1 - n
             raise ValueError(f"event {k}: pixel index {int(index[k])} is out of range (frame of "
@@ -397,6 +526,8 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         if bad:
             lv.clear(slot)                      # no bits were set yet: just forget its events
             lv.n[slot] = 0
+        elif self._flags[0] and self.counts:
+            self._not_counts()
         self._cascade_events(bad)
         return not bad
 
@@ -430,9 +561,12 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             if not bad and not self._average_into(level, below, prev, cur):
                 return                                     # max_bytes reached: no more levels
             if level >= self.sparse_levels:  # dense: the average is in its slot (x and sums), as dense does it
-                slot = int(self._count[level]) % B
-                x = None if bad else self._buf[level][:, slot, :]
-                self._insert(level, x, None if bad else self._sums[level, slot], bad)
+                if self._counts[level]:
+                    self._insert_counts(level, bad)
+                else:
+                    slot = int(self._count[level]) % B
+                    x = None if bad else self._buf[level][:, slot, :]
+                    self._insert(level, x, None if bad else self._sums[level, slot], bad)
             else:
                 if bad:
                     lv = self._levels[level]
@@ -464,12 +598,31 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             x = self._dense_slot(level)
             if x is None:
                 return False
+            bb = self._buf[level]
             if lb is None:                                 # dense below: as the dense correlator does it
-                _mean2(self._buf[below][:, prev, :], self._buf[below][:, cur, :], x)
+                a = self._buf[below]
+                if self._counts[level] and not self._counts[below]:
+                    x = self._to_values(level)
+                elif self._counts[level] and self._widen(level, _sum2(a, prev, cur, bb, slot)):
+                    _sum2(a, prev, cur, self._buf[level], slot)
+                if not self._counts[level]:
+                    x = self._buf[level][:, slot, :]
+                    if self._counts[below]:
+                        _mean_counts(a, prev, cur, 2.0 ** -level, x)
+                    else:
+                        _mean2(a[:, prev, :], a[:, cur, :], x)
             else:                                          # the first dense level: scatter the union
                 pa, va, _, na = lb.slot(prev)
                 pb, vb, _, nb = lb.slot(cur)
-                _scatter(pa, va, na, pb, vb, nb, self._padded_of, self.layout.chunk, x)
+                if self._counts[level]:
+                    at, sc = self._dense_at(), 2.0 ** below
+                    top = _scatter_counts(pa, va, na, pb, vb, nb, at, sc, bb, slot, float(np.iinfo(bb.dtype).max))
+                    if self._widen(level, top):
+                        bb = self._buf[level]
+                        _scatter_counts(pa, va, na, pb, vb, nb, at, sc, bb, slot, float(np.iinfo(bb.dtype).max))
+                if not self._counts[level]:
+                    x = self._buf[level][:, slot, :]
+                    _scatter(pa, va, na, pb, vb, nb, self._padded_of, self.layout.chunk, x)
         self._sums[level, slot] = (self._sums[below, prev] + self._sums[below, cur]) / 2
         return True
 
@@ -491,6 +644,18 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         if n_avail > i_min:
             _pairs(self.P, self.F, self.pairs, self._sums[level], self._bad[level], slot, i_min, n_avail, t_base, B)
 
+    def _insert_counts(self, level: int, bad: bool) -> None:
+        """:meth:`_insert` for a level of counts: products in integers, scaled by ``4**-level``."""
+        B = self.num_bufs
+        c = self._advance(level, bad)
+        if bad:
+            return
+        slot, i_min, t_base = c % B, B // 2 if level else 0, level * (B // 2)
+        n_avail = min(c + 1, B)
+        if n_avail > i_min:
+            _count_products(self._buf[level], slot, i_min, n_avail, self._bad[level], t_base, 4.0 ** -level, self.G)
+            _pairs(self.P, self.F, self.pairs, self._sums[level], self._bad[level], slot, i_min, n_avail, t_base, B)
+
     # -- hand-over ----------------------------------------------------------------
     def to_dense(self, dtype: np.dtype | str = np.float64) -> MultitauCorrelator:
         """A dense correlator in this one's exact state (it goes on from here with the next frame)."""
@@ -503,7 +668,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         for level in range(self.num_levels):
             lv, dense = self._levels[level], self._buf[level]
             if dense is not None:
-                d._buf[level] = dense.astype(d.dtype)
+                d._buf[level] = self._values(level).astype(d.dtype)
             elif lv is not None:
                 buf = d._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk), d.dtype)
                 for j in range(self.num_bufs):
