@@ -43,7 +43,7 @@ __all__ = ["XpcsCorrelatorPlugin"]
 
 AUTO_LEVELS_UNKNOWN_RUN = 20     # auto levels without expected_frames: buffers are made only when reached
 MAX_GAP = 1 << 16                # a frame-number jump larger than this is rejected, not filled
-AUTO_SPARSE_OCCUPANCY = 0.05     # sparse: auto correlates event lists while fewer used pixels are occupied
+AUTO_SPARSE_OCCUPANCY = 0.12     # sparse: auto correlates event lists while fewer used pixels are occupied
 AUTO_SPARSE_WINDOW = 64          # frames over which sparse: auto measures the occupancy
 
 
