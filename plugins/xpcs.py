@@ -593,6 +593,7 @@ class XpcsCorrelatorPlugin(FrameProcessorPlugin):
         """Write this shard's per-chunk sums as ``key`` into the spool (partition.py); two-time sums too at
         the end."""
         c = run.correlator
+        c.drain()                                   # the sparse correlator's dense levels may run behind
         try:
             tt = run.twotime.partial() if final and run.twotime is not None else None
             _part.write_partial(run.partition, key, *run.shard, run.full.num_chunks, c.delays, c.pairs, c.G, c.P,

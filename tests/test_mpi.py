@@ -83,6 +83,8 @@ def test_shards_merge_to_the_single_process_g2_and_errors(ranks, sparse):
         one.add(x)
         for _, _, c in shards:
             c.add(x)
+    for _, _, c in shards:
+        c.drain()                                   # G, P, F complete: the sparse dense levels' thread is done
     total = sum(part.place({"c0": c0, "c1": c1, "num_chunks": full.num_chunks, "G": c.G, "P": c.P, "F": c.F,
                             "pairs": c.pairs, "frames": c.frames, "frames_used": c.frames, "frames_bad": 0,
                             "delays": c.delays}) for c0, c1, c in shards)

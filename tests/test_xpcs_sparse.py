@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -43,14 +45,15 @@ def labels_for(shape, bins, seed=3):
     (8, 6, 0.01, 0.1, False), (8, 6, 0.05, 0.1, True), (4, 7, 0.02, 0.0, False), (4, 7, 0.02, 1.0, True),
     (16, 4, 0.2, 0.3, False), (2, 6, 0.5, 1.0, True), (64, 2, 0.003, 0.1, False), (6, 5, 1.5, 0.1, False),
 ])
-def test_sparse_equals_dense_frame_by_frame(num_bufs, num_levels, occupancy, dense_above, calibrated):
+@pytest.mark.parametrize("background", [True, False])
+def test_sparse_equals_dense_frame_by_frame(num_bufs, num_levels, occupancy, dense_above, calibrated, background):
     shape = (37, 53)                                   # not a multiple of 4 pixels: the scan's tail
     labels = labels_for(shape, 7)
     lay = PixelLayout(labels)
     frames = photon_frames(300, shape, occupancy, calibrated=calibrated)
     frames[::3] = 0 if occupancy < 0.1 else frames[::3]             # empty frames too
     dense = MultitauCorrelator(lay, num_bufs, num_levels)
-    sparse = SparseMultitauCorrelator(lay, num_bufs, num_levels, dense_above=dense_above)
+    sparse = SparseMultitauCorrelator(lay, num_bufs, num_levels, dense_above=dense_above, background=background)
     for k, f in enumerate(frames):
         if k in (41, 42, 170):                          # bad frames: a NaN in a used pixel
             f = f.astype(np.float64)
@@ -152,8 +155,8 @@ def test_max_bytes_caps_the_same_levels_as_dense():
     for f in photon_frames(100, shape, 0.1):
         dense.add(f)
         sparse.add(f)
+    assert_same(dense, sparse)                         # waits for the dense levels' thread
     assert sparse.capped and sparse.level_limit == 2
-    assert_same(dense, sparse)
 
 
 
@@ -231,3 +234,25 @@ def test_plugin_sparse_true_refuses_what_it_cannot_do():
     with pytest.raises(ConfigError, match="sparse"):
         p.configure({"sparse": "yes"})
     assert p.request_configuration() == before
+
+
+def _compare_in_child() -> None:
+    shape = (20, 20)
+    lay = PixelLayout(labels_for(shape, 4))
+    dense, sparse = MultitauCorrelator(lay, 4, 5), SparseMultitauCorrelator(lay, 4, 5, dense_above=0.0)
+    for f in photon_frames(80, shape, 0.05, seed=8):
+        dense.add(f)
+        sparse.add(f)
+    assert_same(dense, sparse)
+
+
+def test_dense_levels_thread_runs_in_a_forked_child():
+    """A child forked after the parent used the dense levels' thread makes a thread of its own."""
+    _compare_in_child()                                   # the parent's thread exists now
+    child = multiprocessing.get_context("fork").Process(target=_compare_in_child)
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0

@@ -185,6 +185,9 @@ class MultitauCorrelator:
         for _ in range(count):
             self._cascade(None, None, True)
 
+    def drain(self) -> None:
+        """Wait until every frame added so far is in G, P, F (the dense correlator: always)."""
+
     @property
     def capped(self) -> bool:
         """True when ``max_bytes`` stopped the correlator from making all its levels."""

@@ -21,19 +21,30 @@ occupancy turns out too high).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 from .layout import PixelLayout
-from .multitau import MultitauCorrelator
+from .multitau import MultitauCorrelator, MultitauResult
 
 __all__ = ["SparseMultitauCorrelator", "MAX_SPARSE_BUFS"]
 
 MAX_SPARSE_BUFS = 64               # one bit per ring slot in a uint64 mask
 _OPTS = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 _FIRST_CAPACITY = 1024
+_POOL: ThreadPoolExecutor | None = None   # one thread for every correlator's dense levels, made when first needed
+
+
+def _forget_pool() -> None:         # a forked child has no thread behind the parent's pool
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 COUNT_TYPES = (np.uint8, np.uint16)   # a counts level widens to the next when its sums outgrow it, then to float64
 DENSE_ABOVE = 0.05              # a level whose frames would occupy more of the pixels is kept dense
 
@@ -372,7 +383,10 @@ class SparseMultitauCorrelator(MultitauCorrelator):
     Averaging fills the higher levels: a level whose first frame would occupy more than
     ``dense_above`` of the used pixels (and every level above it) is kept dense, as the dense
     correlator keeps it. ``max_bytes`` caps the levels exactly where the dense correlator would (its
-    buffer sizes are counted), so a :meth:`to_dense` hand-over keeps the same levels.
+    buffer sizes are counted), so a :meth:`to_dense` hand-over keeps the same levels. With ``background``
+    (the default) the dense levels run on a thread of their own, at most two of their frames behind
+    (their kernels release the GIL); :meth:`result`, :meth:`to_dense` and :meth:`memory_bytes` wait for it.
+    Read ``G``, ``P``, ``F`` and ``pairs`` directly only after :meth:`drain`.
 
     Attributes
     ----------
@@ -383,13 +397,15 @@ class SparseMultitauCorrelator(MultitauCorrelator):
     """
 
     def __init__(self, layout: PixelLayout, num_bufs: int = 8, num_levels: int = 8,
-                 max_bytes: int | None = None, dense_above: float = DENSE_ABOVE) -> None:
+                 max_bytes: int | None = None, dense_above: float = DENSE_ABOVE, background: bool = True) -> None:
         _mask_dtype(num_bufs)
         super().__init__(layout, num_bufs, num_levels, per_pixel=False, max_bytes=max_bytes)
         size = int(np.prod(layout.shape))
         if size >= 2**31:
             raise ValueError(f"frames of {size} pixels: sparse event indices are int32")
         self.dense_above = float(dense_above)
+        self.background = bool(background)
+        self._tasks: tuple[Future | None, Future | None] = (None, None)     # the last two submitted
         # each pixel's chunk (-1: unused); read at every event, so as small as the chunk count allows
         self._chunk_of = np.full(size, -1, np.int16 if layout.num_chunks < 2**15 else np.int32)
         self._chunk_of[layout.pixels] = layout.positions // layout.chunk
@@ -405,7 +421,12 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         self._counts = [False] * self.num_levels     # dense level l holds counts (value * 2**l), uint8 or uint16
         self.last_events = 0
 
+    def result(self) -> MultitauResult:
+        self.drain()
+        return super().result()
+
     def memory_bytes(self) -> int:
+        self.drain()
         n = sum(lv.nbytes() for lv in self._levels if lv is not None) + self.G.nbytes * 3
         return n + sum(b.nbytes for b in self._buf if b is not None)
 
@@ -476,6 +497,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
 
     def _not_counts(self) -> None:
         """A value that is not a photon count arrived: every dense level holds float64 values from now on."""
+        self.drain()
         self.counts = False
         for level in range(self.num_levels):
             if self._buf[level] is not None:
@@ -548,8 +570,13 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         self.frames += 1
         self.frames_bad += bad
         self._insert_events(0, bad)
+        self._climb(1)
+
+    def _climb(self, start: int) -> None:
+        """Build and correlate the averages of levels ``start`` and up that the last frame completes. The first
+        dense level and those above go to the background thread (with copies of the events they are built from)."""
         B = self.num_bufs
-        for level in range(1, self.level_limit):
+        for level in range(start, self.level_limit):
             if not self._pending[level]:
                 self._pending[level] = True
                 return
@@ -558,15 +585,18 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             cur = int(self._count[below] - 1) % B
             prev = (cur - 1) % B
             bad = bool(self._bad[below, cur] or self._bad[below, prev])
+            if not bad and level < self.sparse_levels and self._levels[level] is None:
+                lb = self._levels[below]
+                assert lb is not None
+                if lb.n[prev] + lb.n[cur] > self.dense_above * self.layout.num_pixels:
+                    self.sparse_levels = level                 # this level and all above: dense
+            if self.background and level == self.sparse_levels:
+                self._submit(level, bad, None if bad else self._snapshot(below, prev, cur))
+                return
             if not bad and not self._average_into(level, below, prev, cur):
                 return                                     # max_bytes reached: no more levels
             if level >= self.sparse_levels:  # dense: the average is in its slot (x and sums), as dense does it
-                if self._counts[level]:
-                    self._insert_counts(level, bad)
-                else:
-                    slot = int(self._count[level]) % B
-                    x = None if bad else self._buf[level][:, slot, :]
-                    self._insert(level, x, None if bad else self._sums[level, slot], bad)
+                self._insert_dense(level, bad)
             else:
                 if bad:
                     lv = self._levels[level]
@@ -574,16 +604,51 @@ class SparseMultitauCorrelator(MultitauCorrelator):
                         lv.clear(int(self._count[level]) % B)
                 self._insert_events(level, bad)
 
-    def _average_into(self, level: int, below: int, prev: int, cur: int) -> bool:
-        """Build the average of ``below``'s slots prev and cur in ``level``'s next slot (sparse or dense)."""
+    def _insert_dense(self, level: int, bad: bool) -> None:
+        if self._counts[level]:
+            self._insert_counts(level, bad)
+        else:
+            slot = int(self._count[level]) % self.num_bufs
+            x = None if bad else self._buf[level][:, slot, :]
+            self._insert(level, x, None if bad else self._sums[level, slot], bad)
+
+    # -- the dense levels' thread ---------------------------------------------------
+    def _snapshot(self, below: int, prev: int, cur: int) -> tuple:
+        """Copies of what the first dense level's next frame is built from: ``below``'s slots prev and cur."""
+        lb = self._levels[below]
+        assert lb is not None
+        na, nb = int(lb.n[prev]), int(lb.n[cur])
+        return (lb.pos[prev, :na].copy(), lb.val[prev, :na].copy(), na, lb.pos[cur, :nb].copy(),
+                lb.val[cur, :nb].copy(), nb, self._sums[below, prev].copy(), self._sums[below, cur].copy())
+
+    def _dense_task(self, level: int, bad: bool, snap: tuple | None) -> None:
+        if not bad and not self._average_into(level, level - 1, 0, 0, snap):
+            return
+        self._insert_dense(level, bad)
+        self._climb(level + 1)
+
+    def _submit(self, level: int, bad: bool, snap: tuple | None) -> None:
+        """Queue the first dense level's next frame; at most two wait (the caller waits for the one before)."""
+        global _POOL
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(1, thread_name_prefix="sparse-dense-levels")
+        before = self._tasks[0]
+        if before is not None:
+            before.result()                              # a failure in the thread is raised here
+        self._tasks = (self._tasks[1], _POOL.submit(self._dense_task, level, bad, snap))
+
+    def drain(self) -> None:
+        """Wait until the dense levels have taken every frame added so far (results, hand-over, memory)."""
+        last = self._tasks[1]                            # the pool's one thread runs tasks in order
+        if last is not None:
+            last.result()
+
+    def _average_into(self, level: int, below: int, prev: int, cur: int, snap: tuple | None = None) -> bool:
+        """Build the average of ``below``'s slots prev and cur (or of a :meth:`_snapshot` of them) in ``level``'s
+        next slot (sparse or dense)."""
         B = self.num_bufs
         slot = int(self._count[level]) % B
         lb = self._levels[below] if below < self.sparse_levels else None
-        if level < self.sparse_levels and self._levels[level] is None:
-            assert lb is not None
-            expected = int(lb.n[prev] + lb.n[cur])
-            if expected > self.dense_above * self.layout.num_pixels:
-                self.sparse_levels = level                 # this level and all above: dense
         if level < self.sparse_levels:
             assert lb is not None
             lv = self._level(level, int(2 * max(lb.n[prev], lb.n[cur])))
@@ -612,8 +677,11 @@ class SparseMultitauCorrelator(MultitauCorrelator):
                     else:
                         _mean2(a[:, prev, :], a[:, cur, :], x)
             else:                                          # the first dense level: scatter the union
-                pa, va, _, na = lb.slot(prev)
-                pb, vb, _, nb = lb.slot(cur)
+                if snap is None:
+                    pa, va, _, na = lb.slot(prev)
+                    pb, vb, _, nb = lb.slot(cur)
+                else:
+                    pa, va, na, pb, vb, nb = snap[:6]
                 if self._counts[level]:
                     at, sc = self._dense_at(), 2.0 ** below
                     top = _scatter_counts(pa, va, na, pb, vb, nb, at, sc, bb, slot, float(np.iinfo(bb.dtype).max))
@@ -623,7 +691,10 @@ class SparseMultitauCorrelator(MultitauCorrelator):
                 if not self._counts[level]:
                     x = self._buf[level][:, slot, :]
                     _scatter(pa, va, na, pb, vb, nb, self._padded_of, self.layout.chunk, x)
-        self._sums[level, slot] = (self._sums[below, prev] + self._sums[below, cur]) / 2
+        if snap is None:
+            self._sums[level, slot] = (self._sums[below, prev] + self._sums[below, cur]) / 2
+        else:
+            self._sums[level, slot] = (snap[6] + snap[7]) / 2
         return True
 
     def _insert_events(self, level: int, bad: bool) -> None:
@@ -659,6 +730,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
     # -- hand-over ----------------------------------------------------------------
     def to_dense(self, dtype: np.dtype | str = np.float64) -> MultitauCorrelator:
         """A dense correlator in this one's exact state (it goes on from here with the next frame)."""
+        self.drain()
         lay = self.layout
         d = MultitauCorrelator(lay, self.num_bufs, self.num_levels, max_bytes=self.max_bytes, dtype=dtype)
         for name in ("G", "P", "F", "pairs", "_sums", "_bad", "_count", "_pending"):
