@@ -234,33 +234,11 @@ def _average(pa, va, ca, na, pb, vb, cb, nb, po, vo, co):  # pragma: no cover - 
 
 
 @numba.njit(**_OPTS)
-def _scatter(pa, va, na, pb, vb, nb, padded_of, chunk, x):  # pragma: no cover - compiled
-    """The dense ``(a + b) / 2`` of two event lists into ``x`` (chunks, chunk), which is zeroed first (one pass
-    over ``x``; halving each value is exact, so ``a/2 + b/2`` is the dense ``(a + b) / 2``)."""
-    for r in range(x.shape[0]):
-        for k in range(x.shape[1]):
-            x[r, k] = 0.0
-    for i in range(na):
-        q = padded_of[pa[i]]
-        x[q // chunk, q % chunk] = va[i] / 2
-    for j in range(nb):
-        q = padded_of[pb[j]]
-        x[q // chunk, q % chunk] += vb[j] / 2
-
-
-@numba.njit(**_OPTS)
-def _mean2(a, b, x):  # pragma: no cover - compiled
-    """``x = (a + b) / 2`` in one pass (numpy's add then divide is two)."""
-    for r in range(x.shape[0]):
-        for k in range(x.shape[1]):
-            x[r, k] = (a[r, k] + b[r, k]) / 2
-
-
-@numba.njit(**_OPTS)
-def _scatter_counts(pa, va, na, pb, vb, nb, at, scale, buf, slot, cap):  # pragma: no cover - compiled
-    """The photon counts ``(a + b) * scale`` of two event lists (values times ``scale`` are whole numbers) into
-    ``slot`` of a counts level's (chunks, B, chunk) unsigned ``buf``, zeroed first; pixel ``p`` of slot 0 is
-    ``buf.flat[at[p]]``. Returns the largest count (above ``cap``, the dtype's largest, the slot is wrong)."""
+def _scatter(pa, va, na, pb, vb, nb, at, scale, buf, slot, cap):  # pragma: no cover - compiled
+    """``(a + b) * scale`` of two event lists (a missing side is 0) into ``slot`` of a dense level's (chunks, B,
+    chunk) ``buf``, zeroed first; pixel ``p`` of slot 0 is ``buf.flat[at[p]]``. Values: scale 0.5 (halving is
+    exact, so ``a/2 + b/2`` is the dense ``(a + b) / 2``); counts: scale ``2**below``, whole numbers, stored at
+    most ``cap``. Returns the largest (above the dtype's largest, the slot is wrong)."""
     nc, B, ch = buf.shape
     for r in range(nc):
         for k in range(ch):
@@ -298,8 +276,9 @@ def _sum2(below, prev, cur, buf, slot):  # pragma: no cover - compiled
 
 
 @numba.njit(**_OPTS)
-def _mean_counts(below, prev, cur, scale, x):  # pragma: no cover - compiled
-    """``x = (prev + cur) * scale``: float values from two slots of a counts level ``below``."""
+def _mean(below, prev, cur, scale, x):  # pragma: no cover - compiled
+    """``x = (prev + cur) * scale`` of two slots of a dense level ``below`` (chunks, B, chunk), in one pass: scale
+    0.5 for values (exactly the dense ``(a + b) / 2``), ``2**-level`` for counts below."""
     for r in range(x.shape[0]):
         a = below[r, prev]
         b = below[r, cur]
@@ -322,6 +301,11 @@ def _count_products(buf, slot, i_min, n_avail, bad, t_base, scale, G):  # pragma
             for i in range(ch):
                 acc += np.uint64(buf[c, slot, i]) * np.uint64(buf[c, j, i])
             G[t_base + lag, c] += np.float64(acc) * scale
+
+
+def _cap(buf: np.ndarray) -> float:
+    """The largest value ``buf``'s dtype stores (what :func:`_scatter` clamps to)."""
+    return float(np.iinfo(buf.dtype).max) if buf.dtype.kind == "u" else np.inf
 
 
 def _mask_dtype(num_bufs: int) -> np.dtype:
@@ -409,16 +393,16 @@ class SparseMultitauCorrelator(MultitauCorrelator):
         # each pixel's chunk (-1: unused); read at every event, so as small as the chunk count allows
         self._chunk_of = np.full(size, -1, np.int16 if layout.num_chunks < 2**15 else np.int32)
         self._chunk_of[layout.pixels] = layout.positions // layout.chunk
-        self._padded_of = np.full(size, -1, np.int64)
-        self._padded_of[layout.pixels] = layout.positions
+        # each pixel's place in slot 0 of a dense level's (chunks, B, chunk) buffer seen flat
+        q, ch = layout.positions, layout.chunk
+        self._at = np.full(size, -1, np.int64)
+        self._at[layout.pixels] = (q // ch) * (self.num_bufs * ch) + q % ch
         self._levels: list[_Level | None] = [None] * self.num_levels
         self.sparse_levels = self.num_levels       # lowered when a level is made dense
         self._equiv_bytes = 0          # what the dense correlator's level buffers would hold
         self._work = np.zeros(2 * size + 1, np.int64)    # scan scratch: word and pixel indices; hit lists
         self._flags = np.zeros(1, np.int64)
-        self._at: np.ndarray | None = None
         self.counts = True        # every value so far a photon count: dense levels hold unsigned sums
-        self._counts = [False] * self.num_levels     # dense level l holds counts (value * 2**l), uint8 or uint16
         self.last_events = 0
 
     def result(self) -> MultitauResult:
@@ -454,54 +438,46 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             if not self._room(level):
                 return None
             lay = self.layout
-            self._counts[level] = self.counts
             buf = self._buf[level] = np.zeros((lay.num_chunks, self.num_bufs, lay.chunk),
                                               COUNT_TYPES[0] if self.counts else np.float64)
         return buf[:, int(self._count[level]) % self.num_bufs, :]
 
-    def _dense_at(self) -> np.ndarray:
-        """Each pixel's place in slot 0 of a dense level's (chunks, B, chunk) buffer seen flat (made once)."""
-        if self._at is None:
-            lay, ch = self.layout, self.layout.chunk
-            q = lay.positions
-            self._at = np.full(self._chunk_of.size, -1, np.int64)
-            self._at[lay.pixels] = (q // ch) * (self.num_bufs * ch) + q % ch
-        return self._at
+    def _holds_counts(self, level: int) -> bool:
+        """Dense ``level`` holds each pixel's summed counts (value * 2**level, unsigned), not float64 values."""
+        buf = self._buf[level]
+        return buf is not None and buf.dtype.kind == "u"
 
     def _values(self, level: int) -> np.ndarray:
         """Dense ``level``'s buffer as float64 values (counts scaled by ``2**-level``)."""
         buf = self._buf[level]
         assert buf is not None
-        return buf * 2.0 ** -level if self._counts[level] else buf
+        return buf * 2.0 ** -level if self._holds_counts(level) else buf
 
-    def _to_values(self, level: int) -> np.ndarray:
-        """Make dense ``level`` hold float64 values from now on (exactly the counts it held); its next slot."""
-        if self._counts[level]:
+    def _to_values(self, level: int) -> None:
+        """Make dense ``level`` hold float64 values from now on (exactly the counts it held)."""
+        if self._holds_counts(level):
             self._buf[level] = self._values(level)
-            self._counts[level] = False
-        return self._buf[level][:, int(self._count[level]) % self.num_bufs, :]
 
     def _widen(self, level: int, top: float) -> bool:
-        """Counts ``level`` must hold ``top``: keep its dtype, widen it, or make it float64 values. True if it
-        still holds counts (then its next slot must be built again)."""
+        """Counts ``level`` must hold ``top``: keep its dtype, widen it, or make it float64 values. True when it
+        changed (its next slot must then be built again)."""
         buf = self._buf[level]
         assert buf is not None
-        if top <= np.iinfo(buf.dtype).max:
+        if top <= _cap(buf):
             return False
         for dt in COUNT_TYPES:
             if top <= np.iinfo(dt).max and np.dtype(dt).itemsize > buf.itemsize:
                 self._buf[level] = buf.astype(dt)
                 return True
         self._to_values(level)
-        return False
+        return True
 
     def _not_counts(self) -> None:
         """A value that is not a photon count arrived: every dense level holds float64 values from now on."""
         self.drain()
         self.counts = False
         for level in range(self.num_levels):
-            if self._buf[level] is not None:
-                self._to_values(level)
+            self._to_values(level)
 
     # -- input ------------------------------------------------------------------
     def add(self, frame: np.ndarray) -> bool:
@@ -605,7 +581,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
                 self._insert_events(level, bad)
 
     def _insert_dense(self, level: int, bad: bool) -> None:
-        if self._counts[level]:
+        if self._holds_counts(level):
             self._insert_counts(level, bad)
         else:
             slot = int(self._count[level]) % self.num_bufs
@@ -660,37 +636,29 @@ class SparseMultitauCorrelator(MultitauCorrelator):
             lv.ensure(na + nb)
             lv.n[slot] = _average(pa, va, ca, na, pb, vb, cb, nb, lv.pos[slot], lv.val[slot], lv.chunk[slot])
         else:
-            x = self._dense_slot(level)
-            if x is None:
+            if self._dense_slot(level) is None:
                 return False
-            bb = self._buf[level]
+            counts = self._holds_counts(level)
             if lb is None:                                 # dense below: as the dense correlator does it
                 a = self._buf[below]
-                if self._counts[level] and not self._counts[below]:
-                    x = self._to_values(level)
-                elif self._counts[level] and self._widen(level, _sum2(a, prev, cur, bb, slot)):
-                    _sum2(a, prev, cur, self._buf[level], slot)
-                if not self._counts[level]:
-                    x = self._buf[level][:, slot, :]
-                    if self._counts[below]:
-                        _mean_counts(a, prev, cur, 2.0 ** -level, x)
-                    else:
-                        _mean2(a[:, prev, :], a[:, cur, :], x)
+                if counts:                                 # values below: this level holds values too
+                    top = _sum2(a, prev, cur, self._buf[level], slot) if self._holds_counts(below) else np.inf
+                    if self._widen(level, top) and self._holds_counts(level):
+                        _sum2(a, prev, cur, self._buf[level], slot)
+                if not self._holds_counts(level):
+                    scale = 2.0 ** -level if self._holds_counts(below) else 0.5
+                    _mean(a, prev, cur, scale, self._buf[level][:, slot, :])
             else:                                          # the first dense level: scatter the union
                 if snap is None:
                     pa, va, _, na = lb.slot(prev)
                     pb, vb, _, nb = lb.slot(cur)
                 else:
                     pa, va, na, pb, vb, nb = snap[:6]
-                if self._counts[level]:
-                    at, sc = self._dense_at(), 2.0 ** below
-                    top = _scatter_counts(pa, va, na, pb, vb, nb, at, sc, bb, slot, float(np.iinfo(bb.dtype).max))
-                    if self._widen(level, top):
-                        bb = self._buf[level]
-                        _scatter_counts(pa, va, na, pb, vb, nb, at, sc, bb, slot, float(np.iinfo(bb.dtype).max))
-                if not self._counts[level]:
-                    x = self._buf[level][:, slot, :]
-                    _scatter(pa, va, na, pb, vb, nb, self._padded_of, self.layout.chunk, x)
+                scale = 2.0 ** below if counts else 0.5
+                top = _scatter(pa, va, na, pb, vb, nb, self._at, scale, self._buf[level], slot, _cap(self._buf[level]))
+                if counts and self._widen(level, top):         # wider counts, or values (at scale 0.5)
+                    scale = 2.0 ** below if self._holds_counts(level) else 0.5
+                    _scatter(pa, va, na, pb, vb, nb, self._at, scale, self._buf[level], slot, _cap(self._buf[level]))
         if snap is None:
             self._sums[level, slot] = (self._sums[below, prev] + self._sums[below, cur]) / 2
         else:
@@ -746,8 +714,7 @@ class SparseMultitauCorrelator(MultitauCorrelator):
                 for j in range(self.num_bufs):
                     n = int(lv.n[j])
                     if n:
-                        q = self._padded_of[lv.pos[j, :n]]
-                        buf[q // lay.chunk, j, q % lay.chunk] = lv.val[j, :n]
+                        buf.reshape(-1)[self._at[lv.pos[j, :n]] + j * lay.chunk] = lv.val[j, :n]
         return d
 
 
