@@ -256,3 +256,21 @@ def test_dense_levels_thread_runs_in_a_forked_child():
     if alive:
         child.kill()
     assert not alive and child.exitcode == 0
+
+
+def test_frames_with_every_pixel_occupied():
+    """Every used pixel holds a photon and unused ones too (after the last used one): the scan's events fill level
+    0's slot exactly, nothing is written past it (this once overwrote the next slot's first event)."""
+    shape = (48, 64)                                      # more used pixels than a slot's first capacity
+    labels = labels_for(shape, 3)
+    labels[labels == 0] = 1
+    labels.reshape(-1)[-7:] = 0                           # unused pixels after the last used one
+    lay = PixelLayout(labels)
+    rng = np.random.default_rng(12)
+    dense, sparse = MultitauCorrelator(lay, 4, 4), SparseMultitauCorrelator(lay, 4, 4)
+    for _ in range(40):
+        f = (rng.poisson(2.0, shape) + 1).astype(np.uint16)
+        dense.add(f)
+        sparse.add(f)
+        assert sparse.last_events == lay.num_pixels
+    assert_same(dense, sparse)
