@@ -8,6 +8,7 @@ from other threads through a queue the owning thread drains.
 from __future__ import annotations
 
 import logging
+import random as _random
 import socket as _socket
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -189,8 +190,32 @@ class IpcChannel:
         return f"<IpcChannel {self.socket.type} {self.endpoint} {state}>"
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux; the common default elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(v) for v in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """A tcp endpoint on a port that is free right now (for tests and launchers)."""
+    """A tcp endpoint on a port that is free right now (for tests and launchers).
+
+    The port is below the kernel's ephemeral range when there is room: a port from that range can be taken
+    before it is bound by any outgoing connection's source port, even by a connect to that very port that
+    the kernel completes to itself (a ZeroMQ peer retrying before the binder starts)."""
+    lo, _ = _ephemeral_ports()
+    first = 20000 if lo > 21000 else 1024
+    if lo - first >= 1000:
+        for port in _random.Random().sample(range(first, lo), 64):
+            with _socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return f"tcp://{host}:{port}"
     with _socket.socket() as s:
         s.bind((host, 0))
         return f"tcp://{host}:{s.getsockname()[1]}"
