@@ -157,10 +157,11 @@ def _sparse(quick: bool) -> list[Figure]:
             ev.drain()
             efps = n / (time.perf_counter() - t0)
             cpu = (time.process_time() - cpu0) / n * 1e6          # both threads: what the cores spend per frame
+            cores = os.cpu_count() or 1
             out.append(Figure("xpcs", f"sparse 512x1024 B=8 {NUM_BINS} bins 0.01 photons/px from event lists", efps,
                               "frames/s", base, "dense correlator", 10000.0, "value",
                               extra=f"add_events(index, values): no scan of a dense frame; CPU {cpu:,.0f} us/frame "
-                                    f"over both threads ({(os.cpu_count() or 1) * 100} available on {os.cpu_count()} cores at 10 kHz)"))
+                                    f"over both threads ({cores * 100} available on {cores} cores at 10 kHz)"))
         del sparse, dense, a, b
     return out
 

@@ -190,14 +190,13 @@ class IpcChannel:
         return f"<IpcChannel {self.socket.type} {self.endpoint} {state}>"
 
 
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range of source ports for outgoing connections (Linux; the common default elsewhere)."""
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; the common default elsewhere)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(v) for v in f.read().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
@@ -206,16 +205,15 @@ def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
     The port is below the kernel's ephemeral range when there is room: a port from that range can be taken
     before it is bound by any outgoing connection's source port, even by a connect to that very port that
     the kernel completes to itself (a ZeroMQ peer retrying before the binder starts)."""
-    lo, _ = _ephemeral_ports()
+    lo = _ephemeral_low()
     first = 20000 if lo > 21000 else 1024
-    if lo - first >= 1000:
-        for port in _random.Random().sample(range(first, lo), 64):
-            with _socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    continue
-                return f"tcp://{host}:{port}"
+    for port in _random.sample(range(first, lo), min(64, max(0, lo - first))):
+        with _socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return f"tcp://{host}:{port}"
     with _socket.socket() as s:
         s.bind((host, 0))
         return f"tcp://{host}:{s.getsockname()[1]}"
