@@ -8,7 +8,6 @@ from other threads through a queue the owning thread drains.
 from __future__ import annotations
 
 import logging
-import random as _random
 import socket as _socket
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -190,30 +189,8 @@ class IpcChannel:
         return f"<IpcChannel {self.socket.type} {self.endpoint} {state}>"
 
 
-def _ephemeral_low() -> int:
-    """The first port the kernel hands to outgoing connections (Linux; the common default elsewhere)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """A tcp endpoint on a port that is free right now (for tests and launchers).
-
-    The port is below the kernel's ephemeral range when there is room: a port from that range can be taken
-    before it is bound by any outgoing connection's source port, even by a connect to that very port that
-    the kernel completes to itself (a ZeroMQ peer retrying before the binder starts)."""
-    lo = _ephemeral_low()
-    first = 20000 if lo > 21000 else 1024
-    for port in _random.sample(range(first, lo), min(64, max(0, lo - first))):
-        with _socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return f"tcp://{host}:{port}"
+    """A tcp endpoint on a port that is free right now (for tests and launchers)."""
     with _socket.socket() as s:
         s.bind((host, 0))
         return f"tcp://{host}:{s.getsockname()[1]}"

@@ -89,20 +89,3 @@ def test_subscription_events_skip_other_messages_and_honour_limit():
     finally:
         xsub.close()
         xpub.close()
-
-
-def test_free_tcp_endpoint_is_bindable_and_below_the_ephemeral_range():
-    """Outgoing connections take their source ports from the ephemeral range (a retrying ZeroMQ connect can even
-    land on the port it dials): the free endpoints stay below it, each one bindable."""
-    from framechain.ipc.channel import _ephemeral_low
-
-    lo = _ephemeral_low()
-    ctx = zmq.Context.instance()
-    for _ in range(20):
-        ep = free_tcp_endpoint()
-        assert int(ep.rsplit(":", 1)[1]) < lo
-        s = ctx.socket(zmq.PULL)
-        try:
-            s.bind(ep)
-        finally:
-            s.close(0)
